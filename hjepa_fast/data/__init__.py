@@ -1,0 +1,44 @@
+"""Data sets (items `{"clip": uint8 [T, C, H, W], "labels": {...}, "step": int}`) and the step sampler.
+
+PyAV is imported only when a `VideoFolder` is built, so this package imports without it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hjepa_fast.data.moving_digits import MovingDigits
+from hjepa_fast.data.sampler import StepBatchSampler
+from hjepa_fast.data.video_folder import VideoFolder
+
+__all__ = ["DATASETS", "MovingDigits", "StepBatchSampler", "VideoFolder", "build_dataset"]
+
+DATASETS = ("moving_digits", "video_folder")
+
+
+def build_dataset(
+    name: str,
+    split: str,
+    *,
+    frames: int,
+    size: int,
+    channels: int,
+    root: str | None,
+    seed: int,
+) -> MovingDigits | VideoFolder:
+    """The data set `name` for `split`, as configured.
+
+    video_folder reads `root/split` when that folder exists, else `root` for every split.
+    moving_digits is 1-channel and ignores `root`.
+    """
+    if name == "moving_digits":
+        if channels != MovingDigits.channels:
+            raise ValueError(f"moving_digits has {MovingDigits.channels} channel, got channels={channels}")
+        return MovingDigits(split, frames=frames, size=size, seed=seed)
+    if name == "video_folder":
+        if root is None:
+            raise ValueError("video_folder needs a root folder (got root=None)")
+        split_root = os.path.join(root, split)
+        folder = split_root if os.path.isdir(split_root) else root
+        return VideoFolder(folder, frames=frames, size=size, channels=channels, seed=seed)
+    raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")

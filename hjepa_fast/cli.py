@@ -1,0 +1,76 @@
+"""The ``hjepa`` command: train, eval, info."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hjepa_fast.config import ConfigError
+
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from hjepa_fast.config import load_config
+    from hjepa_fast.train.trainer import resume_config, train
+
+    requested = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = resume_config(run_dir, requested)
+    else:
+        if requested is None:
+            raise ConfigError("give --config FILE (e.g. configs/tiny_cpu.yaml) or --resume RUN_DIR")
+        cfg, run_dir = requested, None
+    result = train(cfg, run_dir=run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    last = result["losses"][-1] if result["losses"] else {}
+    print(f"run folder: {result['run_dir']}  (step {result['step']}, loss {last.get('loss', float('nan')):.4f})")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from hjepa_fast.eval.probe import evaluate_run, format_table
+
+    print(format_table(evaluate_run(args.run)))
+
+
+def _info(args: argparse.Namespace) -> None:
+    import torch
+
+    import hjepa_fast
+    from hjepa_fast.model.attention import resolve_backend
+
+    print(f"hjepa_fast {hjepa_fast.__version__}, torch {torch.__version__}")
+    print(f"cuda: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
+    print(f"attention backend (auto, unmasked CUDA attention): {resolve_backend('auto')}")
+    print(f"CPU threads: {torch.get_num_threads()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hjepa", description="Hierarchical JEPA world models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a model (or resume a run)")
+    p.add_argument("--config", help="YAML config, e.g. configs/tiny_cpu.yaml")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="section.name=value, e.g. model.levels=2 train.batch_size=16")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="linear probes per level, trained vs random initialisation")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.set_defaults(func=_eval)
+    p = sub.add_parser("info", help="versions, device, attention backend")
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"hjepa: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

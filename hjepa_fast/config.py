@@ -1,0 +1,314 @@
+"""Every setting of hjepa_fast in one typed tree, loaded from YAML and overridden with ``a.b.c=value``.
+
+Unknown keys and wrong types are refused with a message that names the key. Per-level settings are
+lists; a run with ``model.levels=L`` uses their first L entries (so ``model.levels=2`` works on a
+3-level config), and the resolved config written to the run folder holds exactly L entries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    levels: int = 3
+    img_size: int = 32
+    patch_size: int = 8
+    in_chans: int = 1
+    tubelet: int = 2  # frames per level-1 token
+    # per level: time steps of the level below that one step of this level covers (level 1: 1)
+    temporal_strides: list[int] = field(default_factory=lambda: [1, 2, 2])
+    encoder_dims: list[int] = field(default_factory=lambda: [64, 64, 64])
+    encoder_depths: list[int] = field(default_factory=lambda: [2, 2, 1])
+    encoder_heads: list[int] = field(default_factory=lambda: [4, 4, 4])
+    predictor_dims: list[int] = field(default_factory=lambda: [48, 48, 32])
+    predictor_depths: list[int] = field(default_factory=lambda: [2, 2, 1])
+    predictor_heads: list[int] = field(default_factory=lambda: [4, 4, 4])
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    abstraction: str = "attention"  # average | conv | attention
+    topdown: str = "cross"  # none | cross | film | prepend
+    action_dim: int = 0  # 0: no actions
+    attention_backend: str = "auto"  # auto | sdpa | flash | xformers
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "moving_digits"  # moving_digits | video_folder
+    root: str | None = None  # video_folder only
+    frames: int = 16
+    frame_stride: int = 1  # video_folder only
+    num_workers: int = 0
+    seed: int = 0  # which clips the data set renders; independent of the training seed
+
+
+@dataclass
+class MaskConfig:
+    strategies: list[str] = field(default_factory=lambda: ["multiblock", "future", "future"])
+    # multiblock (I-JEPA's published sampler, 3D)
+    num_blocks: int = 4
+    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])
+    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
+    temporal_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    min_keep: int = 10
+    # future
+    context_fraction: list[float] = field(default_factory=lambda: [0.5, 0.5])
+    horizon: int = 1
+    # segment
+    segment_fraction: list[float] = field(default_factory=lambda: [0.25, 0.5])
+
+
+@dataclass
+class LossConfig:
+    weighting: str = "uniform"  # uniform | increasing | curriculum | uncertainty
+    curriculum_steps: int = 100  # curriculum: steps over which each higher level ramps in
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1.5e-4  # per 256 clips: the peak LR is lr * batch_size / 256
+    min_lr: float = 1.0e-6
+    warmup_steps: int = 20
+    weight_decay: float = 0.05
+    weight_decay_end: float = 0.05
+    grad_clip: float = 0.0  # 0: off
+    ema_tau_base: list[float] = field(default_factory=lambda: [0.996, 0.996, 0.996])
+    ema_tau_end: list[float] = field(default_factory=lambda: [0.9999, 0.9999, 0.9999])
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    engine: str = "single"
+    threads: int = 0  # CPU threads for torch; 0: torch's default
+    out_dir: str = "runs"
+    run_name: str = ""  # "": a time stamp
+    log_every: int = 10
+    ckpt_every: int = 100
+
+
+@dataclass
+class EvalConfig:
+    train_clips: int = 2000
+    val_clips: int = 1000
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+PER_LEVEL = {
+    "model": ("temporal_strides", "encoder_dims", "encoder_depths", "encoder_heads", "predictor_dims",
+              "predictor_depths", "predictor_heads"),
+    "masks": ("strategies",),
+    "train": ("ema_tau_base", "ema_tau_end"),
+}
+CHOICES = {
+    ("model", "abstraction"): ("average", "conv", "attention"),
+    ("model", "topdown"): ("none", "cross", "film", "prepend"),
+    ("model", "attention_backend"): ("auto", "sdpa", "flash", "xformers"),
+    ("data", "dataset"): ("moving_digits", "video_folder"),
+    ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("train", "engine"): ("single",),
+}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Return ``value`` as the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"config key '{key}' must be {name}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(key: str, known: typing.Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"config key '{dotted}' must be section.name, e.g. train.batch_size")
+    section_name, name = parts
+    sections = {f.name: f for f in dataclasses.fields(cfg)}
+    if section_name not in sections:
+        raise _unknown_key(dotted, [f"{s}.{f.name}" for s in sections for f in dataclasses.fields(getattr(cfg, s))])
+    section = getattr(cfg, section_name)
+    hints = typing.get_type_hints(type(section))
+    if name not in hints:
+        raise _unknown_key(dotted, [f"{section_name}.{n}" for n in hints])
+    setattr(section, name, _coerce(value, hints[name], dotted))
+
+
+def _flatten(tree: dict, where: str) -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(tree).__name__}")
+    flat = {}
+    for section, values in tree.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section '{section}' must be a mapping, got {values!r}")
+        for name, value in values.items():
+            flat[f"{section}.{name}"] = value
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.batch_size=16'`` -> ``('train.batch_size', 16)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.name=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file, then ``a.b=value`` overrides; validated and resolved."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        for key, value in _flatten(tree, str(path)).items():
+            _set(cfg, key, value)
+    for text in overrides:
+        _set(cfg, *parse_override(text))
+    return resolve(cfg)
+
+
+def resolve(cfg: Config) -> Config:
+    """Check values and cross-field rules; truncate per-level lists to ``model.levels``."""
+    L = cfg.model.levels
+    if L < 1:
+        raise ConfigError(f"model.levels must be >= 1, got {L}")
+    for (section, name), options in CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in options:
+            raise ConfigError(f"config key '{section}.{name}' must be one of {options}, got {value!r}")
+    for section, names in PER_LEVEL.items():
+        for name in names:
+            values = getattr(getattr(cfg, section), name)
+            if len(values) < L:
+                raise ConfigError(f"config key '{section}.{name}' needs one entry per level ({L}), got {values}")
+            setattr(getattr(cfg, section), name, list(values[:L]))
+    m = cfg.model
+    if m.temporal_strides[0] != 1:
+        raise ConfigError(f"model.temporal_strides[0] must be 1 (level 1 runs at the token rate), got {m.temporal_strides[0]}")
+    if m.img_size % m.patch_size:
+        raise ConfigError(f"model.img_size {m.img_size} must be a multiple of model.patch_size {m.patch_size}")
+    steps = cfg.data.frames
+    if steps % m.tubelet:
+        raise ConfigError(f"data.frames {steps} must be a multiple of model.tubelet {m.tubelet}")
+    steps //= m.tubelet
+    for level, stride in enumerate(m.temporal_strides):
+        if stride < 1 or steps % stride:
+            raise ConfigError(
+                f"model.temporal_strides[{level}] = {stride} does not divide the {steps} time steps below level "
+                f"{level + 1} (data.frames / model.tubelet / strides so far)"
+            )
+        steps //= stride
+    for level, (dim, heads) in enumerate(zip(m.encoder_dims + m.predictor_dims, m.encoder_heads + m.predictor_heads)):
+        if dim % heads:
+            kind = "encoder" if level < L else "predictor"
+            raise ConfigError(f"model.{kind}_dims[{level % L}] = {dim} is not divisible by its heads {heads}")
+    for s in cfg.masks.strategies:
+        if s not in ("multiblock", "future", "segment"):
+            raise ConfigError(f"masks.strategies: unknown strategy {s!r}; choose multiblock, future or segment")
+    for name in ("ema_tau_base", "ema_tau_end"):
+        for tau in getattr(cfg.train, name):
+            if not 0.0 <= tau <= 1.0:
+                raise ConfigError(f"train.{name} values must lie in [0, 1], got {tau}")
+    if cfg.train.batch_size < 1 or cfg.train.steps < 1:
+        raise ConfigError("train.batch_size and train.steps must be >= 1")
+    if cfg.data.dataset == "video_folder" and not cfg.data.root:
+        raise ConfigError("data.dataset=video_folder needs data.root (a folder of videos)")
+    return cfg
+
+
+def level_time_steps(cfg: Config) -> list[int]:
+    """Time steps of each level's token grid: ``T_1 = frames / tubelet``, ``T_l = T_{l-1} / stride_l``."""
+    steps, out = cfg.data.frames // cfg.model.tubelet, []
+    for stride in cfg.model.temporal_strides:
+        steps //= stride
+        out.append(steps)
+    return out
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_from_dict(tree: dict) -> Config:
+    """Rebuild a Config from a saved dict (a run folder's config.yaml or a checkpoint)."""
+    cfg = Config()
+    for key, value in _flatten(tree, "saved config").items():
+        _set(cfg, key, value)
+    return resolve(cfg)

@@ -1,0 +1,115 @@
+"""Moving-digits clips built from scikit-learn's embedded handwritten digits (no download needed)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# The train/val split must not move when the clip seed changes, so it has its own fixed seed.
+_SPLIT_SEED = 20_240_601
+_TRAIN_FRACTION = 0.8
+_SPLITS = ("train", "val")
+_NUM_DIRECTIONS = 8
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 sklearn digits: images float32 [1797, 8, 8] in 0..16 and targets int64 [1797]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images.astype(np.float32), digits.target.astype(np.int64)
+
+
+def split_image_indices(split: str) -> np.ndarray:
+    """Indices into `load_digits()` of the images of `split` (int64 [n]); train and val are disjoint."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    num_images = len(_load_digits()[1])
+    perm = np.random.default_rng(_SPLIT_SEED).permutation(num_images)
+    cut = int(round(_TRAIN_FRACTION * num_images))
+    return perm[:cut] if split == "train" else perm[cut:]
+
+
+def _bounce(start: np.ndarray, velocity: np.ndarray, steps: np.ndarray, limit: int) -> np.ndarray:
+    """Positions [T, 2] of a point moving in [0, limit] and reflecting off both walls.
+
+    Unfolding the reflections gives a triangle wave of the free path, so all frames are computed at once.
+    """
+    if limit == 0:
+        return np.zeros((len(steps), 2))
+    free = start[None, :] + steps[:, None] * velocity[None, :]
+    return limit - np.abs(limit - np.mod(free, 2 * limit))
+
+
+class MovingDigits(torch.utils.data.Dataset):
+    """One sklearn digit bouncing around a black frame: the default, always-available data set.
+
+    Item `(index, step)` -> `{"clip": uint8 [frames, 1, size, size], "labels": {"digit", "direction"},
+    "step": step}`. The clip depends only on (seed, split, index), never on global RNG state or `step`,
+    so any worker and any resumed run render identical clips.
+    """
+
+    channels = 1
+
+    def __init__(
+        self,
+        split: str = "train",
+        frames: int = 16,
+        size: int = 32,
+        digit_size: int = 16,
+        num_clips: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        if not 1 <= digit_size <= size:
+            raise ValueError(f"need 1 <= digit_size <= size, got digit_size={digit_size}, size={size}")
+        self.split = split
+        self.frames = frames
+        self.size = size
+        self.digit_size = digit_size
+        self.seed = seed
+        self.image_indices = split_image_indices(split)
+        self.num_clips = 4 * len(self.image_indices) if num_clips is None else num_clips
+        if self.num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {self.num_clips}")
+
+        images, targets = _load_digits()
+        small = torch.from_numpy(images[self.image_indices]).unsqueeze(1) * (255.0 / 16.0)
+        big = F.interpolate(small, size=(digit_size, digit_size), mode="bilinear", align_corners=False)
+        # Sprites uint8 [n_images, digit_size, digit_size], upscaled once here instead of per item.
+        self.sprites = big.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
+        self.targets = targets[self.image_indices]
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, step = key
+        if not 0 <= index < self.num_clips:
+            raise IndexError(f"clip index {index} out of range [0, {self.num_clips})")
+        image = index % len(self.image_indices)
+        rng = np.random.default_rng((self.seed, _SPLITS.index(self.split), index))
+        direction = int(rng.integers(_NUM_DIRECTIONS))
+        angle = direction * 2 * np.pi / _NUM_DIRECTIONS  # 0 = right, 2 = down (image rows grow downwards)
+        speed = rng.uniform(1.0, 2.0)  # px per frame
+        limit = self.size - self.digit_size
+        start = rng.uniform(0, limit, size=2)  # (x, y) of the sprite's top-left corner
+        velocity = speed * np.array([np.cos(angle), np.sin(angle)])
+        xy = np.rint(_bounce(start, velocity, np.arange(self.frames), limit)).astype(np.int64)
+
+        # Paste the sprite into every frame at once with broadcast fancy indexing.
+        offsets = np.arange(self.digit_size)
+        rows = (xy[:, 1, None] + offsets)[:, :, None]  # [T, d, 1]
+        cols = (xy[:, 0, None] + offsets)[:, None, :]  # [T, 1, d]
+        clip = np.zeros((self.frames, self.size, self.size), dtype=np.uint8)
+        clip[np.arange(self.frames)[:, None, None], rows, cols] = self.sprites[image]
+        return {
+            "clip": torch.from_numpy(clip).unsqueeze(1),
+            "labels": {"digit": int(self.targets[image]), "direction": direction},
+            "step": step,
+        }

@@ -1,0 +1,157 @@
+"""Clips decoded with PyAV from a folder of videos, one class per parent folder."""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+def _import_av() -> ModuleType:
+    """PyAV, imported on first use so that `hjepa_fast.data` imports without it."""
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError("VideoFolder decodes videos with PyAV: `pip install av`") from err
+    return av
+
+
+def resize_center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [T, C, H, W] -> uint8 [T, C, size, size]: shorter side to `size` (antialiased), center crop."""
+    height, width = clip.shape[-2:]
+    if min(height, width) != size:
+        scale = size / min(height, width)
+        new_hw = (max(size, round(height * scale)), max(size, round(width * scale)))
+        resized = F.interpolate(
+            clip.float(), size=new_hw, mode="bilinear", antialias=True, align_corners=False
+        )
+        clip = resized.round().clamp(0, 255).to(torch.uint8)
+        height, width = new_hw
+    top, left = (height - size) // 2, (width - size) // 2
+    return clip[..., top : top + size, left : left + size]
+
+
+class VideoFolder(torch.utils.data.Dataset):
+    """Every video under `root` (recursive, sorted); label = rank of its parent folder's name.
+
+    Item `(index, step)` -> `{"clip": uint8 [frames, channels, size, size], "labels": {"class": k},
+    "step": step}`. The clip takes `frames` frames `frame_stride` apart from an offset drawn from
+    (seed, index) only, so the same index always gives the same clip; videos too short are padded by
+    repeating their last frame. Decoding runs from the start of the file up to the clip (no seeking), which
+    is exact for every codec at the cost of decoding the skipped frames.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        frames: int = 16,
+        size: int = 64,
+        frame_stride: int = 1,
+        channels: int = 3,
+        seed: int = 0,
+    ) -> None:
+        _import_av()  # fail early with the install hint; the module is not stored, so the set pickles
+        if frames < 1 or frame_stride < 1 or size < 1:
+            raise ValueError(f"frames, size, frame_stride must be >= 1, got {frames}, {size}, {frame_stride}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"video folder not found: {root!r}")
+        self.root = root
+        self.frames = frames
+        self.size = size
+        self.frame_stride = frame_stride
+        self.channels = channels
+        self.seed = seed
+        self.paths = sorted(
+            os.path.join(folder, name)
+            for folder, _, names in os.walk(root)
+            for name in names
+            if name.lower().endswith(VIDEO_EXTENSIONS)
+        )
+        if not self.paths:
+            raise ValueError(f"no videos under {root!r}; accepted extensions: {', '.join(VIDEO_EXTENSIONS)}")
+        parents = [os.path.basename(os.path.dirname(p)) for p in self.paths]
+        self.classes = sorted(set(parents))
+        self.targets = [self.classes.index(p) for p in parents]
+        self._num_frames: dict[int, int] = {}  # per-process cache: files whose header lacks a frame count
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _open(self, index: int) -> Any:
+        """An open PyAV input container of video `index`, with at least one video stream."""
+        av = _import_av()
+        path = self.paths[index]
+        try:
+            container = av.open(path)
+        except av.FFmpegError as err:
+            raise RuntimeError(f"cannot decode video {path!r}: {err}") from err
+        if not container.streams.video:
+            container.close()
+            raise RuntimeError(f"cannot decode video {path!r}: it has no video stream")
+        return container
+
+    def _decode(self, index: int, wanted: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
+        """Frames {frame number: uint8 [H, W, C]} whose numbers are in `wanted` (None = count only).
+
+        Returns them with the number of frames decoded; stops after the last wanted frame.
+        """
+        av = _import_av()
+        pixel_format = "rgb24" if self.channels == 3 else "gray"
+        last = max(wanted) if wanted else -1
+        out: dict[int, np.ndarray] = {}
+        count = 0
+        container = self._open(index)
+        try:
+            for count, frame in enumerate(container.decode(video=0), start=1):
+                if wanted is not None and count - 1 in wanted:
+                    out[count - 1] = frame.to_ndarray(format=pixel_format).reshape(
+                        frame.height, frame.width, -1
+                    )
+                    if count - 1 == last:
+                        break
+        except av.FFmpegError as err:
+            raise RuntimeError(f"cannot decode video {self.paths[index]!r}: {err}") from err
+        finally:
+            container.close()
+        if count == 0:
+            raise RuntimeError(f"cannot decode video {self.paths[index]!r}: no frames decoded")
+        return out, count
+
+    def num_frames(self, index: int) -> int:
+        """Frame count of video `index`, from the header when present, else by decoding it once."""
+        if index not in self._num_frames:
+            container = self._open(index)
+            declared = container.streams.video[0].frames
+            container.close()
+            self._num_frames[index] = declared if declared > 0 else self._decode(index, None)[1]
+        return self._num_frames[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, step = key
+        if not 0 <= index < len(self.paths):
+            raise IndexError(f"video index {index} out of range [0, {len(self.paths)})")
+        span = (self.frames - 1) * self.frame_stride + 1
+        rng = np.random.default_rng((self.seed, index))
+        offset = int(rng.integers(max(self.num_frames(index) - span, 0) + 1))
+        numbers = [offset + k * self.frame_stride for k in range(self.frames)]
+        decoded, _ = self._decode(index, set(numbers))
+        if not decoded:  # header over-counted frames: fall back to the start of the video
+            numbers = [k * self.frame_stride for k in range(self.frames)]
+            decoded, _ = self._decode(index, set(numbers))
+        # Missing numbers lie past the end: repeat the last frame actually decoded.
+        last = decoded[max(decoded)]
+        clip = np.stack([decoded.get(n, last) for n in numbers])
+        clip_t = torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()  # [T, C, H, W]
+        return {
+            "clip": resize_center_crop(clip_t, self.size),
+            "labels": {"class": self.targets[index]},
+            "step": step,
+        }

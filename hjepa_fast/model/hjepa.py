@@ -1,0 +1,162 @@
+"""The H-JEPA stack: one encoder, EMA target encoder and narrow predictor per level.
+
+A training step (``HJEPA.forward``) reads like the algorithm:
+1. target path (no grad): every level's EMA target encoder on the full, unmasked input;
+2. bottom-up online path: level 1 encodes its context tokens; level l+1 pools level l's *context*
+   encodings (a masked pool) and encodes its own context tokens;
+3. top-down prediction, from level L down to 1: each predictor gets its context, mask tokens at the
+   targets, actions, and the causally aligned summary of the level above;
+4. loss: the masked-token L2-normalised loss per level, weighted into one total.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hjepa_fast.config import ModelConfig
+from hjepa_fast.kernels import masked_l2_loss
+from hjepa_fast.masks import LevelMasks
+
+from .abstraction import build_abstraction
+from .attention import resolve_backend
+from .encoder import LevelEncoder, PatchEmbed3D, scatter_tokens
+from .loss_weighting import LossWeighting
+from .predictor import Predictor
+from .topdown import summarize_by_time
+
+
+@dataclass
+class HJEPAOutput:
+    loss: torch.Tensor  # the weighted total, scalar
+    level_losses: list[torch.Tensor]  # one scalar per level (detached)
+
+
+def normalize_clips(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, T, C, H, W]`` -> float in [-1, 1] (float inputs are taken as already normalised)."""
+    if clips.dtype == torch.uint8:
+        return clips.float().div_(127.5).sub_(1.0)
+    return clips
+
+
+class HJEPA(nn.Module):
+    """H-JEPA over clips ``[B, frames, C, H, W]`` (+ actions ``[B, frames, A]``).
+
+    Level l (0-based) has a ``(T_l, H', W')`` token grid with ``T_0 = frames / tubelet`` and
+    ``T_l = T_{l-1} / temporal_strides[l]``; ``H' = W' = img_size / patch_size``."""
+
+    def __init__(self, cfg: ModelConfig, frames: int, loss_weighting: str = "uniform", curriculum_steps: int = 100):
+        super().__init__()
+        self.cfg = cfg
+        side = cfg.img_size // cfg.patch_size
+        steps, self.grids = frames // cfg.tubelet, []
+        for stride in cfg.temporal_strides:
+            steps //= stride
+            self.grids.append((steps, side, side))
+        self.frames = frames
+        backend = resolve_backend(cfg.attention_backend)
+        L = cfg.levels
+        encoders, predictors = [], []
+        for level in range(L):
+            dim = cfg.encoder_dims[level]
+            if level == 0:
+                tokenizer = PatchEmbed3D(cfg.in_chans, dim, cfg.patch_size, cfg.tubelet)
+            else:
+                tokenizer = build_abstraction(cfg.abstraction, cfg.encoder_dims[level - 1], dim,
+                                              cfg.temporal_strides[level], cfg.encoder_heads[level])
+            encoders.append(LevelEncoder(tokenizer, self.grids[level], dim, cfg.encoder_depths[level],
+                                         cfg.encoder_heads[level], cfg.mlp_ratio, cfg.drop_path, backend))
+            has_above = level + 1 < L
+            predictors.append(Predictor(
+                dim, cfg.predictor_dims[level], cfg.predictor_depths[level], cfg.predictor_heads[level],
+                self.grids[level], cfg.mlp_ratio, cfg.drop_path, backend, cfg.action_dim,
+                topdown=cfg.topdown if has_above else "none",
+                topdown_dim=cfg.encoder_dims[level + 1] if has_above else None,
+                window=cfg.temporal_strides[level + 1] if has_above else 1,
+            ))
+        self.encoders = nn.ModuleList(encoders)
+        self.predictors = nn.ModuleList(predictors)
+        self.target_encoders = copy.deepcopy(self.encoders)
+        self.target_encoders.requires_grad_(False)
+        self.loss_weighting = LossWeighting(L, loss_weighting, curriculum_steps)
+
+    @property
+    def levels(self) -> int:
+        return len(self.encoders)
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        """Everything the optimiser trains: encoders, predictors, loss weights (not the targets)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("target_encoders.")]
+
+    def ema_pairs(self) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+        """(targets, sources): one group of parameter tensors per level, in matching order."""
+        targets = [list(t.parameters()) for t in self.target_encoders]
+        sources = [list(e.parameters()) for e in self.encoders]
+        return targets, sources
+
+    @torch.no_grad()
+    def encode_targets(self, clips: torch.Tensor) -> list[torch.Tensor]:
+        """Every level's target encoding of the full input: list of ``[B, T_l*N, D_l]``."""
+        x, out = normalize_clips(self._check_clips(clips)), []
+        for level, encoder in enumerate(self.target_encoders):
+            if level > 0:
+                T, side, _ = self.grids[level - 1]
+                x = out[-1].view(out[-1].shape[0], T, side * side, -1)
+            out.append(encoder(x))
+        return out
+
+    def _check_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        expected = (self.frames, c.in_chans, c.img_size, c.img_size)
+        if clips.dim() != 5 or tuple(clips.shape[1:]) != expected:
+            raise ValueError(f"clips must be [B, {', '.join(map(str, expected))}] (B, frames, C, H, W), "
+                             f"got {tuple(clips.shape)}")
+        return clips
+
+    def encode_context(self, clips: torch.Tensor, masks: list[LevelMasks]) -> list[torch.Tensor]:
+        """Bottom-up online path: level l's encodings of its context tokens, ``[B, Nc_l, D_l]``."""
+        out = []
+        for level, encoder in enumerate(self.encoders):
+            if level == 0:
+                out.append(encoder(normalize_clips(self._check_clips(clips)), keep=masks[0].context))
+                continue
+            T, side, _ = self.grids[level - 1]
+            grid, visible = scatter_tokens(out[-1], masks[level - 1].context, T * side * side)
+            B = grid.shape[0]
+            out.append(encoder(grid.view(B, T, side * side, -1), visible.view(B, T, side * side),
+                               keep=masks[level].context))
+        return out
+
+    def predict(self, context: list[torch.Tensor], masks: list[LevelMasks],
+                actions: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Top-down prediction from level L to 1: list of ``[B, Nt_l, D_l]``, bottom level first."""
+        preds: list[torch.Tensor] = [None] * self.levels  # type: ignore[list-item]
+        for level in reversed(range(self.levels)):
+            topdown = None
+            if level + 1 < self.levels:
+                above = self.grids[level + 1]
+                topdown = summarize_by_time(context[level + 1], masks[level + 1].context, above[1] * above[2], above[0])
+            level_actions = None
+            if actions is not None:
+                B, F, A = actions.shape
+                level_actions = actions.reshape(B, self.grids[level][0], F // self.grids[level][0], A).mean(2)
+            preds[level] = self.predictors[level](context[level], masks[level].context, masks[level].target,
+                                                  level_actions, topdown)
+        return preds
+
+    def forward(self, clips: torch.Tensor, masks: list[LevelMasks], actions: torch.Tensor | None = None,
+                step: int = 0) -> HJEPAOutput:
+        if len(masks) != self.levels:
+            raise ValueError(f"got masks for {len(masks)} levels, the model has {self.levels}")
+        targets = self.encode_targets(clips)
+        preds = self.predict(self.encode_context(clips, masks), masks, actions)
+        losses = [masked_l2_loss(p, t, m.target) for p, t, m in zip(preds, targets, masks)]
+        total = self.loss_weighting(losses, step)
+        return HJEPAOutput(total, [loss.detach() for loss in losses])
+
+    @torch.no_grad()
+    def features(self, clips: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen features for probes: each level's target encoding averaged over its tokens, ``[B, D_l]``."""
+        return [t.mean(dim=1) for t in self.encode_targets(clips)]

@@ -1,0 +1,104 @@
+"""The narrow predictor of one level: context encodings + mask tokens at the target positions
+[+ action tokens] [+ top-down context from the level above] -> predicted target encodings.
+
+All targets of a level are predicted in one pass (mask tokens at every target position, as V-JEPA does),
+so the predictor's cost does not grow with the number of target blocks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .encoder import gather_tokens
+from .posembed import sincos_1d, sincos_3d
+from .topdown import causal_allowed, latest_allowed
+from .transformer import Block, init_weights, stochastic_depth
+
+TOPDOWN_MODES = ("none", "cross", "film", "prepend")
+
+
+class Predictor(nn.Module):
+    """forward(z_ctx [B, Nc, D], ctx_idx [B, Nc], tgt_idx [B, Nt], actions [B, T, A] | None,
+    topdown (summary [B, S, D_up], valid [B, S]) | None) -> predictions [B, Nt, D].
+
+    ``topdown`` modes: 'cross' (cross-attention in every block), 'film' (scale and shift of every token
+    from the most recent allowed coarse step), 'prepend' (coarse steps as extra tokens, reached through a
+    mask). ``window``: level-l steps per step of the level above."""
+
+    def __init__(self, enc_dim: int, dim: int, depth: int, heads: int, grid: tuple[int, int, int],
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, backend: str = "sdpa", action_dim: int = 0,
+                 topdown: str = "none", topdown_dim: int | None = None, window: int = 1):
+        super().__init__()
+        if topdown not in TOPDOWN_MODES:
+            raise ValueError(f"unknown top-down mode {topdown!r}; choose one of {TOPDOWN_MODES}")
+        self.grid, self.topdown_mode, self.window = grid, topdown, window
+        self.tokens_per_step = grid[1] * grid[2]
+        self.embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("pos", sincos_3d(grid, dim), persistent=False)
+        self.action_embed = nn.Linear(action_dim, dim) if action_dim else None
+        self.register_buffer("time_pos", sincos_1d(torch.arange(grid[0]), dim), persistent=False)
+        if topdown != "none":
+            self.td_proj = nn.Linear(topdown_dim, dim)
+            self.td_null = nn.Parameter(torch.zeros(dim))
+        if topdown == "film":
+            self.film = nn.Linear(dim, 2 * dim)
+        cross_dim = dim if topdown == "cross" else None
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio, dp, context_dim=cross_dim, backend=backend)
+            for dp in stochastic_depth(drop_path, depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, enc_dim)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if topdown == "film":  # start as the identity
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+
+    def forward(self, z_ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor,
+                actions: torch.Tensor | None = None,
+                topdown: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        B, Nt = tgt_idx.shape
+        pos = self.pos.to(z_ctx.dtype).expand(B, -1, -1)
+        x = torch.cat([self.embed(z_ctx) + gather_tokens(pos, ctx_idx),
+                       self.mask_token + gather_tokens(pos, tgt_idx)], dim=1)
+        times = torch.cat([ctx_idx, tgt_idx], dim=1) // self.tokens_per_step
+        prefix = []
+        if self.action_embed is not None:
+            if actions is None:
+                raise ValueError("this predictor is action-conditioned (model.action_dim > 0) but got no actions")
+            prefix.append(self.action_embed(actions) + self.time_pos.to(x.dtype))
+        mask = context = context_mask = None
+        if self.topdown_mode != "none" and topdown is not None:
+            summary, valid = topdown
+            keys = torch.cat([self.td_null.expand(B, 1, -1), self.td_proj(summary)], dim=1)  # [B, 1+S, dim]
+            allowed = causal_allowed(times, self.window, valid)  # [B, L, 1+S]
+            if self.topdown_mode == "film":
+                gamma, beta = self.film(gather_tokens(keys, latest_allowed(allowed))).chunk(2, dim=-1)
+                x = x * (1 + gamma) + beta
+            elif self.topdown_mode == "cross":
+                context, context_mask = keys, allowed.unsqueeze(1)
+            else:
+                mask = self._prepend_mask(allowed, sum(p.shape[1] for p in prefix))
+                prefix.insert(0, keys)
+        x = torch.cat([*prefix, x], dim=1)
+        for block in self.blocks:
+            x = block(x, mask=mask, context=context, context_mask=context_mask)
+        return self.head(self.norm(x[:, -Nt:]))
+
+    @staticmethod
+    def _prepend_mask(allowed: torch.Tensor, n_actions: int) -> torch.Tensor:
+        """Attention mask ``[B, 1, S', S']`` for [top-down keys | actions | tokens]: tokens reach the keys
+        that ``allowed`` permits; keys see only the null key and themselves; actions see no key but the
+        null, so nothing routes the future around the causal rule."""
+        B, L, K = allowed.shape
+        total = K + n_actions + L
+        mask = torch.ones(B, total, total, dtype=torch.bool, device=allowed.device)
+        key_rows = torch.eye(K, dtype=torch.bool, device=allowed.device)
+        key_rows[:, 0] = True
+        mask[:, :K, :K] = key_rows
+        mask[:, :K, K:] = False
+        mask[:, K:K + n_actions, 1:K] = False
+        mask[:, K + n_actions:, :K] = allowed
+        return mask.unsqueeze(1)

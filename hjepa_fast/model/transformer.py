@@ -1,0 +1,67 @@
+"""Pre-norm transformer blocks on timm's layers (Mlp, DropPath), with our attention dispatch and an
+optional cross-attention for top-down context."""
+from __future__ import annotations
+
+import torch
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+from .attention import attention
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention (``context`` None) or cross-attention to ``context`` ``[B, Lk, Dk]``."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, backend: str = "sdpa"):
+        super().__init__()
+        self.heads, self.backend = heads, backend
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        B, L, D = x.shape
+        src = x if context is None else context
+        q = self.q(x).view(B, L, self.heads, D // self.heads).transpose(1, 2)
+        k, v = self.kv(src).view(B, src.shape[1], 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, mask, self.backend)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """x -> x + attn(norm x) [+ cross(norm x, context)] + mlp(norm x)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 context_dim: int | None = None, backend: str = "sdpa"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, heads, backend=backend)
+        if context_dim is not None:
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross = MultiHeadAttention(dim, heads, context_dim=context_dim, backend=backend)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), mask=mask))
+        if context is not None:
+            x = x + self.drop_path(self.cross(self.norm_cross(x), context=context, mask=context_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def stochastic_depth(drop_path: float, depth: int) -> list[float]:
+    """Linearly increasing drop-path rates, as in timm's ViT."""
+    return [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def init_weights(module: nn.Module) -> None:
+    """timm ViT initialisation: truncated normal linears (std 0.02), zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,75 @@
+"""Turn a Config into the objects a run needs: model, masks, data loader, optimiser."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from hjepa_fast.config import Config, level_time_steps
+from hjepa_fast.data import StepBatchSampler, build_dataset
+from hjepa_fast.masks import HierarchicalMaskSampler, MaskCollator, build_sampler
+from hjepa_fast.model.hjepa import HJEPA
+
+_STRATEGY_PARAMS = {
+    "multiblock": ("num_blocks", "target_scale", "target_aspect", "context_scale", "temporal_scale", "min_keep"),
+    "future": ("context_fraction", "horizon"),
+    "segment": ("segment_fraction",),
+}
+
+
+def build_model(cfg: Config) -> HJEPA:
+    """The H-JEPA stack, initialised from ``train.seed`` (so a random baseline is reproducible)."""
+    torch.manual_seed(cfg.train.seed)
+    return HJEPA(cfg.model, cfg.data.frames, cfg.loss.weighting, cfg.loss.curriculum_steps)
+
+
+def build_mask_sampler(cfg: Config) -> HierarchicalMaskSampler:
+    side = cfg.model.img_size // cfg.model.patch_size
+    grids = [(steps, side, side) for steps in level_time_steps(cfg)]
+    strides = [math.prod(cfg.model.temporal_strides[: level + 1]) for level in range(cfg.model.levels)]
+    samplers = []
+    for strategy, grid in zip(cfg.masks.strategies, grids):
+        params = {name: getattr(cfg.masks, name) for name in _STRATEGY_PARAMS[strategy]}
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        samplers.append(build_sampler(strategy, grid, **params))
+    return HierarchicalMaskSampler(samplers, grids, strides, min_keep=cfg.masks.min_keep)
+
+
+def build_dataset_for(cfg: Config, split: str):
+    return build_dataset(cfg.data.dataset, split, frames=cfg.data.frames, size=cfg.model.img_size,
+                         channels=cfg.model.in_chans, root=cfg.data.root, seed=cfg.data.seed)
+
+
+def build_train_loader(cfg: Config, start_step: int = 0) -> torch.utils.data.DataLoader:
+    """Batches for steps ``start_step .. train.steps - 1``, each with its masks drawn in the collate
+    function (inside the workers) from a generator seeded by (train.seed, step): resuming at a step
+    reproduces the batches and masks an uninterrupted run would have seen."""
+    dataset = build_dataset_for(cfg, "train")
+    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
+                               total_steps=cfg.train.steps - start_step)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=MaskCollator(build_mask_sampler(cfg), cfg.train.seed),
+        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+
+
+def build_optimizer(model: HJEPA, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW over the online parameters; no weight decay on biases, norms, tokens and loss weights
+    (every tensor with fewer than 2 dimensions). Each group records whether it decays."""
+    decay, no_decay = [], []
+    for p in model.online_parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay, "decays": True},
+              {"params": no_decay, "weight_decay": 0.0, "decays": False}]
+    return torch.optim.AdamW(groups, lr=peak_lr(cfg), betas=(0.9, 0.999))
+
+
+def peak_lr(cfg: Config) -> float:
+    """``train.lr`` is per 256 clips (the linear scaling rule)."""
+    return cfg.train.lr * cfg.train.batch_size / 256
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

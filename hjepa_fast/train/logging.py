@@ -1,0 +1,80 @@
+"""Run-folder outputs: metrics CSV (and TensorBoard where installed), a loss-curve plot."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+class MetricsLogger:
+    """Appends one row per logged step to ``metrics.csv``. On resume, rows after the checkpoint's step
+    are dropped first, so the file reads as one uninterrupted run."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
+        self.path = run_dir / "metrics.csv"
+        self.fields: list[str] | None = None
+        if resume_step is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            if rows:
+                self.fields = list(rows[0].keys())
+                self._write(rows, mode="w")
+            else:
+                self.path.unlink()
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def _write(self, rows: list[dict], mode: str) -> None:
+        new = mode == "w" or not self.path.is_file()
+        with open(self.path, mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, row: dict[str, float]) -> None:
+        if self.fields is None:
+            self.fields = list(row.keys())
+        self._write([row], mode="a")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.tb.add_scalar(key, value, int(row["step"]))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_losses(run_dir: Path) -> Path | None:
+    """``loss.png``: total and per-level loss against step, from metrics.csv."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in [k for k in rows[0] if k == "loss" or k.startswith("loss_l")]:
+        ax.plot(steps, [float(r[key]) for r in rows], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("L2-normalised latent loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,151 @@
+"""VideoFolder on tiny real videos written here with PyAV: decoding, clip choice, padding, errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from hjepa_fast.data import VideoFolder, build_dataset
+from hjepa_fast.data.video_folder import resize_center_crop
+
+av = pytest.importorskip("av")
+
+LEVEL0, LEVEL_STEP = 10, 12  # frame k has background brightness LEVEL0 + k * LEVEL_STEP
+
+
+def write_video(path: Path, num_frames: int, codec: str) -> None:
+    """A 48x32 (W x H) video whose frame k shows a sklearn digit on a background that encodes k."""
+    digit = torch.from_numpy(load_digits().images[0]).float()[None, None] * (255 / 16)
+    sprite = F.interpolate(digit, size=(16, 16), mode="bilinear").round().byte()[0, 0].numpy()
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for k in range(num_frames):
+            image = np.full((32, 48, 3), LEVEL0 + k * LEVEL_STEP, dtype=np.uint8)
+            image[8:24, 4:20] = np.maximum(image[8:24, 4:20], sprite[:, :, None])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def frame_numbers(clip: torch.Tensor) -> list[int]:
+    """Source frame number of each frame of a clip [T, C, H, W], read back from the background level."""
+    median = clip.flatten(1).float().median(dim=1).values
+    return [round((m - LEVEL0) / LEVEL_STEP) for m in median.tolist()]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cat/long.mp4 (20 frames, mpeg4), dog/long.mkv (20, ffv1: no count in header), dog/short.mp4 (3)."""
+    base = tmp_path_factory.mktemp("videos")
+    (base / "cat").mkdir()
+    (base / "dog").mkdir()
+    write_video(base / "cat" / "long.mp4", 20, "mpeg4")
+    write_video(base / "dog" / "long.mkv", 20, "ffv1")
+    write_video(base / "dog" / "short.mp4", 3, "mpeg4")
+    (base / "dog" / "notes.txt").write_text("not a video")
+    return base
+
+
+def test_listing_and_labels(root: Path) -> None:
+    ds = VideoFolder(str(root), frames=4, size=16)
+    assert len(ds) == 3
+    assert [os.path.relpath(p, root) for p in ds.paths] == ["cat/long.mp4", "dog/long.mkv", "dog/short.mp4"]
+    assert ds.classes == ["cat", "dog"]
+    assert [ds[(i, 0)]["labels"] for i in range(3)] == [{"class": 0}, {"class": 1}, {"class": 1}]
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_item_contract(root: Path, channels: int) -> None:
+    item = VideoFolder(str(root), frames=5, size=16, channels=channels)[(1, 77)]
+    assert item["clip"].shape == (5, channels, 16, 16)
+    assert item["clip"].dtype == torch.uint8
+    assert item["step"] == 77
+
+
+@pytest.mark.parametrize("index", [0, 1])  # header frame count (mp4) and counted by decoding (mkv)
+def test_clip_is_consecutive_strided_frames(root: Path, index: int) -> None:
+    ds = VideoFolder(str(root), frames=6, size=16, frame_stride=3)
+    numbers = frame_numbers(ds[(index, 0)]["clip"])
+    assert numbers == [numbers[0] + 3 * k for k in range(6)]
+    assert 0 <= numbers[0] and numbers[-1] <= 19
+
+
+def test_clip_depends_on_seed_and_index_only(root: Path) -> None:
+    ds = VideoFolder(str(root), frames=4, size=16)
+    first = ds[(0, 0)]["clip"]
+    assert torch.equal(first, ds[(0, 999)]["clip"])
+    assert torch.equal(first, VideoFolder(str(root), frames=4, size=16)[(0, 5)]["clip"])
+    offsets = {
+        frame_numbers(VideoFolder(str(root), frames=4, size=16, seed=s)[(0, 0)]["clip"])[0] for s in range(8)
+    }
+    assert len(offsets) > 1  # the seed really moves the offset (17 possible values)
+
+
+def test_short_video_padded_with_last_frame(root: Path) -> None:
+    clip = VideoFolder(str(root), frames=8, size=16)[(2, 0)]["clip"]
+    assert frame_numbers(clip) == [0, 1, 2, 2, 2, 2, 2, 2]
+    assert all(torch.equal(clip[2], clip[k]) for k in range(3, 8))
+
+
+def test_grayscale_matches_rgb_brightness(root: Path) -> None:
+    rgb = VideoFolder(str(root), frames=4, size=16, channels=3)[(0, 0)]["clip"]
+    gray = VideoFolder(str(root), frames=4, size=16, channels=1)[(0, 0)]["clip"]
+    assert (rgb.float().mean((1, 2, 3)) - gray.float().mean((1, 2, 3))).abs().max() < 8
+
+
+def test_resize_center_crop() -> None:
+    """Shorter side goes to `size`, then the middle is kept: left/right thirds of a 48-wide image drop."""
+    clip = torch.zeros(2, 1, 32, 48, dtype=torch.uint8)
+    clip[..., 16:32] = 100
+    clip[..., 32:] = 200
+    out = resize_center_crop(clip, 16)  # 32x48 -> 16x24 -> crop columns 4..20
+    assert out.shape == (2, 1, 16, 16) and out.dtype == torch.uint8
+    assert (out[..., 5:11] == 100).all()  # the 100-band, away from blended edges
+    assert out[..., 0].float().mean() < 100 < out[..., -1].float().mean()
+    assert torch.equal(resize_center_crop(clip[..., :32], 32), clip[..., :32])
+
+
+def test_pickles_for_worker_processes(root: Path) -> None:
+    ds = VideoFolder(str(root), frames=4, size=16)
+    assert torch.equal(pickle.loads(pickle.dumps(ds))[(1, 0)]["clip"], ds[(1, 0)]["clip"])
+
+
+def test_errors(root: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        VideoFolder(str(missing))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no videos here")
+    with pytest.raises(ValueError, match=r"empty.*\.mp4.*\.webm"):
+        VideoFolder(str(tmp_path / "empty"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.mp4").write_text("this is text, not a video")
+    with pytest.raises(RuntimeError, match="broken.mp4"):
+        VideoFolder(str(tmp_path / "bad"))[(0, 0)]
+    with pytest.raises(ValueError, match="channels"):
+        VideoFolder(str(root), channels=2)
+    with pytest.raises(IndexError):
+        VideoFolder(str(root))[(3, 0)]
+
+
+def test_build_dataset_video_folder(root: Path, tmp_path: Path) -> None:
+    flat = build_dataset("video_folder", "val", frames=4, size=16, channels=1, root=str(root), seed=0)
+    assert isinstance(flat, VideoFolder) and flat.root == str(root) and flat.channels == 1
+    split_root = tmp_path / "split"
+    (split_root / "train" / "cat").mkdir(parents=True)
+    write_video(split_root / "train" / "cat" / "a.mp4", 4, "mpeg4")
+    train = build_dataset(
+        "video_folder", "train", frames=4, size=16, channels=3, root=str(split_root), seed=0
+    )
+    assert train.root == str(split_root / "train")
+    with pytest.raises(ValueError, match="root"):
+        build_dataset("video_folder", "train", frames=4, size=16, channels=3, root=None, seed=0)
