@@ -21,9 +21,14 @@ class Predictor(nn.Module):
     """forward(z_ctx [B, Nc, D], ctx_idx [B, Nc], tgt_idx [B, Nt], actions [B, T, A] | None,
     topdown (summary [B, S, D_up], valid [B, S]) | None) -> predictions [B, Nt, D].
 
-    ``topdown`` modes: 'cross' (cross-attention in every block), 'film' (scale and shift of every token
-    from the most recent allowed coarse step), 'prepend' (coarse steps as extra tokens, reached through a
-    mask). ``window``: level-l steps per step of the level above."""
+    ``topdown`` modes: 'cross' (cross-attention in every block), 'film' (scale and shift of each target
+    token's output features from the most recent allowed coarse step), 'prepend' (coarse steps as extra
+    tokens, reached through an attention mask). ``window``: level-l steps per step of the level above.
+
+    Each token's own read of the top-down context is causal (``topdown.causal_allowed``); with 'cross'
+    and 'prepend', the predictor's self-attention can still pass what one token read to another, as it
+    passes the context itself. No input leaks either way: the level above only ever saw level-1 context,
+    which excludes every level's targets (``masks.HierarchicalMaskSampler``)."""
 
     def __init__(self, enc_dim: int, dim: int, depth: int, heads: int, grid: tuple[int, int, int],
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, backend: str = "sdpa", action_dim: int = 0,
@@ -69,23 +74,29 @@ class Predictor(nn.Module):
             if actions is None:
                 raise ValueError("this predictor is action-conditioned (model.action_dim > 0) but got no actions")
             prefix.append(self.action_embed(actions) + self.time_pos.to(x.dtype))
-        mask = context = context_mask = None
+        mask = context = context_mask = film = None
         if self.topdown_mode != "none" and topdown is not None:
             summary, valid = topdown
             keys = torch.cat([self.td_null.expand(B, 1, -1), self.td_proj(summary)], dim=1)  # [B, 1+S, dim]
             allowed = causal_allowed(times, self.window, valid)  # [B, L, 1+S]
             if self.topdown_mode == "film":
-                gamma, beta = self.film(gather_tokens(keys, latest_allowed(allowed))).chunk(2, dim=-1)
-                x = x * (1 + gamma) + beta
-            elif self.topdown_mode == "cross":
-                context, context_mask = keys, allowed.unsqueeze(1)
+                film = self.film(gather_tokens(keys, latest_allowed(allowed[:, -Nt:])))
+            elif self.topdown_mode == "cross":  # action tokens (if any) read only the null key
+                n_actions = sum(p.shape[1] for p in prefix)
+                null_only = torch.zeros_like(allowed[:, :1]).expand(-1, n_actions, -1).clone()
+                null_only[..., 0] = True
+                context, context_mask = keys, torch.cat([null_only, allowed], dim=1).unsqueeze(1)
             else:
                 mask = self._prepend_mask(allowed, sum(p.shape[1] for p in prefix))
                 prefix.insert(0, keys)
         x = torch.cat([*prefix, x], dim=1)
         for block in self.blocks:
             x = block(x, mask=mask, context=context, context_mask=context_mask)
-        return self.head(self.norm(x[:, -Nt:]))
+        out = self.norm(x[:, -Nt:])
+        if film is not None:  # per target token, after the blocks: no other token's top-down reaches it
+            gamma, beta = film.chunk(2, dim=-1)
+            out = out * (1 + gamma) + beta
+        return self.head(out)
 
     @staticmethod
     def _prepend_mask(allowed: torch.Tensor, n_actions: int) -> torch.Tensor:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
-from hjepa_fast.config import Config, level_time_steps
+from hjepa_fast.config import Config, ConfigError, level_time_steps
 from hjepa_fast.data import StepBatchSampler, build_dataset
 from hjepa_fast.masks import HierarchicalMaskSampler, MaskCollator, build_sampler
 from hjepa_fast.model.hjepa import HJEPA
@@ -33,7 +34,27 @@ def build_mask_sampler(cfg: Config) -> HierarchicalMaskSampler:
         params = {name: getattr(cfg.masks, name) for name in _STRATEGY_PARAMS[strategy]}
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
         samplers.append(build_sampler(strategy, grid, **params))
-    return HierarchicalMaskSampler(samplers, grids, strides, min_keep=cfg.masks.min_keep)
+    hier = HierarchicalMaskSampler(samplers, grids, strides, min_keep=cfg.masks.min_keep)
+    _check_masks_leave_input(hier, cfg)
+    return hier
+
+
+def _check_masks_leave_input(hier: HierarchicalMaskSampler, cfg: Config, batches: int = 16) -> None:
+    """Refuse at start-up, not at step 10,000, a mix of strategies whose targets can cover all of level 1.
+
+    Each level's targets are held out of level 1's context (no leakage), so independent temporal draws at
+    several levels (a segment here, a future there) can leave a sample nothing to see."""
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(batches):
+                hier.sample(cfg.train.batch_size, generator)
+    except ValueError as e:
+        raise ConfigError(
+            f"masks.strategies={cfg.masks.strategies} can hide all of level 1's input ({e}). Mixes that share "
+            "one time split are safe: multiblock at any level, or 'future' at every level that is not multiblock"
+        ) from None
 
 
 def build_dataset_for(cfg: Config, split: str):

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny configuration that builds and trains in seconds on a CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hjepa_fast.config import Config, load_config
+
+# 16 frames of 24x24 (3x3 patches of 8); level time steps 8, 4, 2
+TINY = [
+    "model.img_size=24", "model.patch_size=8", "model.encoder_dims=[32,32,32]", "model.encoder_depths=[1,1,1]",
+    "model.encoder_heads=[2,2,2]", "model.predictor_dims=[16,16,16]", "model.predictor_depths=[1,1,1]",
+    "model.predictor_heads=[2,2,2]", "data.frames=16", "train.batch_size=4", "train.log_every=1",
+    "masks.min_keep=4", "train.warmup_steps=2",
+]
+
+
+@pytest.fixture
+def make_config():
+    """``make_config(*overrides) -> Config``: the tiny config with overrides applied."""
+
+    def make(*overrides: str) -> Config:
+        return load_config(None, [*TINY, *overrides])
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    yield
