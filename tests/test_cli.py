@@ -1,0 +1,57 @@
+"""The hjepa command as a user runs it: train, resume, eval, info, and clear errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hjepa_fast.cli import main
+
+FAST = ["model.encoder_depths=[1,1,1]", "model.predictor_depths=[1,1,1]", "train.batch_size=8",
+        "train.log_every=2", "eval.train_clips=64", "eval.val_clips=32", "eval.batch_size=32"]
+
+
+def test_train_resume_and_eval(tmp_path, capsys):
+    args = ["train", "--config", "configs/tiny_cpu.yaml", "--no-progress", f"train.out_dir={tmp_path}",
+            "train.run_name=r", "train.steps=4", *FAST]
+    assert main(args) == 0
+    run = tmp_path / "r"
+    assert {"config.yaml", "metrics.csv", "checkpoint.pt", "loss.png"} <= {p.name for p in run.iterdir()}
+    # a second start into the same folder would overwrite work: refused
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # resume with more steps continues from step 4
+    assert main(["train", "--config", "configs/tiny_cpu.yaml", "--resume", str(run), "--no-progress",
+                 f"train.out_dir={tmp_path}", "train.run_name=r", "train.steps=6", *FAST]) == 0
+    assert "step 6" in capsys.readouterr().out
+    # resuming with a setting that changes the numbers is refused by name
+    assert main(["train", "--config", "configs/tiny_cpu.yaml", "--resume", str(run), "train.lr=1.0",
+                 f"train.out_dir={tmp_path}", "train.run_name=r", *FAST]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    assert main(["eval", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "digit trained" in out and "level3" in out and "all" in out
+    result = json.loads((run / "eval.json").read_text())
+    assert set(result["trained"]) == {"level1", "level2", "level3", "all"}
+    assert all(0.0 <= acc <= 1.0 for accs in result["random"].values() for acc in accs.values())
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--config", "configs/tiny_cpu.yaml", "train.batch_sise=4"], "unknown config key 'train.batch_sise'"),
+        (["train", "--config", "configs/tiny_cpu.yaml", "model.levels=two"], "'model.levels' must be int"),
+        (["train", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+        (["train", "--resume", "no/such/run"], "no/such/run is not a run folder"),
+        (["eval", "--run", "no/such/run"], "no/such/run is not a run folder"),
+        (["train"], "give --config FILE"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_info_runs(capsys):
+    assert main(["info"]) == 0
+    assert "attention backend" in capsys.readouterr().out
