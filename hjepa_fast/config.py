@@ -257,7 +257,9 @@ def resolve(cfg: Config) -> Config:
             setattr(getattr(cfg, section), name, list(values[:L]))
     m = cfg.model
     if m.temporal_strides[0] != 1:
-        raise ConfigError(f"model.temporal_strides[0] must be 1 (level 1 runs at the token rate), got {m.temporal_strides[0]}")
+        raise ConfigError(
+            f"model.temporal_strides[0] must be 1 (level 1 runs at the token rate), got {m.temporal_strides[0]}"
+        )
     if m.img_size % m.patch_size:
         raise ConfigError(f"model.img_size {m.img_size} must be a multiple of model.patch_size {m.patch_size}")
     steps = cfg.data.frames

@@ -56,9 +56,8 @@ def resume_config(run_dir: Path, requested: Config | None) -> Config:
     a, b = _flat(to_dict(saved)), _flat(to_dict(requested))
     differing = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
     if differing:
-        raise ConfigError(
-            f"cannot resume {run_dir} with a different config: {', '.join(f'{k} ({a[k]!r} -> {b[k]!r})' for k in differing)}"
-        )
+        changes = ", ".join(f"{k} ({a[k]!r} -> {b[k]!r})" for k in differing)
+        raise ConfigError(f"cannot resume {run_dir} with a different config: {changes}")
     for key in RESUMABLE_CHANGES:
         section, name = key.split(".")
         setattr(getattr(saved, section), name, getattr(getattr(requested, section), name))
@@ -69,7 +68,9 @@ def new_run_dir(cfg: Config) -> Path:
     name = cfg.train.run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.train.out_dir) / name
     if (run_dir / CHECKPOINT).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another train.run_name")
+        raise FileExistsError(
+            f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another train.run_name"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from hjepa_fast.kernels import (
     ema_update_,
     ema_update_reference_,
