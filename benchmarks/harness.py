@@ -1,0 +1,105 @@
+"""Shared benchmark harness: timing (median and spread), copy bandwidth of the same device in the same
+run, results as JSON (with the device and versions) and a bar plot.
+
+Every microbenchmark in this folder is ``python -m benchmarks.bench_<op> [--out DIR] [--quick]``."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def device_info(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        info["threads"] = torch.get_num_threads()
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warmup: int = 3) -> dict:
+    """Median and interquartile range of ``fn``'s run time in milliseconds. On CUDA this is
+    ``triton.testing.do_bench`` (events, cache flush); on CPU a perf_counter loop."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        q = do_bench(fn, warmup=25, rep=100, quantiles=[0.25, 0.5, 0.75])
+        return {"ms": q[1], "ms_q25": q[0], "ms_q75": q[2]}
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    q = statistics.quantiles(times, n=4)
+    return {"ms": statistics.median(times), "ms_q25": q[0], "ms_q75": q[2]}
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) -> float:
+    """GB/s of a plain device copy (read + write), the ceiling the kernels are compared with."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = measure(lambda: dst.copy_(src), device)["ms"]
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def write_results(name: str, info: dict, rows: list[dict], out: Path, label: str = "path",
+                  group: str = "shape") -> tuple[Path, Path]:
+    """``out/<name>.json`` (info + rows) and ``out/<name>.png`` (bars: time per ``group``, one bar per
+    ``label``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{name}.json"
+    json_path.write_text(json.dumps({"benchmark": name, **info, "rows": rows}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(str(r[group]) for r in rows))
+    labels = list(dict.fromkeys(str(r[label]) for r in rows))
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(max(6, len(groups) * 1.2), 4))
+    for i, lab in enumerate(labels):
+        xs, ys = [], []
+        for j, g in enumerate(groups):
+            match = [r for r in rows if str(r[group]) == g and str(r[label]) == lab]
+            if match:
+                xs.append(j + i * width)
+                ys.append(match[0]["ms"])
+        ax.bar(xs, ys, width, label=lab)
+    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(groups))], groups, rotation=30,
+                  ha="right", fontsize=7)
+    ax.set_ylabel("ms (median)")
+    ax.set_title(f"{name} on {info.get('name', info['device'])}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png_path = out / f"{name}.png"
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return json_path, png_path
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    parser.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args()
