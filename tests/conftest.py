@@ -1,8 +1,15 @@
 """Shared fixtures: a tiny configuration that builds and trains in seconds on a CPU."""
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+# Without a GPU the Triton kernels run under the interpreter; it must be chosen before triton.jit runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from hjepa_fast.config import Config, load_config
 
