@@ -42,6 +42,7 @@ class ModelConfig:
     topdown: str = "cross"  # none | cross | film | prepend
     action_dim: int = 0  # 0: no actions
     attention_backend: str = "auto"  # auto | sdpa | flash | xformers
+    kernels: str = "auto"  # auto (Triton on CUDA) | reference (plain PyTorch) | triton (also on CPU, interpreter)
 
 
 @dataclass
@@ -127,6 +128,7 @@ CHOICES = {
     ("model", "abstraction"): ("average", "conv", "attention"),
     ("model", "topdown"): ("none", "cross", "film", "prepend"),
     ("model", "attention_backend"): ("auto", "sdpa", "flash", "xformers"),
+    ("model", "kernels"): ("auto", "reference", "triton"),
     ("data", "dataset"): ("moving_digits", "video_folder"),
     ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),
     ("train", "device"): ("auto", "cpu", "cuda"),

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from hjepa_fast.config import config_from_dict
+from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.train.builders import build_dataset_for, build_model
 from hjepa_fast.train.checkpoint import load_checkpoint
 from hjepa_fast.train.trainer import CHECKPOINT, pick_device
@@ -47,6 +48,7 @@ def evaluate_run(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     device = pick_device(cfg)
+    set_kernel_mode(cfg.model.kernels)
     state = load_checkpoint(run_dir / CHECKPOINT)
     random_model = build_model(cfg).to(device)
     trained = build_model(cfg).to(device)

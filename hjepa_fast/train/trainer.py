@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from hjepa_fast.config import Config, ConfigError, config_from_dict, save_config, to_dict
+from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.masks import LevelMasks
 
 from .builders import build_model, build_optimizer, build_train_loader, count_parameters, peak_lr
@@ -80,6 +81,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg)
+    set_kernel_mode(cfg.model.kernels)
     run_dir = run_dir if run_dir is not None else new_run_dir(cfg)
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(model, cfg)
