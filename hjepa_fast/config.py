@@ -50,7 +50,8 @@ class DataConfig:
     dataset: str = "moving_digits"  # moving_digits | video_folder
     root: str | None = None  # video_folder only
     frames: int = 16
-    frame_stride: int = 1  # video_folder only
+    frame_stride: int = 1  # video_folder only: take every n-th frame
+    digit_size: int = 16  # moving_digits only: side of the moving digit in pixels
     num_workers: int = 0
     seed: int = 0  # which clips the data set renders; independent of the training seed
 

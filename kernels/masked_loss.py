@@ -1,18 +1,36 @@
-"""Masked-token L2-normalised latent loss: the loss every H-JEPA level computes.
+"""Masked-token latent losses: the loss every H-JEPA level computes, and the I-JEPA / V-JEPA losses.
 
-value = mean over the B*M predicted tokens of || p/||p|| - t/||t|| ||^2, with ``t`` gathered from the
-target encoder's output at the target indices. Gradient flows to ``pred`` only.
+- ``masked_l2_loss``: mean over the B*M predicted tokens of || p/||p|| - t/||t|| ||^2 (H-JEPA);
+- ``masked_jepa_loss``: target layer-normalised over D (no affine, eps 1e-5), then smooth L1 (beta 1,
+  I-JEPA) or ``mean(|pred - target|^p) / p`` (V-JEPA), both a mean over all B*M*D elements.
+
+``t`` is gathered from the target encoder's output at the target indices; gradient flows to ``pred``
+only. Eager PyTorch spends a pass over memory on the gather, each normalisation, the difference and the
+reduction, and as many again backward. The Triton kernel reads each prediction row and its gathered
+target row once and, in the same pass, writes the per-program partial loss and the gradient wrt
+``pred`` (Liger-Kernel's cross-entropy trick); backward only scales that gradient by ``grad_output``.
+A *row* is one token: a program owns ``BLOCK_R`` rows as a ``[BLOCK_R, BLOCK_D]`` tile (whole rows in
+registers, the tail of D masked). Partial sums per program plus a fixed-shape ``sum`` keep the loss
+deterministic (no atomics). The kernel is a ``torch.library.custom_op`` so ``torch.compile`` traces it.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .dispatch import use_triton
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_D = 16384  # whole rows live in registers; beyond it the public functions run the reference
+POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwritten element fails
+_L2, _SMOOTH_L1, _LP = 0, 1, 2  # kernel loss kinds
+_JEPA_KINDS = {"smooth_l1": _SMOOTH_L1, "lp": _LP}
 
 
-def _check_and_gather(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    """Validate shapes, dtypes, devices and index range; return the target rows ``[B, M, D]``."""
+def _check(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor | None:
+    """Validate shapes, dtypes, devices and index range; return ``idx`` as ``[B, M]`` (maybe expanded)."""
     if pred.dim() != 3:
         raise ValueError(f"pred must be [B, M, D], got shape {tuple(pred.shape)}")
     if target.dim() != 3:
@@ -24,10 +42,12 @@ def _check_and_gather(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tenso
     B, M, D = pred.shape
     if target.shape[0] != B or target.shape[2] != D:
         raise ValueError(f"target {tuple(target.shape)} does not match pred {tuple(pred.shape)} in B or D")
+    if D == 0:
+        raise ValueError("pred and target need D >= 1 features")
     if idx is None:
         if target.shape[1] != M:
             raise ValueError(f"without idx, target must be [B, M, D] = {(B, M, D)}, got {tuple(target.shape)}")
-        return target
+        return None
     if idx.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"idx must be int32 or int64, got {idx.dtype}")
     if idx.device != pred.device:
@@ -36,21 +56,221 @@ def _check_and_gather(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tenso
         idx = idx.unsqueeze(0).expand(B, -1)
     if idx.shape != (B, M):
         raise ValueError(f"idx must be [B, M] = {(B, M)} or [M], got {tuple(idx.shape)}")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= target.shape[1]):
-        raise ValueError(f"idx out of range [0, {target.shape[1]}): min {int(idx.min())}, max {int(idx.max())}")
-    batch = torch.arange(B, device=idx.device).unsqueeze(1)
-    return target[batch, idx]
+    N = target.shape[1]
+    if idx.numel() and torch.compiler.is_compiling():  # no host sync inside a graph: an async assert
+        torch._assert_async(((idx >= 0) & (idx < N)).all(), "idx out of range")
+    elif idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= N):
+        raise ValueError(f"idx out of range [0, {N}): min {int(idx.min())}, max {int(idx.max())}")
+    return idx
+
+
+def _gather(target: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    if idx is None:
+        return target.detach()
+    batch = torch.arange(target.shape[0], device=idx.device).unsqueeze(1)
+    return target.detach()[batch, idx]
+
+
+def _check_and_gather(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Validate (see ``_check``); return the target rows ``[B, M, D]``, detached."""
+    return _gather(target, _check(pred, target, idx))
+
+
+def _check_jepa_args(target_norm: str | None, kind: str, p: float) -> None:
+    if target_norm not in ("layer", None):
+        raise ValueError(f"target_norm must be 'layer' or None, got {target_norm!r}")
+    if kind not in _JEPA_KINDS:
+        raise ValueError(f"kind must be one of {tuple(_JEPA_KINDS)}, got {kind!r}")
+    if kind == "lp" and not p > 0:
+        raise ValueError(f"p must be > 0, got {p}")
 
 
 def masked_l2_loss_reference(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
     """Plain PyTorch reference. pred ``[B, M, D]``, target ``[B, N, D]``, idx ``[B, M]`` or ``[M]``."""
-    gathered = _check_and_gather(pred, target, idx).detach()
+    gathered = _check_and_gather(pred, target, idx)
     p = F.normalize(pred.float(), dim=-1)
     t = F.normalize(gathered.float(), dim=-1)
     return (p - t).pow(2).sum(-1).mean()
 
 
+def masked_jepa_loss_reference(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
+                               target_norm: str | None = "layer", kind: str = "smooth_l1",
+                               p: float = 1.0) -> torch.Tensor:
+    """Plain PyTorch reference of ``masked_jepa_loss`` (same arguments)."""
+    _check_jepa_args(target_norm, kind, p)
+    t = _check_and_gather(pred, target, idx).float()
+    if target_norm == "layer":
+        t = F.layer_norm(t, (t.shape[-1],), eps=1e-5)
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred.float(), t, beta=1.0)
+    return (pred.float() - t).abs().pow(p).mean() / p
+
+
+@triton.jit
+def _masked_loss_fwd_kernel(
+    pred_ptr, target_ptr, idx_ptr, grad_ptr, partial_ptr,
+    R, M, N, D, denom,
+    s_pb, s_pm, s_pd, s_tb, s_tn, s_td, s_ib, s_im,
+    KIND: tl.constexpr, LAYER_NORM: tl.constexpr, P: tl.constexpr, HAS_IDX: tl.constexpr,
+    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Rows ``[pid*BLOCK_R, +BLOCK_R)``: partial loss sum -> partial[pid]; d(loss)/d(pred) -> grad (contiguous)."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    b = rows // M
+    m = rows % M
+    if HAS_IDX:
+        n = tl.load(idx_ptr + b * s_ib + m * s_im, mask=row_ok, other=0).to(tl.int64)
+        t_row_ok = row_ok & (n >= 0) & (n < N)  # checked on the host already: never read out of bounds
+    else:
+        n = m
+        t_row_ok = row_ok
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    p_mask = row_ok[:, None] & col_ok[None, :]
+    t_mask = t_row_ok[:, None] & col_ok[None, :]
+    p = tl.load(pred_ptr + (b * s_pb + m * s_pm)[:, None] + cols[None, :] * s_pd, mask=p_mask, other=0.0)
+    t = tl.load(target_ptr + (b * s_tb + n * s_tn)[:, None] + cols[None, :] * s_td, mask=t_mask, other=0.0)
+    p = p.to(tl.float32)
+    t = t.to(tl.float32)
+    if KIND == 0:  # || p/max(|p|, eps) - t/max(|t|, eps) ||^2, eps = 1e-12 as F.normalize
+        p_norm = tl.sqrt_rn(tl.sum(p * p, axis=1))
+        inv_p = tl.div_rn(1.0, tl.maximum(p_norm, 1e-12))
+        inv_t = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(tl.sum(t * t, axis=1)), 1e-12))
+        u = p * inv_p[:, None]
+        diff = u - t * inv_t[:, None]
+        row_loss = tl.sum(diff * diff, axis=1)
+        # g = 2(u - v); dL/dp = g/max(|p|,eps) - (g.u) u/|p| (the radial term only where the clamp is off)
+        radial = tl.where(p_norm > 1e-12, tl.sum(2.0 * diff * u, axis=1) * inv_p, 0.0)
+        grad = 2.0 * diff * inv_p[:, None] - u * radial[:, None]
+    else:
+        if LAYER_NORM:  # F.layer_norm over D without affine, eps 1e-5
+            mean = tl.sum(t, axis=1) / D
+            tc = tl.where(t_mask, t - mean[:, None], 0.0)
+            t = tc * tl.rsqrt(tl.sum(tc * tc, axis=1) / D + 1e-5)[:, None]
+        x = p - t
+        ax = tl.abs(x)
+        sign = tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+        if KIND == 1:  # smooth L1, beta 1
+            elem = tl.where(ax < 1.0, 0.5 * x * x, ax - 0.5)
+            grad = tl.where(ax < 1.0, x, sign)
+        elif P == 1.0:  # |x|^p (the 1/p is applied to the sum); d/dx |x|^p / p = |x|^(p-1) sign(x)
+            elem = ax
+            grad = sign
+        elif P == 2.0:
+            elem = x * x
+            grad = x
+        else:
+            log_ax = tl.log2(tl.where(ax > 0, ax, 1.0))
+            elem = tl.where(ax > 0, tl.exp2(P * log_ax), 0.0)
+            grad = tl.where(ax > 0, tl.exp2((P - 1.0) * log_ax), 0.0) * sign
+        row_loss = tl.sum(tl.where(p_mask, elem, 0.0), axis=1)
+    tl.store(partial_ptr + pid, tl.sum(tl.where(row_ok, row_loss, 0.0), axis=0))
+    if NEED_GRAD:
+        grad = grad * (1.0 / denom.to(tl.float32))
+        tl.store(grad_ptr + rows[:, None] * D + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=p_mask)
+
+
+def _launch_config(R: int, D: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_D, num_warps). CUDA: ~4k elements per tile; interpreter: many rows per program
+    (each program instance costs ~3 ms there)."""
+    block_d = triton.next_power_of_2(D)
+    if device.type == "cuda":
+        block_r = max(1, min(64, 4096 // block_d))
+        return block_r, block_d, min(16, max(4, block_r * block_d // 1024))
+    return max(1, min(triton.next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4
+
+
+def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@torch.library.custom_op("hjepa_fast::masked_latent_loss", mutates_args=())
+def _masked_latent_loss_op(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None, kind: int,
+                           layer_norm: bool, p: float, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton path: (scalar fp32 loss, d(loss)/d(pred) as contiguous ``[B, M, D]`` in pred's dtype, or
+    an empty tensor when ``need_grad`` is False). Inputs are validated by the caller."""
+    B, M, D = pred.shape
+    R = B * M
+    block_r, block_d, num_warps = _launch_config(R, D, pred.device)
+    programs = triton.cdiv(R, block_r)
+    partial = _new_output((programs,), torch.float32, pred.device)
+    grad = _new_output(pred.shape if need_grad else (0,), pred.dtype, pred.device)
+    denom = R if kind == _L2 else R * D
+    if R:
+        idx_arg = idx if idx is not None else target
+        s_ib, s_im = idx.stride() if idx is not None else (0, 0)
+        _masked_loss_fwd_kernel[(programs,)](
+            pred, target, idx_arg, grad, partial, R, M, target.shape[1], D, denom, *pred.stride(),
+            *target.stride(), s_ib, s_im, KIND=kind, LAYER_NORM=layer_norm, P=float(p), HAS_IDX=idx is not None,
+            NEED_GRAD=need_grad, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps)
+    loss = partial.sum() / (denom * (p if kind == _LP else 1.0))
+    return loss, grad
+
+
+@_masked_latent_loss_op.register_fake
+def _(pred, target, idx, kind, layer_norm, p, need_grad):
+    grad_shape = pred.shape if need_grad else (0,)
+    return pred.new_empty((), dtype=torch.float32), pred.new_empty(grad_shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+
+
+def _backward(ctx, grad_loss: torch.Tensor, _grad_of_grad: torch.Tensor):
+    (grad,) = ctx.saved_tensors
+    return grad * grad_loss, None, None, None, None, None, None
+
+
+_masked_latent_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _fused(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None, kind: int, layer_norm: bool,
+           p: float) -> torch.Tensor:
+    need_grad = pred.requires_grad and torch.is_grad_enabled()
+    return _masked_latent_loss_op(pred, target.detach(), idx, kind, layer_norm, float(p), need_grad)[0]
+
+
+def _check_triton(pred: torch.Tensor) -> None:
+    if pred.shape[-1] > MAX_D:
+        raise ValueError(f"the Triton kernel supports D <= {MAX_D}, got {pred.shape[-1]}")
+
+
+def masked_l2_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """``masked_l2_loss`` always through the Triton kernel (CPU tensors need ``TRITON_INTERPRET=1``)."""
+    idx = _check(pred, target, idx)
+    _check_triton(pred)
+    return _fused(pred, target, idx, _L2, False, 1.0)
+
+
+def masked_jepa_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
+                            target_norm: str | None = "layer", kind: str = "smooth_l1",
+                            p: float = 1.0) -> torch.Tensor:
+    """``masked_jepa_loss`` always through the Triton kernel (CPU tensors need ``TRITON_INTERPRET=1``)."""
+    _check_jepa_args(target_norm, kind, p)
+    idx = _check(pred, target, idx)
+    _check_triton(pred)
+    return _fused(pred, target, idx, _JEPA_KINDS[kind], target_norm == "layer", p)
+
+
 def masked_l2_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-    """Masked-token L2-normalised loss (scalar, float32). See module docstring; the fused Triton kernel
-    replaces this body on CUDA."""
+    """Masked-token L2-normalised loss (scalar, float32). pred ``[B, M, D]``; target ``[B, N, D]`` gathered
+    at idx ``[B, M]`` or ``[M]`` (None: target is ``[B, M, D]``). Triton on CUDA, the reference elsewhere."""
+    if use_triton(pred) and pred.shape[-1] <= MAX_D:
+        return masked_l2_loss_triton(pred, target, idx)
     return masked_l2_loss_reference(pred, target, idx)
+
+
+def masked_jepa_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
+                     target_norm: str | None = "layer", kind: str = "smooth_l1", p: float = 1.0) -> torch.Tensor:
+    """The I-JEPA (``kind="smooth_l1"``, beta 1) and V-JEPA (``kind="lp"``: ``mean(|pred - target|^p) / p``)
+    losses on gathered, layer-normalised targets (scalar, float32; mean over all B*M*D elements). Shapes
+    as ``masked_l2_loss``; ``target_norm=None`` skips the layer norm."""
+    if use_triton(pred) and pred.shape[-1] <= MAX_D:
+        return masked_jepa_loss_triton(pred, target, idx, target_norm=target_norm, kind=kind, p=p)
+    return masked_jepa_loss_reference(pred, target, idx, target_norm=target_norm, kind=kind, p=p)

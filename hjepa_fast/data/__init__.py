@@ -25,20 +25,22 @@ def build_dataset(
     channels: int,
     root: str | None,
     seed: int,
+    frame_stride: int = 1,
+    digit_size: int = 16,
 ) -> MovingDigits | VideoFolder:
     """The data set `name` for `split`, as configured.
 
     video_folder reads `root/split` when that folder exists, else `root` for every split.
-    moving_digits is 1-channel and ignores `root`.
+    moving_digits is 1-channel and uses `digit_size`; video_folder uses `root` and `frame_stride`.
     """
     if name == "moving_digits":
         if channels != MovingDigits.channels:
             raise ValueError(f"moving_digits has {MovingDigits.channels} channel, got channels={channels}")
-        return MovingDigits(split, frames=frames, size=size, seed=seed)
+        return MovingDigits(split, frames=frames, size=size, digit_size=digit_size, seed=seed)
     if name == "video_folder":
         if root is None:
             raise ValueError("video_folder needs a root folder (got root=None)")
         split_root = os.path.join(root, split)
         folder = split_root if os.path.isdir(split_root) else root
-        return VideoFolder(folder, frames=frames, size=size, channels=channels, seed=seed)
+        return VideoFolder(folder, frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed)
     raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")

@@ -15,10 +15,16 @@ from hjepa_fast.kernels import temporal_attention_pool
 
 
 class _Abstraction(nn.Module):
+    """Shared parts: the window split, the learned ``empty`` token, and a LayerNorm on the pooled tokens.
+    The norm matters: without it the pooled content, shrunk by two small-initialised projections, is
+    ~30x smaller than the position embedding added next, and the level's targets start (and stay)
+    almost a function of position alone."""
+
     def __init__(self, dim_out: int, window: int):
         super().__init__()
         self.window = window
         self.empty = nn.Parameter(torch.zeros(dim_out))
+        self.out_norm = nn.LayerNorm(dim_out)
 
     def _windows(self, x: torch.Tensor, visible: torch.Tensor | None):
         """``[B, T, N, D]`` -> ``[B, W, k, N, D]`` with hidden entries zeroed, and the visibility."""
@@ -45,7 +51,7 @@ class AveragePool(_Abstraction):
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
         xw, vis = self._windows(x, visible)
         mean = xw.sum(2) / vis.sum(2).clamp(min=1)
-        return self._fill_empty(self.proj(mean), vis)
+        return self._fill_empty(self.out_norm(self.proj(mean)), vis)
 
 
 class StridedConvPool(_Abstraction):
@@ -59,7 +65,7 @@ class StridedConvPool(_Abstraction):
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
         xw, vis = self._windows(x, visible)
         B, W, k, N, D = xw.shape
-        return self._fill_empty(self.proj(xw.permute(0, 1, 3, 2, 4).reshape(B, W, N, k * D)), vis)
+        return self._fill_empty(self.out_norm(self.proj(xw.permute(0, 1, 3, 2, 4).reshape(B, W, N, k * D))), vis)
 
 
 class TemporalAttentionPool(_Abstraction):
@@ -84,7 +90,7 @@ class TemporalAttentionPool(_Abstraction):
         pooled = temporal_attention_pool(
             self.query.to(h.dtype), self.k(h).reshape(shape), self.v(h).reshape(shape), self.window, visible
         )
-        out = self.proj(pooled.reshape(B, T // self.window, N, -1))
+        out = self.out_norm(self.proj(pooled.reshape(B, T // self.window, N, -1)))
         if visible is None:
             return out
         return self._fill_empty(out, visible.reshape(B, T // self.window, self.window, N, 1))

@@ -1,4 +1,5 @@
-"""temporal_attention_pool against a per-window loop, with and without hidden steps."""
+"""temporal_attention_pool: the reference against a per-window loop, the Triton kernels (interpreter on CPU,
+real on CUDA) against the reference, forward and all three gradients, with and without hidden steps."""
 from __future__ import annotations
 
 import math
@@ -6,9 +7,20 @@ import math
 import pytest
 import torch
 
-from hjepa_fast.kernels import temporal_attention_pool
+import hjepa_fast.kernels.temporal_pool as tp
+from hjepa_fast.kernels import kernel_mode, temporal_attention_pool, temporal_attention_pool_reference
+from hjepa_fast.kernels.temporal_pool import temporal_attention_pool_triton
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison_and_small_tiles(monkeypatch):
+    """Kernel outputs start as NaN: an element the kernel forgets to write fails the comparison. Small
+    CPU tiles: many programs per head, ragged last blocks, and a query gradient summed over programs."""
+    monkeypatch.setattr(tp, "POISON_OUTPUTS", True)
+    monkeypatch.setitem(tp.TILE_ELEMENTS, "cpu", (512, 512))
 
 
 def naive_pool(q, k, v, window, visible):
@@ -25,24 +37,176 @@ def naive_pool(q, k, v, window, visible):
     return out
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window,N,Dh,masked", [(2, 3, 8, False), (4, 5, 6, True), (3, 1, 4, True)])
-def test_temporal_attention_pool_matches_a_loop(dtype, window, N, Dh, masked):
-    g = torch.Generator().manual_seed(window)
-    B, T, H = 2, 2 * window, 2
+def make_inputs(B, T, N, H, Dh, window, masked, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
     q = torch.randn(H, Dh, generator=g).to(dtype)
     k, v = (torch.randn(B, T, N, H, Dh, generator=g).to(dtype) for _ in range(2))
-    visible = torch.rand(B, T, N, generator=g) > 0.4 if masked else None
+    visible = None
     if masked:
-        visible[0, :window, 0] = False  # one window with nothing visible -> zeros
-    out = temporal_attention_pool(q, k, v, window, visible)
+        visible = torch.rand(B, T, N, generator=g) > 0.4
+        visible[0, :window, 0] = False  # one window with nothing visible -> zeros, zero gradients
+    return q, k, v, visible
+
+
+def pool_and_grads(fn, q, k, v, window, visible, grad=None):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, window, visible)
+    (out.sum() if grad is None else (out * grad).sum()).backward()  # .sum(): a stride-0 incoming grad
+    return out, q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("impl", [temporal_attention_pool, temporal_attention_pool_triton], ids=["public", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window,N,Dh,masked", [(2, 3, 8, False), (4, 5, 6, True), (3, 1, 4, True)])
+def test_temporal_attention_pool_matches_a_loop(impl, dtype, window, N, Dh, masked):
+    B, T, H = 2, 2 * window, 2
+    q, k, v, visible = make_inputs(B, T, N, H, Dh, window, masked, dtype, seed=window)
+    out = impl(q, k, v, window, visible)
     assert out.shape == (B, T // window, N, H, Dh) and out.dtype == dtype
     torch.testing.assert_close(out.double(), naive_pool(q, k, v, window, visible), rtol=TOL[dtype], atol=TOL[dtype])
 
 
+SHAPES = [  # B, T, N, H, Dh, window, masked
+    (2, 4, 3, 2, 32, 2, False),
+    (2, 8, 5, 3, 48, 4, True),
+    (1, 16, 7, 2, 64, 8, True),
+    (2, 16, 3, 1, 20, 16, True),
+    (3, 6, 1, 2, 6, 3, False),  # window not a power of two: padded time axis
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}N{}H{}Dh{}w{}{}".format(*s[:6], "m" if s[6] else ""))
+def test_triton_matches_reference_forward_and_backward(shape, dtype):
+    *dims, window, masked = shape
+    q, k, v, visible = make_inputs(*dims, window, masked, dtype, seed=sum(shape))
+    B, T, N, H, Dh = dims
+    grad = torch.randn(B, T // window, N, H, Dh, generator=torch.Generator().manual_seed(1)).to(dtype)
+    got = pool_and_grads(temporal_attention_pool_triton, q, k, v, window, visible, grad)
+    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, window, visible, grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        tol = TOL[dtype] if name == "out" else GRAD_TOL[dtype]
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+    if masked:  # the all-hidden window: zero output, zero gradients for its keys and values
+        assert got[0][0, 0, 0].eq(0).all() and got[2][0, :window, 0].eq(0).all() and got[3][0, :window, 0].eq(0).all()
+
+
+def test_non_contiguous_inputs_and_stride0_grad():
+    B, T, N, H, Dh, window = 2, 8, 5, 3, 10, 4
+    g = torch.Generator().manual_seed(3)
+    k = torch.randn(B, N, T, H, Dh, generator=g).transpose(1, 2)  # time and tokens swapped in memory
+    v = torch.randn(B, T, N, H, 2 * Dh, generator=g)[..., ::2]  # strided head dim
+    q = torch.randn(Dh, H, generator=g).t()
+    visible = (torch.rand(B, N, T, generator=g) > 0.3).transpose(1, 2)
+    assert not (k.is_contiguous() or v.is_contiguous() or q.is_contiguous() or visible.is_contiguous())
+    got = pool_and_grads(temporal_attention_pool_triton, q, k, v, window, visible)
+    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, window, visible)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_query_gradient_is_deterministic():
+    q, k, v, visible = make_inputs(2, 8, 9, 2, 16, 4, True, torch.float32)
+    runs = [pool_and_grads(temporal_attention_pool_triton, q, k, v, 4, visible) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_public_function_dispatches():
+    q, k, v, visible = make_inputs(1, 4, 3, 2, 8, 2, True, torch.float32)
+    calls = []
+    original = tp._forward
+    try:
+        tp._forward = lambda *a: calls.append(1) or original(*a)
+        with kernel_mode("reference"):
+            temporal_attention_pool(q, k, v, 2, visible)
+        assert not calls
+        with kernel_mode("triton"):
+            temporal_attention_pool(q, k, v, 2, visible)
+        assert calls
+        calls.clear()
+        with kernel_mode("triton"):  # outside the kernels' scope: the reference, not an error
+            kk = torch.randn(1, 34, 1, 1, 4)
+            temporal_attention_pool(torch.randn(1, 4), kk, kk, 17)
+        assert not calls
+    finally:
+        tp._forward = original
+
+
 def test_temporal_attention_pool_refuses_bad_shapes():
     k = torch.randn(1, 6, 2, 2, 4)
-    with pytest.raises(ValueError, match="multiple of window"):
-        temporal_attention_pool(torch.randn(2, 4), k, k, 4)
-    with pytest.raises(ValueError, match=r"q must be \[H, Dh\]"):
-        temporal_attention_pool(torch.randn(3, 4), k, k, 2)
+    for fn in (temporal_attention_pool, temporal_attention_pool_triton):
+        with pytest.raises(ValueError, match="multiple of window"):
+            fn(torch.randn(2, 4), k, k, 4)
+        with pytest.raises(ValueError, match=r"q must be \[H, Dh\]"):
+            fn(torch.randn(3, 4), k, k, 2)
+        with pytest.raises(ValueError, match=r"visible must be \[B, T, N\]"):
+            fn(torch.randn(2, 4), k, k, 2, torch.ones(1, 6, 3, dtype=torch.bool))
+
+
+def test_triton_refuses_what_it_does_not_support():
+    q, k = torch.randn(2, 4), torch.randn(1, 34, 2, 2, 4)
+    with pytest.raises(ValueError, match="window <= 16"):
+        temporal_attention_pool_triton(q, k, k, 17)
+    kb = torch.randn(1, 2, 1, 1, 130)
+    with pytest.raises(ValueError, match="Dh <= 128"):
+        temporal_attention_pool_triton(torch.randn(1, 130), kb, kb, 2)
+    with pytest.raises(ValueError, match="bool"):
+        temporal_attention_pool_triton(q, k, k, 2, torch.ones(1, 34, 2))
+    with pytest.raises(ValueError, match="floating-point"):
+        temporal_attention_pool_triton(q, k.long(), k.long(), 2)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="one device"):
+            temporal_attention_pool_triton(q.cuda(), k, k, 2)
+
+
+def test_compiles_fullgraph_and_passes_opcheck():
+    q, k, v, visible = make_inputs(1, 4, 3, 2, 8, 2, True, torch.float32)
+    torch.library.opcheck(torch.ops.hjepa_fast.temporal_attention_pool.default, (q, k, v, 2, visible),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    with kernel_mode("triton"):
+        eager = pool_and_grads(temporal_attention_pool, q, k, v, 2, visible)
+        compiled = pool_and_grads(torch.compile(temporal_attention_pool, fullgraph=True), q, k, v, 2, visible)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b)
+
+
+def test_model_attention_pool_unchanged_by_the_kernel():
+    from hjepa_fast.model.abstraction import TemporalAttentionPool
+
+    torch.manual_seed(0)
+    module = TemporalAttentionPool(dim_in=12, dim_out=16, window=4, heads=2)
+    x = torch.randn(2, 8, 3, 12)
+    visible = torch.rand(2, 8, 3) > 0.4
+    visible[0, :4, 0] = False
+    results = {}
+    for mode in ("reference", "triton"):
+        module.zero_grad()
+        with kernel_mode(mode):
+            out = module(x, visible)
+        out.square().sum().backward()
+        results[mode] = [out] + [p.grad.clone() for p in module.parameters() if p.grad is not None]
+    for a, b in zip(results["reference"], results["triton"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_gpu_vit_b_shapes_and_determinism(dtype, masked):
+    B, T, N, H, Dh, window = 2, 8, 196, 12, 64, 4
+    q, k, v, visible = (t if t is None else t.cuda() for t in make_inputs(B, T, N, H, Dh, window, masked, dtype))
+    grad = torch.randn(B, T // window, N, H, Dh, device="cuda").to(dtype)
+    runs = [pool_and_grads(temporal_attention_pool_triton, q, k, v, window, visible, grad) for _ in range(2)]
+    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, window, visible, grad)
+    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
+    for a, b, c in zip(*runs, want):
+        assert torch.equal(a, b)  # bitwise determinism, the query gradient included
+        torch.testing.assert_close(a, c, rtol=tol, atol=tol)
+    with kernel_mode("auto"):
+        compiled = pool_and_grads(torch.compile(temporal_attention_pool, fullgraph=True), q, k, v, window, visible,
+                                  grad)
+    for a, c in zip(compiled, runs[0]):
+        torch.testing.assert_close(a, c, rtol=tol, atol=tol)
