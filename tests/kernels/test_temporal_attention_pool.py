@@ -87,7 +87,7 @@ def test_triton_matches_reference_forward_and_backward(shape, dtype):
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         tol = TOL[dtype] if name == "out" else GRAD_TOL[dtype]
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m, name=name: f"{name}: {m}")
     if masked:  # the all-hidden window: zero output, zero gradients for its keys and values
         assert got[0][0, 0, 0].eq(0).all() and got[2][0, :window, 0].eq(0).all() and got[3][0, :window, 0].eq(0).all()
 
@@ -210,3 +210,14 @@ def test_gpu_vit_b_shapes_and_determinism(dtype, masked):
                                   grad)
     for a, c in zip(compiled, runs[0]):
         torch.testing.assert_close(a, c, rtol=tol, atol=tol)
+
+
+def test_mixed_dtypes_as_under_autocast():
+    """The model passes an fp32 query with bf16 keys/values under autocast: gradients keep each dtype."""
+    q, k, v, visible = make_inputs(2, 8, 3, 2, 16, 4, True, torch.bfloat16)
+    q = q.float()
+    got = pool_and_grads(temporal_attention_pool_triton, q, k, v, 4, visible)
+    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, 4, visible)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=3e-2, atol=3e-2)
