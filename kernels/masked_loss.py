@@ -59,8 +59,10 @@ def _check(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None) -
     N = target.shape[1]
     if idx.numel() and torch.compiler.is_compiling():  # no host sync inside a graph: an async assert
         torch._assert_async(((idx >= 0) & (idx < N)).all(), "idx out of range")
-    elif idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= N):
-        raise ValueError(f"idx out of range [0, {N}): min {int(idx.min())}, max {int(idx.max())}")
+    elif idx.numel():
+        lo, hi = torch.stack(torch.aminmax(idx)).tolist()  # one host sync
+        if lo < 0 or hi >= N:
+            raise ValueError(f"idx out of range [0, {N}): min {lo}, max {hi}")
     return idx
 
 

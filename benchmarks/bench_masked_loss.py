@@ -1,0 +1,80 @@
+"""Forward + backward of the masked latent losses (``masked_l2_loss``, I-JEPA's ``masked_jepa_loss``) on
+ViT-B recipe shapes: the eager reference, ``torch.compile`` of the reference and (CUDA only) the fused
+Triton kernel.
+
+Bytes counted (the minimum any implementation must move, forward + backward): one read of the ``B*M``
+prediction rows and of the ``B*M`` gathered target rows, one read of ``idx`` and one write of the
+prediction gradient: ``B*M*(D*(2*pred_bytes + target_bytes) + idx_bytes)``. GB/s = those bytes / time;
+``frac_copy`` = GB/s over the copy bandwidth measured on the same device in the same run. The fused
+kernel itself moves ``2*B*M*D*pred_bytes`` more: its backward scales the gradient written in the forward
+by ``grad_output`` (one read, one write), so its ceiling on this metric is 3/5 of the copy bandwidth.
+
+On CPU (reference paths only) it runs one thread: on a shared machine two spinning OpenMP threads made the
+medians swing 100-fold (*measured*).
+
+``python -m benchmarks.bench_masked_loss [--quick] [--device cuda|cpu] [--out DIR]``
+"""
+from __future__ import annotations
+
+import torch
+
+from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, write_results
+from hjepa_fast.kernels import masked_loss as ml
+
+# (B, M, N, D): image I-JEPA (196 tokens, ~75 % predicted) and video (1568 tokens) at the level widths
+SHAPES = [(256, 147, 196, 768), (128, 784, 1568, 96), (128, 784, 1568, 192), (128, 1176, 1568, 384),
+          (128, 1176, 1568, 768)]
+QUICK_SHAPES = {"cpu": [(8, 147, 196, 96), (4, 147, 196, 384)], "cuda": [(64, 147, 196, 768), (128, 784, 1568, 96)]}
+OPS = {
+    "l2": (ml.masked_l2_loss_reference, ml.masked_l2_loss_triton),
+    "ijepa": (ml.masked_jepa_loss_reference, ml.masked_jepa_loss_triton),
+}
+
+
+def _fwd_bwd(fn, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor):
+    def run():
+        return torch.autograd.grad(fn(pred, target, idx), pred)
+    return run
+
+
+def min_bytes(B: int, M: int, D: int, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> int:
+    return B * M * (D * (2 * pred.element_size() + target.element_size()) + idx.element_size())
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shapes = QUICK_SHAPES[device.type] if args.quick else SHAPES
+    info = device_info(device) | {"dtype": str(dtype), "copy_gbps": copy_bandwidth(device)}
+    rows = []
+    for B, M, N, D in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        pred = torch.randn(B, M, D, device=device, dtype=dtype, generator=g).requires_grad_()
+        target = torch.randn(B, N, D, device=device, dtype=dtype, generator=g)
+        idx = torch.rand(B, N, device=device, generator=g).argsort(1)[:, :M].contiguous()  # distinct per sample
+        nbytes = min_bytes(B, M, D, pred, target, idx)
+        for op, (reference, triton_fn) in OPS.items():
+            paths = {"eager": reference, "compiled": torch.compile(reference, fullgraph=True, dynamic=False)}
+            if device.type == "cuda":
+                paths["triton"] = triton_fn
+            eager_ms = None
+            for path, fn in paths.items():
+                t = measure(_fwd_bwd(fn, pred, target, idx), device, reps=30)
+                eager_ms = eager_ms or t["ms"]
+                gbps = nbytes / (t["ms"] * 1e-3) / 1e9
+                rows.append({"op": op, "path": path, "shape": f"{op} B{B} M{M} N{N} D{D}", "B": B, "M": M, "N": N,
+                             "D": D, **t, "gbps": gbps, "frac_copy": gbps / info["copy_gbps"],
+                             "speedup_vs_eager": eager_ms / t["ms"]})
+                print(f"{rows[-1]['shape']:<34} {path:<9} {t['ms']:9.3f} ms {gbps:8.1f} GB/s "
+                      f"{100 * rows[-1]['frac_copy']:5.1f}% of copy  x{rows[-1]['speedup_vs_eager']:.2f} vs eager")
+            del paths
+        del pred, target, idx
+    json_path, png_path = write_results("masked_loss", info, rows, args.out)
+    print(f"copy bandwidth {info['copy_gbps']:.1f} GB/s; wrote {json_path} and {png_path}")
+
+
+if __name__ == "__main__":
+    main()
