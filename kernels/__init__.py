@@ -1,22 +1,51 @@
 """hjepa_fast.kernels: the fused ops of H-JEPA training, importable without the model stack.
 
-Each op has a public functional form and a plain PyTorch reference beside it. Today the functional
-forms run the reference (or the fastest torch-native path); the Triton kernels replace them behind the
-same signatures, so model code never changes.
+Each op has a public functional form that dispatches (``dispatch.py``: Triton on CUDA, the PyTorch
+path elsewhere), a plain PyTorch reference beside it, and a ``*_triton`` form that always runs the
+Triton kernel (on CPU under ``TRITON_INTERPRET=1``, for tests).
 """
 from .dispatch import get_kernel_mode, kernel_mode, set_kernel_mode
-from .ema import ema_update_, ema_update_reference_
-from .masked_loss import masked_l2_loss, masked_l2_loss_reference
-from .temporal_pool import temporal_attention_pool, temporal_attention_pool_reference
+from .ema import (
+    EMASchedule,
+    MultiLevelEMA,
+    ema_flat_,
+    ema_flat_triton_,
+    ema_update_,
+    ema_update_reference_,
+    ema_update_triton_,
+)
+from .masked_loss import (
+    masked_jepa_loss,
+    masked_jepa_loss_reference,
+    masked_jepa_loss_triton,
+    masked_l2_loss,
+    masked_l2_loss_reference,
+    masked_l2_loss_triton,
+)
+from .temporal_pool import (
+    temporal_attention_pool,
+    temporal_attention_pool_reference,
+    temporal_attention_pool_triton,
+)
 
 __all__ = [
-    "get_kernel_mode",
-    "kernel_mode",
-    "set_kernel_mode",
+    "EMASchedule",
+    "MultiLevelEMA",
+    "ema_flat_",
+    "ema_flat_triton_",
     "ema_update_",
     "ema_update_reference_",
+    "ema_update_triton_",
+    "get_kernel_mode",
+    "kernel_mode",
+    "masked_jepa_loss",
+    "masked_jepa_loss_reference",
+    "masked_jepa_loss_triton",
     "masked_l2_loss",
     "masked_l2_loss_reference",
+    "masked_l2_loss_triton",
+    "set_kernel_mode",
     "temporal_attention_pool",
     "temporal_attention_pool_reference",
+    "temporal_attention_pool_triton",
 ]

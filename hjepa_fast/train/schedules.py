@@ -1,4 +1,5 @@
-"""Step schedules: learning rate, weight decay, EMA momentum."""
+"""Step schedules: learning rate and weight decay (the EMA momentum schedule lives with the fused EMA,
+``hjepa_fast.kernels.EMASchedule``)."""
 from __future__ import annotations
 
 import math
@@ -16,7 +17,3 @@ def warmup_cosine(step: int, total: int, warmup: int, peak: float, final: float)
         return peak * (step + 1) / warmup
     return cosine(step - warmup, total - warmup, peak, final)
 
-
-def ema_momentum(step: int, total: int, tau_base: float, tau_end: float) -> float:
-    """tau_t = tau_end - (tau_end - tau_base) * (cos(pi t / T) + 1) / 2: tau_base at 0, tau_end at T."""
-    return cosine(step, total, tau_base, tau_end)

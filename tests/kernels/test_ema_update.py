@@ -1,10 +1,14 @@
-"""ema_update_ against the per-tensor loop: mixed shapes and dtypes, exact ends, input checks."""
+"""ema_update_, the Triton flat kernel and MultiLevelEMA against the per-tensor loop: mixed shapes and dtypes,
+exact ends, level boundaries inside blocks, scheduled steps, resume, packing under an optimizer, input checks."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from hjepa_fast.kernels import ema_update_, ema_update_reference_
+from hjepa_fast.kernels import ema_update_, ema_update_reference_, kernel_mode
+from hjepa_fast.kernels.ema import EMASchedule, MultiLevelEMA, ema_flat_, ema_flat_triton_, ema_update_triton_
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
@@ -65,3 +69,229 @@ def test_ema_accepts_flat_lists_and_one_tau():
 def test_ema_refuses_mismatches(targets, sources, taus, message):
     with pytest.raises(ValueError, match=message):
         ema_update_(targets, sources, taus)
+
+
+# ---------------------------------------------------------------- Triton kernel, packed buffers, schedule
+SHAPES = [[(), (7,), (3, 5)], [(64, 33), (1,)], [(2, 3, 4, 5)]]
+
+
+def close(a, b, dtype):
+    torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_per_tensor_path_matches_the_loop_with_non_contiguous_tensors(dtype):
+    targets, sources = random_groups(dtype)
+    targets[1][0] = torch.randn(33, 64).to(dtype).t()  # non-contiguous target
+    sources[2][0] = torch.randn(5, 4, 3, 2).to(dtype).permute(3, 2, 1, 0)  # non-contiguous source
+    expected = [[t.clone() for t in g] for g in targets]
+    taus = [0.9, 0.0, 0.7]
+    ema_update_triton_(targets, sources, taus)
+    ema_update_reference_(expected, sources, taus)
+    for tg, eg in zip(targets, expected):
+        for t, e in zip(tg, eg):
+            close(t, e, dtype)
+    assert all(torch.equal(t, s) for t, s in zip(targets[1], sources[1]))  # tau=0 wrote every element
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block", [16, 64])
+def test_flat_kernel_with_level_boundaries_inside_blocks(dtype, block):
+    g = torch.Generator().manual_seed(1)
+    n, starts = 301, [0, 37, 37, 200]  # level 1 is empty; 301 is not a multiple of the block
+    weights = torch.tensor([0.25, 0.5, 1.0, 0.0])
+    target, source = (torch.randn(n, generator=g).to(dtype) for _ in range(2))
+    expected = target.clone()
+    bounds = [*starts, n]
+    for lvl, w in enumerate(weights.tolist()):
+        expected[bounds[lvl]:bounds[lvl + 1]].lerp_(source[bounds[lvl]:bounds[lvl + 1]], w)
+    ema_flat_triton_(target, source, torch.tensor(starts), weights, block=block)
+    close(target, expected, dtype)
+    assert torch.equal(target[37:200], source[37:200])  # w=1 copies exactly, unwritten elements would fail
+    assert torch.equal(target[200:], expected[200:])  # w=0 keeps exactly
+
+
+def test_flat_op_refuses_bad_buffers():
+    t = torch.zeros(8)
+    with pytest.raises(ValueError, match="1-d target and source"):
+        ema_flat_triton_(t, torch.zeros(9), torch.zeros(1, dtype=torch.int64), torch.zeros(1))
+    with pytest.raises(ValueError, match="level_starts must be int64"):
+        ema_flat_triton_(t, torch.zeros(8), torch.zeros(1, dtype=torch.int32), torch.zeros(1))
+    with pytest.raises(ValueError, match="contiguous"):
+        ema_flat_triton_(torch.zeros(16)[::2], torch.zeros(8), torch.zeros(1, dtype=torch.int64), torch.zeros(1))
+    with pytest.raises(ValueError, match="float32"):
+        ema_flat_triton_(t, torch.zeros(8), torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.float64))
+
+
+def test_flat_op_passes_opcheck_and_compiles_fullgraph():
+    g = torch.Generator().manual_seed(2)
+    args = (torch.randn(50, generator=g), torch.randn(50, generator=g), torch.tensor([0, 20]),
+            torch.tensor([0.3, 0.8]))
+    torch.library.opcheck(torch.ops.hjepa_fast.ema_flat_.default, args)
+    eager, compiled = args[0].clone(), args[0].clone()
+    ema_flat_(eager, *args[1:])
+    torch.compile(lambda t: ema_flat_(t, *args[1:]), fullgraph=True)(compiled)
+    assert torch.equal(eager, compiled)
+
+
+def test_functional_foreach_path_compiles_fullgraph():
+    targets, sources = random_groups(torch.float32)
+    eager = [[t.clone() for t in g] for g in targets]
+    ema_update_(eager, sources, [0.9, 0.5, 0.99])
+    torch.compile(lambda t, s: ema_update_(t, s, [0.9, 0.5, 0.99]), fullgraph=True)(targets, sources)
+    for tg, eg in zip(targets, eager):
+        for t, e in zip(tg, eg):
+            close(t, e, torch.float32)
+
+
+def make_levels(dtypes=(torch.float32, torch.bfloat16, torch.float32), seed=3):
+    """Per level a small module with odd sizes and a scalar parameter, in the given dtype."""
+    torch.manual_seed(seed)
+    mods = []
+    for dtype in dtypes:
+        m = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Linear(7, 3))
+        m.register_parameter("scale", torch.nn.Parameter(torch.randn(())))
+        mods.append(m.to(dtype))
+    return mods
+
+
+def snapshot(mods):
+    return [[p.detach().clone() for p in m.parameters()] for m in mods]
+
+
+SCHEDULE = EMASchedule([0.9, 0.5, 0.0], [0.99, 1.0, 0.0], total_steps=4)
+
+
+@pytest.mark.parametrize("mode", ["triton", "auto"])
+def test_multilevel_ema_matches_the_loop_over_scheduled_steps(mode, monkeypatch):
+    import hjepa_fast.kernels.ema as ema_module
+
+    launches = []
+    launch = ema_module.ema_flat_triton_
+    monkeypatch.setattr(ema_module, "ema_flat_triton_", lambda *a, **k: launches.append(1) or launch(*a, **k))
+    targets, sources = make_levels(), make_levels(seed=4)
+    expected, src = snapshot(targets), snapshot(sources)
+    ema = MultiLevelEMA(targets, sources, SCHEDULE)
+    with kernel_mode(mode):
+        for _ in range(6):  # past total_steps: held at tau_end
+            taus = ema.step()
+            ema_update_reference_(expected, src, taus)
+    assert ema.step_count == 6 and taus == [0.99, 1.0, 0.0]
+    assert len(launches) == (12 if mode == "triton" else 0)  # one launch per (dtype, device) bucket and step
+    for m, eg in zip(targets, expected):
+        for p, e in zip(m.parameters(), eg):
+            close(p.detach(), e, p.dtype)
+    assert all(torch.equal(p, s) for p, s in zip(targets[2].parameters(), sources[2].parameters()))
+
+
+def test_schedule_is_the_per_level_cosine():
+    s = EMASchedule([0.996, 0.5], [0.9999, 0.9], total_steps=10)
+    assert s.taus(0) == [0.996, 0.5] and s.taus(10) == [0.9999, 0.9] and s.taus(99) == [0.9999, 0.9]
+    want = 0.9999 - (0.9999 - 0.996) * (math.cos(math.pi * 3 / 10) + 1) / 2
+    assert math.isclose(s.taus(3)[0], want, rel_tol=1e-15)
+    with pytest.raises(ValueError, match="tau_base for"):
+        EMASchedule([0.9], [0.9, 0.9], 3)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        EMASchedule([1.1], [0.9], 3)
+
+
+def test_multilevel_ema_resumes_from_state_dict():
+    straight_t, resumed_t, sources = make_levels(), make_levels(), make_levels(seed=4)
+    straight = MultiLevelEMA(straight_t, sources, SCHEDULE)
+    for _ in range(5):
+        straight.step()
+    first = MultiLevelEMA(resumed_t, sources, SCHEDULE)
+    for _ in range(3):
+        first.step()
+    state = first.state_dict()
+    second = MultiLevelEMA(resumed_t, sources, SCHEDULE)
+    second.load_state_dict(state)
+    second.step(), second.step()
+    for a, b in zip(straight_t, resumed_t):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_packing_keeps_the_optimizer_working_and_repacks_after_rebinding():
+    targets, sources, twin = make_levels(), make_levels(seed=4), make_levels(seed=4)
+    opt = torch.optim.AdamW([p for m in sources for p in m.parameters()], lr=0.1)
+    opt_twin = torch.optim.AdamW([p for m in twin for p in m.parameters()], lr=0.1)
+    ema = MultiLevelEMA(targets, sources, SCHEDULE)  # after the optimizer: same Parameter objects
+    for m, o in ((sources, opt), (twin, opt_twin)):
+        sum(p.float().square().sum() for mod in m for p in mod.parameters()).backward()
+        o.step()
+    for a, b in zip(sources, twin):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    storage = ema._buckets[0][1].untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == storage for p in sources[0].parameters())  # still views
+    p = next(targets[0].parameters())
+    p.data = p.data.clone()  # e.g. module.to() or load_state_dict(assign=True)
+    before = p.detach().clone()
+    ema.step(0)
+    assert not torch.equal(p, before), "the rebound parameter must still be updated"
+    middle = list(targets[0].parameters())[2]
+    middle.data = middle.data.clone()  # one parameter by hand: repack() says so
+    ema.repack()
+    before = middle.detach().clone()
+    ema.step(0)
+    assert not torch.equal(middle, before)
+
+
+def test_parameters_flattened_by_someone_else_are_not_packed_but_updated():
+    targets, sources = make_levels((torch.float32,) * 3), make_levels((torch.float32,) * 3, seed=4)
+    params = [p for m in sources for p in m.parameters()]
+    engine_buffer = torch.cat([p.detach().reshape(-1) for p in params])  # as DeepSpeed ZeRO-1/2 flattens
+    offset = 0
+    for p in params:
+        p.data = engine_buffer[offset:offset + p.numel()].view(p.shape)
+        offset += p.numel()
+    expected, src = snapshot(targets), snapshot(sources)
+    with pytest.warns(UserWarning, match="views into another buffer"):
+        ema = MultiLevelEMA(targets, sources, SCHEDULE)
+    assert not ema.packed
+    ema_update_reference_(expected, src, ema.step())
+    assert all(p.untyped_storage().data_ptr() == engine_buffer.untyped_storage().data_ptr() for p in params)
+    for m, eg in zip(targets, expected):
+        assert all(torch.equal(p, e) for p, e in zip(m.parameters(), eg))
+
+
+def test_multilevel_ema_refuses_bad_input():
+    a, b = make_levels(), make_levels(seed=4)
+    with pytest.raises(ValueError, match="taus for 3 groups"):
+        MultiLevelEMA(a, b, EMASchedule([0.9], [0.99], 3))
+    with pytest.raises(ValueError, match="does not match"):
+        MultiLevelEMA(a, [b[1], b[0], b[2]], SCHEDULE)
+    x, y = make_levels((torch.float32,) * 3), make_levels((torch.float32,) * 3, seed=4)
+    with pytest.raises(ValueError, match="appears twice"):
+        MultiLevelEMA([x[0], x[0], x[2]], y, SCHEDULE)
+
+
+def test_bf16_target_stalls_where_fp32_moves():
+    """The documented caveat: with tau near 1 the step is below bf16 resolution."""
+    t32, s = torch.ones(1000), torch.full((1000,), 1.5)
+    t16 = t32.bfloat16()
+    ema_update_([t32, t16], [s, s.bfloat16()], 0.9999)
+    assert (t32 > 1).all() and (t16 == 1).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_multilevel_ema_vit_b_shapes_matches_and_is_deterministic(dtype):
+    def levels(seed):
+        torch.manual_seed(seed)
+        return [torch.nn.Sequential(*[torch.nn.TransformerEncoderLayer(d, d // 64, 4 * d, batch_first=True)
+                                      for _ in range(depth)]).to("cuda", dtype)
+                for d, depth in ((768, 2), (384, 2), (192, 2))]
+
+    runs = []
+    for _ in range(2):
+        targets, sources = levels(0), levels(1)
+        expected, src = snapshot(targets), snapshot(sources)
+        ema = MultiLevelEMA(targets, sources, EMASchedule([0.996, 0.9, 0.5], [0.9999, 0.99, 0.9], 10))
+        for _ in range(3):
+            ema_update_reference_(expected, src, ema.step())
+        for m, eg in zip(targets, expected):
+            for p, e in zip(m.parameters(), eg):
+                close(p.detach(), e, dtype)
+        runs.append(snapshot(targets))
+    assert all(torch.equal(a, b) for ga, gb in zip(*runs) for a, b in zip(ga, gb))
