@@ -94,7 +94,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    engine: str = "single"
+    engine: str = "single"  # single | ddp | fsdp | deepspeed (multi-process: start with torchrun or deepspeed)
+    deepspeed: str = ""  # engine=deepspeed: path to the DeepSpeed JSON (ZeRO stage etc.), e.g. configs/ds_zero2.json
+    grad_accumulation: int = 1  # micro-batches per optimiser step: batch_size = ranks x grad_accumulation x micro
+    # per level: recompute each transformer block of that level's online encoder and predictor in backward
+    activation_checkpointing: list[bool] = field(default_factory=lambda: [False, False, False])
     threads: int = 0  # CPU threads for torch; 0: torch's default
     out_dir: str = "runs"
     run_name: str = ""  # "": a time stamp
@@ -123,7 +127,7 @@ PER_LEVEL = {
     "model": ("temporal_strides", "encoder_dims", "encoder_depths", "encoder_heads", "predictor_dims",
               "predictor_depths", "predictor_heads"),
     "masks": ("strategies",),
-    "train": ("ema_tau_base", "ema_tau_end"),
+    "train": ("ema_tau_base", "ema_tau_end", "activation_checkpointing"),
 }
 CHOICES = {
     ("model", "abstraction"): ("average", "conv", "attention"),
@@ -134,7 +138,7 @@ CHOICES = {
     ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
-    ("train", "engine"): ("single",),
+    ("train", "engine"): ("single", "ddp", "fsdp", "deepspeed"),
 }
 
 
@@ -289,6 +293,12 @@ def resolve(cfg: Config) -> Config:
                 raise ConfigError(f"train.{name} values must lie in [0, 1], got {tau}")
     if cfg.train.batch_size < 1 or cfg.train.steps < 1:
         raise ConfigError("train.batch_size and train.steps must be >= 1")
+    if cfg.train.grad_accumulation < 1 or cfg.train.batch_size % cfg.train.grad_accumulation:
+        raise ConfigError(f"train.grad_accumulation ({cfg.train.grad_accumulation}) must be >= 1 and divide "
+                          f"train.batch_size ({cfg.train.batch_size})")
+    if cfg.train.engine == "deepspeed" and not cfg.train.deepspeed:
+        raise ConfigError("train.engine=deepspeed needs train.deepspeed=PATH to a DeepSpeed JSON, "
+                          "e.g. configs/ds_zero2.json")
     if cfg.data.dataset == "video_folder" and not cfg.data.root:
         raise ConfigError("data.dataset=video_folder needs data.root (a folder of videos)")
     return cfg

@@ -1,33 +1,213 @@
-"""Engines wrap a finished model and its optimiser: backward, step, state. The trainer drives any engine
-the same way; this file holds the single-process engine (DDP/FSDP/DeepSpeed come with scale-out)."""
+"""Engines wrap a finished model and its optimiser: forward module, backward, step, state save/load.
+
+The trainer drives every engine the same way::
+
+    engine.set_schedule(lr, wd)
+    for each micro-batch:
+        with engine.accumulating(last):      # no gradient sync before the last micro-batch
+            out = engine.module(clips, masks, actions, step=step)
+            engine.backward(out.loss)        # scaled by 1 / grad_accumulation
+    applied = engine.step()                  # True when the optimiser step was taken
+    if applied: ema.update(step)
+
+Here: one process, torch DDP, FSDP2 (``fully_shard``). DeepSpeed lives in ``deepspeed_engine.py`` (an
+optional dependency). ``build_engine`` picks one from ``train.engine``.
+"""
 from __future__ import annotations
 
+import contextlib
+import inspect
+import shutil
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from hjepa_fast.config import Config
+from hjepa_fast.model.hjepa import HJEPA
+
+from .builders import build_optimizer
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistInfo, barrier
+from .ema import TargetEMA
+
+CHECKPOINT = "checkpoint.pt"  # single / ddp: one file with everything
+DCP_CHECKPOINT = "checkpoint"  # fsdp: a torch.distributed.checkpoint folder (+ meta.pt)
+
 
 class SingleProcessEngine:
-    """One process, one device."""
+    """One process, one device. Checkpoint: ``checkpoint.pt`` (model with targets, optimiser, meta)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0):
+    name = "single"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
+                 grad_accumulation: int = 1, info: DistInfo | None = None):
         self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
+        self.grad_accumulation, self.info = grad_accumulation, info or DistInfo()
+
+    @property
+    def module(self) -> nn.Module:
+        """What the trainer calls for the forward pass."""
+        return self.model
+
+    def set_schedule(self, lr: float, wd: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = wd if group["decays"] else 0.0
+
+    def accumulating(self, last: bool):
+        """Context for one micro-batch's forward and backward; ``last``: gradients sync after this one."""
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (loss / self.grad_accumulation if self.grad_accumulation > 1 else loss).backward()
 
-    def step(self) -> None:
+    def step(self) -> bool:
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return True
 
+    def build_ema(self, cfg: Config) -> TargetEMA:
+        targets, sources = self.model.ema_pairs()
+        return TargetEMA(targets, sources, cfg.train.ema_tau_base, cfg.train.ema_tau_end, cfg.train.steps)
+
+    # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def save(self, run_dir: Path, meta: dict[str, Any]) -> None:
+        """Every rank calls it; rank 0 writes ``checkpoint.pt`` atomically (replicas hold equal states)."""
+        if self.info.main:
+            save_checkpoint(run_dir / CHECKPOINT, {**self.state_dict(), **meta})
+        barrier(self.info)
+
+    def load(self, run_dir: Path) -> dict[str, Any]:
+        """Restore model and optimiser from ``run_dir``; return the rest (step, rng, config). A full state:
+        it resumes on any number of processes."""
+        state = load_checkpoint(run_dir / CHECKPOINT)
+        self.load_state_dict(state)
+        return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+
+
+class DDPEngine(SingleProcessEngine):
+    """torch DistributedDataParallel: replicas, gradients averaged over ranks in backward."""
+
+    name = "ddp"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, **kw):
+        super().__init__(model, optimizer, **kw)
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        # no buffer sync per forward: the only buffers are fixed position tables, equal on every rank
+        new_api = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        sync = {"forward_sync_buffers": False} if new_api else {"broadcast_buffers": False}
+        self.ddp = DistributedDataParallel(model, device_ids=ids, **sync)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ddp
+
+    def accumulating(self, last: bool):
+        return contextlib.nullcontext() if last else self.ddp.no_sync()
+
+
+class FSDPEngine(SingleProcessEngine):
+    """FSDP2: parameters, gradients and optimiser state sharded over ranks (``parallelize.apply_fsdp``).
+    Checkpoint: a ``torch.distributed.checkpoint`` folder, which reloads on any number of ranks."""
+
+    name = "fsdp"
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    def accumulating(self, last: bool):
+        self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    def build_ema(self, cfg: Config) -> TargetEMA:
+        with warnings.catch_warnings():  # sharded parameters: MultiLevelEMA lerps the local shards
+            warnings.filterwarnings("ignore", message="MultiLevelEMA: parameters are sharded")
+            return super().build_ema(cfg)
+
+    def _states(self):
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optim_state}
+
+    def save(self, run_dir: Path, meta: dict[str, Any]) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        final, tmp = run_dir / DCP_CHECKPOINT, run_dir / f".{DCP_CHECKPOINT}.tmp"
+        if self.info.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier(self.info)
+        dcp.save(self._states(), checkpoint_id=str(tmp))
+        if self.info.main:  # meta last, then swap folders: a crash leaves the previous checkpoint whole
+            save_checkpoint(tmp / "meta.pt", {**meta, "world_size": self.info.world})
+            old = run_dir / f".{DCP_CHECKPOINT}.old"
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        barrier(self.info)
+
+    def load(self, run_dir: Path) -> dict[str, Any]:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        folder = run_dir / DCP_CHECKPOINT
+        if not (folder / "meta.pt").is_file():
+            raise FileNotFoundError(f"no FSDP checkpoint (torch.distributed.checkpoint folder) at {folder}")
+        states = self._states()
+        dcp.load(states, checkpoint_id=str(folder))  # reshards: any number of ranks
+        set_state_dict(self.model, self.optimizer, model_state_dict=states["model"],
+                       optim_state_dict=states["optimizer"])
+        return load_checkpoint(folder / "meta.pt")
+
+
+def checkpoint_format(engine: str) -> str:
+    """Engines that share a format can resume each other's runs (single <-> ddp)."""
+    return {"single": "torch", "ddp": "torch", "fsdp": "dcp", "deepspeed": "deepspeed"}[engine]
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    from .deepspeed_engine import DS_CHECKPOINT, DS_META
+
+    return any(p.is_file() for p in (run_dir / CHECKPOINT, run_dir / DCP_CHECKPOINT / "meta.pt",
+                                     run_dir / DS_CHECKPOINT / DS_META))
+
+
+def build_engine(cfg: Config, model: HJEPA, device: torch.device, info: DistInfo):
+    """Parallelise ``model`` (already on ``device``, activation checkpointing already applied) for
+    ``train.engine``, build its optimiser, and return the engine."""
+    kw = {"grad_clip": cfg.train.grad_clip, "grad_accumulation": cfg.train.grad_accumulation, "info": info}
+    name = cfg.train.engine
+    if name == "single":
+        return SingleProcessEngine(model, build_optimizer(model, cfg), **kw)
+    if name == "ddp":
+        return DDPEngine(model, build_optimizer(model, cfg), device, **kw)
+    if name == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from .parallelize import apply_fsdp
+
+        apply_fsdp(model, init_device_mesh(device.type, (info.world,)))
+        return FSDPEngine(model, build_optimizer(model, cfg), **kw)  # optimiser over the sharded parameters
+    if name == "deepspeed":
+        from .deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(cfg, model, device, info)
+    raise ValueError(f"unknown engine {name!r}")

@@ -13,26 +13,29 @@ from hjepa_fast.config import Config, ConfigError, config_from_dict, save_config
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.masks import LevelMasks
 
-from .builders import build_model, build_optimizer, build_train_loader, count_parameters, peak_lr
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .ema import TargetEMA
-from .engine import SingleProcessEngine
+from . import distributed
+from .builders import build_model, count_parameters, peak_lr
+from .checkpoint import rng_state, set_rng_state
+from .engine import CHECKPOINT, build_engine, checkpoint_format, has_checkpoint
 from .logging import MetricsLogger, plot_losses
+from .parallelize import apply_activation_checkpointing
 from .schedules import cosine, warmup_cosine
 
-CHECKPOINT = "checkpoint.pt"
+__all__ = ["CHECKPOINT", "train", "resume_config", "new_run_dir", "pick_device"]
 # settings a resumed run may change: they do not alter the steps already taken (a new train.steps
 # stretches the schedules from here on)
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.ckpt_every", "train.threads", "train.out_dir",
-                     "train.run_name", "data.num_workers"}
+                     "train.run_name", "data.num_workers", "train.deepspeed", "train.grad_accumulation",
+                     "train.activation_checkpointing"}
+# (train.engine may change where the checkpoint format is the same: single <-> ddp)
 
 
-def pick_device(cfg: Config) -> torch.device:
+def pick_device(cfg: Config, local_rank: int = 0) -> torch.device:
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
     if cfg.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.train.device)
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(f"cuda:{local_rank}" if cfg.train.device == "cuda" else cfg.train.device)
 
 
 def _autocast(cfg: Config, device: torch.device):
@@ -55,11 +58,12 @@ def resume_config(run_dir: Path, requested: Config | None) -> Config:
     if requested is None:
         return saved
     a, b = _flat(to_dict(saved)), _flat(to_dict(requested))
-    differing = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
+    differing = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES
+                       and not (k == "train.engine" and checkpoint_format(a[k]) == checkpoint_format(b[k])))
     if differing:
         changes = ", ".join(f"{k} ({a[k]!r} -> {b[k]!r})" for k in differing)
         raise ConfigError(f"cannot resume {run_dir} with a different config: {changes}")
-    for key in RESUMABLE_CHANGES:
+    for key in (*RESUMABLE_CHANGES, "train.engine"):
         section, name = key.split(".")
         setattr(getattr(saved, section), name, getattr(getattr(requested, section), name))
     return saved
@@ -68,7 +72,7 @@ def resume_config(run_dir: Path, requested: Config | None) -> Config:
 def new_run_dir(cfg: Config) -> Path:
     name = cfg.train.run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.train.out_dir) / name
-    if (run_dir / CHECKPOINT).exists():
+    if has_checkpoint(run_dir):
         raise FileExistsError(
             f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another train.run_name"
         )
@@ -77,62 +81,84 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) a run; returns ``{"run_dir", "step", "losses"}`` with the logged loss rows."""
+    """Train (or resume) a run; returns ``{"run_dir", "step", "losses"}`` with the logged loss rows.
+
+    Under a launcher (torchrun, deepspeed) every rank calls this; rank 0 alone logs and writes files."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg)
+    info = distributed.setup(cfg, pick_device(cfg).type)
+    try:
+        return _train(cfg, info, run_dir, resume, progress)
+    finally:
+        distributed.teardown(info)
+
+
+def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume: bool, progress: bool) -> dict:
+    device = pick_device(cfg, info.local_rank)
     set_kernel_mode(cfg.model.kernels)
-    run_dir = run_dir if run_dir is not None else new_run_dir(cfg)
+    _, micro = distributed.local_batch(cfg, info)
+    if run_dir is None:
+        run_dir = new_run_dir(cfg) if info.main else None
+        run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else None, info))
     model = build_model(cfg).to(device)
-    optimizer = build_optimizer(model, cfg)
-    engine = SingleProcessEngine(model, optimizer, cfg.train.grad_clip)
+    apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
+    engine = build_engine(cfg, model, device, info)
+    model.train()
     start = 0
     if resume:
-        state = load_checkpoint(run_dir / CHECKPOINT)
-        engine.load_state_dict(state)
-        start = state["step"]
-        set_rng_state(state["rng"])
-    else:
+        meta = engine.load(run_dir)
+        start = meta["step"]
+        rng = meta["rng"]  # one state per rank (a list), or one state (older runs)
+        set_rng_state(rng[info.rank] if isinstance(rng, list) and len(rng) == info.world else
+                      rng[0] if isinstance(rng, list) else rng)
+    elif info.main:
         save_config(cfg, run_dir / "config.yaml")
-    targets, sources = model.ema_pairs()
-    ema = TargetEMA(targets, sources, cfg.train.ema_tau_base, cfg.train.ema_tau_end, cfg.train.steps)
-    logger = MetricsLogger(run_dir, resume_step=start if resume else None)
-    loader = build_train_loader(cfg, start_step=start)
+    ema = engine.build_ema(cfg)
+    logger = MetricsLogger(run_dir, resume_step=start if resume else None) if info.main else None
+    loader = distributed.build_sharded_loader(cfg, info, start_step=start)
     tokens_per_clip = sum(t * h * w for t, h, w in model.grids)
+    accum = cfg.train.grad_accumulation
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(run_dir / CHECKPOINT, {**engine.state_dict(), "step": step, "rng": rng_state(),
-                                               "config": to_dict(cfg)})
+        engine.save(run_dir, {"step": step, "rng": distributed.gather_objects(rng_state(), info),
+                              "config": to_dict(cfg), "engine": cfg.train.engine})
 
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not (progress and info.main), dynamic_ncols=True,
                desc=f"train {count_parameters(model) / 1e6:.2f}M params")
     logged, window_start, window_clips = [], time.perf_counter(), 0
     done = start
-    model.train()
     for batch in loader:
         step = batch["step"]
         lr = warmup_cosine(step, cfg.train.steps, cfg.train.warmup_steps, peak_lr(cfg), cfg.train.min_lr)
         wd = cosine(step, cfg.train.steps, cfg.train.weight_decay, cfg.train.weight_decay_end)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = wd if group["decays"] else 0.0
+        engine.set_schedule(lr, wd)
         clips = batch["clips"].to(device, non_blocking=True)
         masks = [LevelMasks(m.context.to(device), m.target.to(device)) for m in batch["masks"]]
         actions = batch["actions"].to(device) if "actions" in batch else None
-        with _autocast(cfg, device):
-            out = model(clips, masks, actions, step=step)
-        engine.backward(out.loss)
-        engine.step()
-        taus = ema.update(step)
-        window_clips += clips.shape[0]
+        loss_sum = None
+        for i in range(accum):  # micro-batches: rows [i*micro, (i+1)*micro) of this rank's slice
+            rows = slice(i * micro, (i + 1) * micro)
+            with engine.accumulating(last=i == accum - 1):
+                with _autocast(cfg, device):
+                    out = engine.module(clips[rows], [LevelMasks(m.context[rows], m.target[rows]) for m in masks],
+                                        None if actions is None else actions[rows], step=step)
+                engine.backward(out.loss)
+            losses = torch.stack([out.loss.detach(), *out.level_losses]).float()
+            loss_sum = losses if loss_sum is None else loss_sum + losses
+        if engine.step():
+            taus = ema.update(step)
+        else:
+            taus = ema.taus(step)
+        window_clips += clips.shape[0] * info.world
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            values = distributed.mean_over_ranks(loss_sum / accum, info).tolist()  # the global batch's loss
             elapsed = time.perf_counter() - window_start
-            row = {"step": done, "loss": out.loss.item(),
-                   **{f"loss_l{i + 1}": v.item() for i, v in enumerate(out.level_losses)},
+            row = {"step": done, "loss": values[0], **{f"loss_l{i + 1}": v for i, v in enumerate(values[1:])},
                    "lr": lr, "weight_decay": wd, **{f"tau_l{i + 1}": t for i, t in enumerate(taus)},
                    "clips_per_s": window_clips / elapsed, "tokens_per_s": window_clips * tokens_per_clip / elapsed}
-            logger.log(row)
+            if logger is not None:
+                logger.log(row)
             logged.append(row)
             bar.set_postfix({**{f"L{i + 1}": f"{row[f'loss_l{i + 1}']:.3f}" for i in range(model.levels)},
                              "clips/s": f"{row['clips_per_s']:.1f}"})
@@ -142,6 +168,7 @@ def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progre
         bar.update(1)
     bar.close()
     checkpoint(done)
-    logger.close()
-    plot_losses(run_dir)
+    if logger is not None:
+        logger.close()
+        plot_losses(run_dir)
     return {"run_dir": run_dir, "step": done, "losses": logged}

@@ -7,7 +7,6 @@ import csv
 import pytest
 import torch
 
-from hjepa_fast.train import trainer as trainer_module
 from hjepa_fast.train.builders import build_dataset_for, build_model
 from hjepa_fast.train.checkpoint import load_checkpoint, save_checkpoint
 from hjepa_fast.train.ema import TargetEMA
@@ -53,10 +52,10 @@ def test_crashed_run_resumes_with_the_same_losses(make_config, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_update(self, step)
 
-    monkeypatch.setattr(trainer_module.TargetEMA, "update", crash_at_step_6)
+    monkeypatch.setattr(TargetEMA, "update", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path, "crashed")
-    monkeypatch.setattr(trainer_module.TargetEMA, "update", real_update)
+    monkeypatch.undo()
     assert load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["step"] == 4
     resumed = train(cfg, run_dir=tmp_path / "crashed", resume=True, progress=False)
     assert [row["loss"] for row in resumed["losses"]] == full[4:]
