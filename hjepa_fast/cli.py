@@ -1,7 +1,8 @@
-"""The ``hjepa`` command: train, eval, info."""
+"""The ``hjepa`` command: train, eval, info, bench."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def _train(args: argparse.Namespace) -> None:
             raise ConfigError("give --config FILE (e.g. configs/tiny_cpu.yaml) or --resume RUN_DIR")
         cfg, run_dir = requested, None
     result = train(cfg, run_dir=run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under a launcher: rank 0 speaks
+        return
     last = result["losses"][-1] if result["losses"] else {}
     print(f"run folder: {result['run_dir']}  (step {result['step']}, loss {last.get('loss', float('nan')):.4f})")
 
@@ -45,6 +48,20 @@ def _info(args: argparse.Namespace) -> None:
     print(f"CPU threads: {torch.get_num_threads()}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    root = Path(__file__).resolve().parent.parent  # benchmarks/ lives beside the package, not inside it
+    if not (root / "benchmarks" / "run.py").is_file():
+        raise ConfigError("hjepa bench needs a source checkout (benchmarks/ is not installed with the package)")
+    sys.path.insert(0, str(root))
+    from benchmarks.run import main as run_benchmarks
+
+    argv = [*(["--quick"] if args.quick else []), *(["--out", args.out] if args.out else []),
+            *(["--device", args.device] if args.device else []),
+            *(["--budget", str(args.budget)] if args.budget else []), *(["--only", *args.only] if args.only else [])]
+    if run_benchmarks(argv):
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hjepa", description="Hierarchical JEPA world models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,11 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
     p = sub.add_parser("info", help="versions, device, attention backend")
     p.set_defaults(func=_info)
+    p = sub.add_parser("bench", help="every benchmark: one table, JSON and plots in one folder (benchmarks/run.py)")
+    p.add_argument("--quick", action="store_true", help="small shapes (a smoke run, ~1-2 min on CPU)")
+    p.add_argument("--out", help="results folder (default benchmarks/results/<date>-<device>)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--budget", type=float, help="seconds for all benchmarks together")
+    p.add_argument("--only", nargs="+", help="masked_loss, ema, temporal_pool, train_step, scaling")
+    p.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # the deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same
+    argv = sys.argv[1:] if argv is None else argv
+    argv = [a for i, a in enumerate(argv) if not a.startswith(("--local_rank", "--local-rank"))
+            and not (i > 0 and argv[i - 1] in ("--local_rank", "--local-rank"))]
     # overrides may come before or after the flags: collect the ones argparse left over
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "train"]

@@ -1,0 +1,129 @@
+"""Every benchmark in one command: the kernel microbenchmarks, the end-to-end training step and the
+scaling sweeps, each in its own process (a crash or an out-of-memory error in one leaves the others),
+all writing into one results folder; then one table of every measured row, ``summary.md`` (that table)
+and ``summary.json`` (device, versions, each benchmark's status, wall time and rows).
+
+``--budget S`` spreads S seconds over the benchmarks (each gets a share of what is left, by weight; the
+end-to-end ones stop starting new measurements at their share and keep what they have, the others are
+stopped) so that a short GPU allocation is spent in full; ``--micro-quick`` runs only the kernel
+microbenchmarks at their ``--quick`` shapes.
+
+    python -m benchmarks.run [--quick] [--micro-quick] [--out DIR] [--device cuda|cpu] [--only NAME ...]
+                             [--budget SECONDS]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.harness import DEFAULT_OUT, device_info
+
+ROOT = Path(__file__).resolve().parent.parent
+# name -> (module, results file stem, weight of the time budget, takes --deadline)
+BENCHMARKS = {
+    "masked_loss": ("benchmarks.bench_masked_loss", "masked_loss", 1.5, False),
+    "ema": ("benchmarks.bench_ema", "ema", 1.5, False),
+    "temporal_pool": ("benchmarks.bench_temporal_pool", "temporal_pool", 1.5, False),
+    "train_step": ("benchmarks.bench_train_step", "train_step", 4.0, True),
+    "scaling": ("benchmarks.bench_scaling", "scaling", 2.5, True),
+}
+MICRO = ("masked_loss", "ema", "temporal_pool")
+# the row fields the table's last column shows, where a row has them
+DETAILS = {"speedup": "x{:.2f}", "speedup_vs_eager": "x{:.2f} vs eager", "frac_copy": "{:.0%} of copy",
+           "clips_per_s": "{:.1f} clips/s", "tokens_per_s": "{:.3g} tokens/s", "step_mem_mb": "step +{:.0f} MB",
+           "peak_mem_mb": "peak {:.0f} MB", "mfu": "MFU {:.1%}", "flops_per_step": "{:.3g} FLOP"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default benchmarks/results/<date>-<device>)")
+    parser.add_argument("--quick", action="store_true", help="every benchmark at its --quick size (a smoke run)")
+    parser.add_argument("--micro-quick", action="store_true", help="the kernel microbenchmarks at --quick size")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for all benchmarks together")
+    return parser.parse_args(argv)
+
+
+def run_one(name: str, args: argparse.Namespace, out: Path, timeout: float | None) -> dict:
+    """Run one benchmark script; its output streams through. Returns status and wall time."""
+    module, _, _, takes_deadline = BENCHMARKS[name]
+    cmd = [sys.executable, "-m", module, "--out", str(out), "--device", args.device]
+    if args.quick or (args.micro_quick and name in MICRO):
+        cmd.append("--quick")
+    if timeout is not None and takes_deadline:
+        cmd += ["--deadline", f"{max(timeout * 0.7, 1.0):.0f}"]  # room left to finish the last measurement
+    print(f"\n=== {name}: {' '.join(cmd[1:])}" + (f" (timeout {timeout:.0f} s)" if timeout else ""), flush=True)
+    start = time.perf_counter()
+    try:
+        rc = subprocess.run(cmd, cwd=ROOT, timeout=timeout).returncode
+        status = "ok" if rc == 0 else f"exit {rc}"
+    except subprocess.TimeoutExpired:
+        status = "timeout"
+    return {"status": status, "wall_s": time.perf_counter() - start, "command": " ".join(["python", *cmd[1:]])}
+
+
+def table(results: dict[str, dict]) -> str:
+    """One markdown table of every row: benchmark, case, path, median ms, IQR, and the details the row has
+    (speedup over its baseline, fraction of copy bandwidth, throughput, memory, MFU, FLOPs)."""
+    lines = ["| benchmark | case | path | median ms | IQR ms | details |", "|---|---|---|---:|---:|---|"]
+    for name, res in results.items():
+        for r in res.get("rows", []):
+            case = r.get("case") or r.get("shape") or r.get("point") or r.get("config")
+            if "config" in r and "batch" in r:
+                case = f"{r['config']} B{r['batch']}"
+            path = r.get("path") or r.get("variant") or r.get("sweep", "")
+            details = ", ".join(fmt.format(r[k]) for k, fmt in DETAILS.items() if r.get(k) is not None)
+            iqr = f"{r['ms_q25']:.3f}-{r['ms_q75']:.3f}"
+            lines.append(f"| {name} | {case} | {path} | {r['ms']:.3f} | {iqr} | {details} |")
+        if res["status"] != "ok":
+            lines.append(f"| {name} | ({res['status']}) | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    info = device_info(device)
+    out = (args.out or DEFAULT_OUT / f"{time.strftime('%Y%m%d-%H%M%S')}-{device.type}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(BENCHMARKS)
+    print(f"device: {info.get('name')} ({args.device}), torch {info['torch']}, results in {out}", flush=True)
+    started, results = time.perf_counter(), {}
+    for i, name in enumerate(names):
+        timeout = None
+        if args.budget is not None:
+            left = args.budget - (time.perf_counter() - started)
+            weights = [BENCHMARKS[n][2] for n in names[i:]]
+            timeout = max(left * weights[0] / sum(weights), 10.0)
+        launched = time.time()
+        results[name] = run_one(name, args, out, timeout)
+        path = out / f"{BENCHMARKS[name][1]}.json"
+        if path.is_file() and path.stat().st_mtime >= launched:  # written by this run, not an earlier one
+            data = json.loads(path.read_text())
+            results[name] |= {"rows": data.get("rows", []), "skipped": data.get("skipped", []),
+                              "fits": data.get("fits")}
+    summary = table(results)
+    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+    header = (f"{info.get('name')} ({args.device}), torch {info['torch']}, triton {info.get('triton', '-')}, "
+              f"{info['date']}; command: {command}")
+    print(f"\n{header}\n{summary}")
+    for res in results.values():
+        for sweep, fit in (res.get("fits") or {}).items():
+            print(f"scaling {sweep}: time ~ x^{fit['time_slope']:.2f} (FLOPs ~ x^{fit['flops_slope']:.2f})")
+    (out / "summary.md").write_text(f"{header}\n\n{summary}\n")
+    (out / "summary.json").write_text(json.dumps({**info, "args": vars(args) | {"out": str(out)},
+                                                  "benchmarks": results}, indent=2, default=str))
+    print(f"\nwrote {out / 'summary.md'}, {out / 'summary.json'} and each benchmark's JSON and plot in {out}")
+    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
