@@ -127,3 +127,4 @@ def test_loss_weightings():
     assert learned.log_vars.grad.tolist() == pytest.approx([0.0, -1 / 3, -1.0])
     with pytest.raises(ValueError, match="unknown loss weighting"):
         LossWeighting(3, "bogus")
+
