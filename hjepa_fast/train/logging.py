@@ -71,6 +71,7 @@ def plot_losses(run_dir: Path) -> Path | None:
         ax.plot(steps, [float(r[key]) for r in rows], label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("L2-normalised latent loss")
+    ax.set_yscale("log")  # the levels span orders of magnitude
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
