@@ -13,6 +13,8 @@ _SPLIT_SEED = 20_240_601
 _TRAIN_FRACTION = 0.8
 _SPLITS = ("train", "val")
 _NUM_DIRECTIONS = 8
+_SPEED_RANGE = (1.0, 2.0)  # px per frame
+SPEED_BINS = 3  # the `speed` label: equal thirds of the speed range (slow, medium, fast)
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,8 +50,9 @@ def _bounce(start: np.ndarray, velocity: np.ndarray, steps: np.ndarray, limit: i
 class MovingDigits(torch.utils.data.Dataset):
     """One sklearn digit bouncing around a black frame: the default, always-available data set.
 
-    Item `(index, step)` -> `{"clip": uint8 [frames, 1, size, size], "labels": {"digit", "direction"},
-    "step": step}`. The clip depends only on (seed, split, index), never on global RNG state or `step`,
+    Item `(index, step)` -> `{"clip": uint8 [frames, 1, size, size], "labels": {"digit", "direction", "speed"},
+    "step": step}` (speed: one of SPEED_BINS equal bins of 1-2 px/frame); `positions(index)` gives the
+    digit's centre per frame. The clip depends only on (seed, split, index), never on global RNG state or `step`,
     so any worker and any resumed run render identical clips.
     """
 
@@ -88,19 +91,31 @@ class MovingDigits(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_clips
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, step = key
+    def _motion(self, index: int) -> tuple[int, float, np.ndarray]:
+        """(direction, speed in px/frame, top-left corners int64 [frames, 2] as (x, y)) of clip `index`."""
         if not 0 <= index < self.num_clips:
             raise IndexError(f"clip index {index} out of range [0, {self.num_clips})")
-        image = index % len(self.image_indices)
         rng = np.random.default_rng((self.seed, _SPLITS.index(self.split), index))
         direction = int(rng.integers(_NUM_DIRECTIONS))
         angle = direction * 2 * np.pi / _NUM_DIRECTIONS  # 0 = right, 2 = down (image rows grow downwards)
-        speed = rng.uniform(1.0, 2.0)  # px per frame
+        speed = rng.uniform(*_SPEED_RANGE)
         limit = self.size - self.digit_size
         start = rng.uniform(0, limit, size=2)  # (x, y) of the sprite's top-left corner
         velocity = speed * np.array([np.cos(angle), np.sin(angle)])
         xy = np.rint(_bounce(start, velocity, np.arange(self.frames), limit)).astype(np.int64)
+        return direction, float(speed), xy
+
+    def positions(self, index: int) -> np.ndarray:
+        """Ground-truth state of clip `index`: the digit's centre (x, y) in pixels per frame, float32
+        [frames, 2], exactly where `__getitem__` drew it (the target of the future-state probe)."""
+        return (self._motion(index)[2] + self.digit_size / 2).astype(np.float32)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, step = key
+        direction, speed, xy = self._motion(index)
+        image = index % len(self.image_indices)
+        low, high = _SPEED_RANGE
+        speed_bin = min(int((speed - low) / (high - low) * SPEED_BINS), SPEED_BINS - 1)
 
         # Paste the sprite into every frame at once with broadcast fancy indexing.
         offsets = np.arange(self.digit_size)
@@ -110,6 +125,6 @@ class MovingDigits(torch.utils.data.Dataset):
         clip[np.arange(self.frames)[:, None, None], rows, cols] = self.sprites[image]
         return {
             "clip": torch.from_numpy(clip).unsqueeze(1),
-            "labels": {"digit": int(self.targets[image]), "direction": direction},
+            "labels": {"digit": int(self.targets[image]), "direction": direction, "speed": speed_bin},
             "step": step,
         }

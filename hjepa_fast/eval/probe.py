@@ -1,5 +1,6 @@
-"""Linear probes on frozen features, per level and all levels concatenated, for a trained run and for
-the same model at its random initialisation (the baseline a trained model must beat)."""
+"""``hjepa eval``: on frozen features, per level and all levels concatenated, linear-probe accuracy for
+each label, future-state error against horizon and collapse diagnostics, for a trained run and for the
+same model at its random initialisation (the baseline a trained model must beat)."""
 from __future__ import annotations
 
 import json
@@ -9,13 +10,16 @@ import numpy as np
 import torch
 import yaml
 
-from hjepa_fast.config import config_from_dict
+from hjepa_fast.config import Config, ConfigError, config_from_dict
 from hjepa_fast.kernels import set_kernel_mode
+from hjepa_fast.model.hjepa import HJEPA
 from hjepa_fast.train.builders import build_dataset_for, build_model
 from hjepa_fast.train.checkpoint import load_checkpoint
 from hjepa_fast.train.trainer import CHECKPOINT, pick_device
 
-from .features import extract_features
+from .features import FeatureSet, context_cut, extract_features
+from .horizon import check_horizon, horizon_curves
+from .metrics import collapse_report
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
@@ -30,40 +34,121 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
     return float(probe.score(val_x, val_y))
 
 
-def probe_model(model, cfg, device: torch.device) -> dict[str, dict[str, float]]:
+def check_labels(requested: list[str], available: list[str], dataset: str) -> list[str]:
+    """The labels to probe (all available when none is requested); refuses one the data set lacks."""
+    missing = [label for label in requested if label not in available]
+    if missing:
+        raise ConfigError(f"label {missing[0]!r} is not a label of data set {dataset} "
+                          f"(it has: {', '.join(available)})")
+    return list(requested) or list(available)
+
+
+def probe_features(train: FeatureSet, val: FeatureSet, labels: list[str], seed: int) -> dict[str, dict[str, float]]:
     """``{feature set: {label: accuracy}}`` with feature sets ``level1 .. levelL`` and ``all``."""
-    e = cfg.eval
-    train_f, train_y = extract_features(model, build_dataset_for(cfg, "train"), e.train_clips, e.batch_size, device)
-    val_f, val_y = extract_features(model, build_dataset_for(cfg, "val"), e.val_clips, e.batch_size, device)
-    sets = {f"level{i + 1}": (tf, vf) for i, (tf, vf) in enumerate(zip(train_f, val_f))}
-    sets["all"] = (np.concatenate(train_f, axis=1), np.concatenate(val_f, axis=1))
-    return {name: {label: linear_probe(tx, train_y[label], vx, val_y[label], cfg.train.seed) for label in train_y}
+    sets = {f"level{i + 1}": (t.pooled, v.pooled) for i, (t, v) in enumerate(zip(train.levels, val.levels))}
+    sets["all"] = (np.concatenate([t.pooled for t in train.levels], axis=1),
+                   np.concatenate([v.pooled for v in val.levels], axis=1))
+    return {name: {label: linear_probe(tx, train.labels[label], vx, val.labels[label], seed) for label in labels}
             for name, (tx, vx) in sets.items()}
 
 
-def evaluate_run(run_dir: str | Path) -> dict:
-    """Probe a run's final checkpoint and its random initialisation; write ``eval.json`` in the run."""
+def evaluate_model(model: HJEPA, cfg: Config, device: torch.device) -> dict:
+    """``{"probe", "horizon", "collapse", "context_frames"}`` of one model; ``horizon`` is None on a data set
+    without ground-truth state. Bad eval settings are refused before any feature is computed."""
+    e = cfg.eval
+    if not 0.0 < e.context_fraction < 1.0:
+        raise ConfigError(f"eval.context_fraction must lie in (0, 1), got {e.context_fraction}")
+    train_set, val_set = build_dataset_for(cfg, "train"), build_dataset_for(cfg, "val")
+    labels = check_labels(e.labels, list(train_set[(0, 0)]["labels"]), cfg.data.dataset)
+    cut = context_cut(model, e.context_fraction)
+    horizon = check_horizon(model, cut, e.horizon)
+    train = extract_features(model, train_set, e.train_clips, e.batch_size, device, cut)
+    val = extract_features(model, val_set, e.val_clips, e.batch_size, device, cut)
+    return {
+        "probe": probe_features(train, val, labels, cfg.train.seed),
+        "horizon": horizon_curves(model, train, val, horizon) if hasattr(val_set, "positions") else None,
+        "collapse": {f"level{i + 1}": collapse_report(torch.from_numpy(v.pooled)) for i, v in enumerate(val.levels)},
+        "context_frames": cut,
+    }
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, dict]:
+    """A run folder's config and final checkpoint; refuses a folder that lacks either."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint ({CHECKPOINT}): the run has not finished a "
+                                "checkpoint yet, or was trained with a sharded engine (fsdp, deepspeed)")
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    return cfg, load_checkpoint(run_dir / CHECKPOINT)
+
+
+def evaluate_run(run_dir: str | Path, overrides: dict | None = None) -> dict:
+    """Evaluate a run's final checkpoint and its random initialisation; write ``eval.json`` and
+    ``horizon.png`` in the run. ``overrides``: ``{eval setting: value}`` over the run's ``eval`` section."""
+    run_dir = Path(run_dir)
+    cfg, state = load_run(run_dir)
+    for name, value in (overrides or {}).items():
+        setattr(cfg.eval, name, value)
     device = pick_device(cfg)
     set_kernel_mode(cfg.model.kernels)
-    state = load_checkpoint(run_dir / CHECKPOINT)
     random_model = build_model(cfg).to(device)
     trained = build_model(cfg).to(device)
     trained.load_state_dict(state["model"])
-    result = {"step": state["step"], "trained": probe_model(trained, cfg, device),
-              "random": probe_model(random_model, cfg, device)}
+    ours, init = evaluate_model(trained, cfg, device), evaluate_model(random_model, cfg, device)
+    result = {"step": state["step"], "trained": ours["probe"], "random": init["probe"],
+              "horizon": None if ours["horizon"] is None else {"trained": ours["horizon"], "random": init["horizon"]},
+              "collapse": {"trained": ours["collapse"], "random": init["collapse"]},
+              "context_frames": ours["context_frames"], "state_units": "px (digit centre)"}
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    if result["horizon"] is not None:
+        plot_horizon(result["horizon"]["trained"], run_dir / "horizon.png", f"{run_dir.name}, step {result['step']}")
     return result
 
 
+def plot_horizon(curves: dict[str, dict], path: Path, title: str) -> Path:
+    """Future-state error against frames ahead, one line per level; level 1's copy-last guess dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in curves.items():
+        ax.plot(c["frames_ahead"], c["error"], marker="o", label=name)
+    first = next(iter(curves.values()))
+    ax.plot(first["frames_ahead"], first["copy_last"], "k--", alpha=0.5, label="level1 copy-last")
+    ax.set_xlabel("frames ahead of the context")
+    ax.set_ylabel("future-state error (px)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def format_table(result: dict) -> str:
-    """Accuracy per feature set and label: trained vs random initialisation."""
+    """Probe accuracy, future-state error and collapse diagnostics: trained vs random initialisation."""
     labels = list(next(iter(result["trained"].values())).keys())
     header = f"{'features':<10}" + "".join(f"{label + ' trained':>20}{label + ' random':>20}" for label in labels)
     lines = [f"linear probe accuracy (run at step {result['step']})", header, "-" * len(header)]
     for name, accs in result["trained"].items():
         lines.append(f"{name:<10}" + "".join(f"{accs[lb]:>20.3f}{result['random'][name][lb]:>20.3f}" for lb in labels))
+    if result["horizon"] is not None:
+        lines += ["", f"future-state error, {result['state_units']}, after {result['context_frames']} context frames",
+                  f"{'level':<8}{'h':>3}{'frames':>8}{'trained':>10}{'random':>10}{'copy-last':>11}{'floor':>8}"]
+        for name, c in result["horizon"]["trained"].items():
+            r = result["horizon"]["random"][name]
+            for i, h in enumerate(c["horizon"]):
+                lines.append(f"{name:<8}{h:>3}{c['frames_ahead'][i]:>8}{c['error'][i]:>10.2f}{r['error'][i]:>10.2f}"
+                             f"{c['copy_last'][i]:>11.2f}{c['floor'][i]:>8.2f}")
+    lines += ["", "collapse diagnostics (held-out clip features; spread 1 = isotropic, 0 = constant)",
+              f"{'level':<8}{'spread trained':>16}{'spread random':>15}{'RankMe trained':>16}{'RankMe random':>15}"]
+    for name, c in result["collapse"]["trained"].items():
+        r = result["collapse"]["random"][name]
+        flag = "  COLLAPSED" if c["collapsed"] else ""
+        lines.append(f"{name:<8}{c['spread']:>16.4f}{r['spread']:>15.4f}{c['rankme']:>16.1f}{r['rankme']:>15.1f}{flag}")
     return "\n".join(lines)

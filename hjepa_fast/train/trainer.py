@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from hjepa_fast.config import Config, ConfigError, config_from_dict, save_config, to_dict
+from hjepa_fast.eval.metrics import feature_spread, rankme
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.masks import LevelMasks
 
@@ -41,6 +43,33 @@ def pick_device(cfg: Config, local_rank: int = 0) -> torch.device:
 def _autocast(cfg: Config, device: torch.device):
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+class CollapseMonitor:
+    """Collapse diagnostics of the target features, on log steps only: while armed, a forward hook on each
+    level's target encoder keeps its output (the step's last micro-batch, already computed for the loss);
+    ``stats()`` reduces it on the device to ``[2L]``: per level, the spread (``feature_spread``) and the
+    RankMe of the clip-averaged features ``[B, D]`` (so RankMe is at most the batch size)."""
+
+    def __init__(self, model: nn.Module):
+        self.armed = False
+        self.outputs: list[torch.Tensor | None] = [None] * len(model.target_encoders)
+        self.handles = [enc.register_forward_hook(self._keep(i)) for i, enc in enumerate(model.target_encoders)]
+
+    def _keep(self, level: int):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if self.armed:
+                self.outputs[level] = output.detach()
+        return hook
+
+    def stats(self) -> torch.Tensor:
+        clip_means = [out.float().mean(dim=1) for out in self.outputs]
+        self.outputs = [None] * len(self.outputs)
+        return torch.stack([v for f in clip_means for v in (feature_spread(f), rankme(f))])
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def _flat(tree: dict) -> dict:
@@ -126,6 +155,7 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not (progress and info.main), dynamic_ncols=True,
                desc=f"train {count_parameters(model) / 1e6:.2f}M params")
     logged, window_start, window_clips = [], time.perf_counter(), 0
+    monitor = CollapseMonitor(model)
     done = start
     for batch in loader:
         step = batch["step"]
@@ -136,6 +166,7 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume
         masks = [LevelMasks(m.context.to(device), m.target.to(device)) for m in batch["masks"]]
         actions = batch["actions"].to(device) if "actions" in batch else None
         loss_sum = None
+        monitor.armed = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps
         for i in range(accum):  # micro-batches: rows [i*micro, (i+1)*micro) of this rank's slice
             rows = slice(i * micro, (i + 1) * micro)
             with engine.accumulating(last=i == accum - 1):
@@ -152,11 +183,15 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume
         window_clips += clips.shape[0] * info.world
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-            values = distributed.mean_over_ranks(loss_sum / accum, info).tolist()  # the global batch's loss
+            # the global batch's loss, then per level the collapse diagnostics (averaged over ranks)
+            values = distributed.mean_over_ranks(torch.cat([loss_sum / accum, monitor.stats()]), info).tolist()
+            values, diagnostics = values[:model.levels + 1], values[model.levels + 1:]
             elapsed = time.perf_counter() - window_start
             row = {"step": done, "loss": values[0], **{f"loss_l{i + 1}": v for i, v in enumerate(values[1:])},
                    "lr": lr, "weight_decay": wd, **{f"tau_l{i + 1}": t for i, t in enumerate(taus)},
-                   "clips_per_s": window_clips / elapsed, "tokens_per_s": window_clips * tokens_per_clip / elapsed}
+                   "clips_per_s": window_clips / elapsed, "tokens_per_s": window_clips * tokens_per_clip / elapsed,
+                   **{f"spread_l{i + 1}": v for i, v in enumerate(diagnostics[0::2])},
+                   **{f"rankme_l{i + 1}": v for i, v in enumerate(diagnostics[1::2])}}
             if logger is not None:
                 logger.log(row)
             logged.append(row)
@@ -167,6 +202,7 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume
             checkpoint(done)
         bar.update(1)
     bar.close()
+    monitor.close()
     checkpoint(done)
     if logger is not None:
         logger.close()

@@ -35,7 +35,7 @@ def test_item_contract(train: MovingDigits) -> None:
     assert item["clip"].shape == (12, 1, 32, 32)
     assert item["clip"].dtype == torch.uint8
     assert item["step"] == 123
-    assert set(item["labels"]) == {"digit", "direction"}
+    assert set(item["labels"]) == {"digit", "direction", "speed"}
     assert train.channels == 1 and train.frames == 12 and train.size == 32
     assert len(train) == 4 * len(train.image_indices)
     assert len(MovingDigits("val", num_clips=10)) == 10

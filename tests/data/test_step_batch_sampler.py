@@ -80,6 +80,6 @@ def test_dataloader_with_workers_matches_single_process() -> None:
     single, multi = run(0), run(2)
     assert single[0]["clip"].shape == (6, 4, 1, 16, 16)
     assert single[0]["step"].tolist() == [2] * 6
-    assert set(single[0]["labels"]) == {"digit", "direction"}
+    assert set(single[0]["labels"]) == {"digit", "direction", "speed"}
     for a, b in zip(single, multi, strict=True):
         assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["labels"]["digit"], b["labels"]["digit"])

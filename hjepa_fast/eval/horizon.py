@@ -1,0 +1,74 @@
+"""Future-state error against horizon, in the data's own units.
+
+A ridge probe is fitted, per level, on the *target* encoder's per-step features to read the ground-truth
+state (the digit's centre, in pixels). It is then applied to the model's *predicted* features of the
+future steps: horizon h at level l is the step h steps of level l after the context (h * frames-per-step
+frames ahead). Two references, through the same probe: ``floor`` reads the true target features of that
+step (a model predicting its targets exactly reaches it), ``copy_last`` reads the last context step's
+(the "nothing moves" guess)."""
+from __future__ import annotations
+
+import numpy as np
+
+from hjepa_fast.config import ConfigError
+from hjepa_fast.model.hjepa import HJEPA
+
+from .features import FeatureSet
+
+
+def fit_state_probe(features: np.ndarray, states: np.ndarray, alpha: float = 1.0):
+    """Ridge regression on standardised features: ``[n, ..., D] -> [n, ..., S]`` (leading dims flattened)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    flat = states.reshape(-1, states.shape[-1])
+    probe = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(features.reshape(-1, features.shape[-1]), flat)
+    probe.state_range = (flat.min(axis=0), flat.max(axis=0))
+    return probe
+
+
+def state_error(probe, features: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """Mean Euclidean distance between read-out and true state, per column of ``[n, H, D]`` vs
+    ``[n, H, S]``: ``[H]``, in the state's units. Read-outs are clipped to the range of the states the probe
+    was fitted on (the frame, for positions): features off the target manifold, as an untrained predictor
+    makes, would otherwise read as states hundreds of pixels outside the frame."""
+    n, H, D = features.shape
+    read = np.clip(probe.predict(features.reshape(n * H, D)).reshape(n, H, -1), *probe.state_range)
+    return np.linalg.norm(read - states, axis=-1).mean(axis=0)
+
+
+def check_horizon(model: HJEPA, cut: int, horizon: int) -> int:
+    """The largest horizon to report (level-1 steps); refuses one beyond the clip."""
+    T = model.grids[0][0]
+    per_step = model.frames // T
+    left = T - cut // per_step
+    if horizon < 0:
+        raise ConfigError(f"eval.horizon must be >= 0 (0: as far as the clip allows), got {horizon}")
+    if horizon > left:
+        raise ConfigError(f"eval.horizon={horizon} is beyond the clip: after {cut} context frames, level 1 has "
+                          f"{left} future steps of {per_step} frames (data.frames={model.frames}); "
+                          f"use a horizon <= {left} or a smaller eval.context_fraction")
+    return horizon or left
+
+
+def horizon_curves(model: HJEPA, train: FeatureSet, val: FeatureSet, horizon: int) -> dict[str, dict]:
+    """Per level: ``{"horizon", "frames_ahead", "error", "floor", "copy_last"}`` (lists over h = 1..H_l,
+    H_l = the future steps of level l, at most ``horizon``); probes fitted on ``train``, errors on ``val``."""
+    curves = {}
+    for level, ((T, _, _), tr, va, c) in enumerate(zip(model.grids, train.levels, val.levels, val.context_steps)):
+        if tr.states is None or va.states is None:
+            raise ConfigError("the data set has no ground-truth state (a positions() method) for the "
+                              "future-state probe; data.dataset=moving_digits has one")
+        probe = fit_state_probe(tr.steps, tr.states)
+        H = min(horizon, T - c)
+        future = slice(c, c + H)
+        last = np.repeat(va.steps[:, c - 1:c], H, axis=1)
+        curves[f"level{level + 1}"] = {
+            "horizon": list(range(1, H + 1)),
+            "frames_ahead": [h * (model.frames // T) for h in range(1, H + 1)],
+            "error": state_error(probe, va.predicted[:, :H], va.states[:, future]).tolist(),
+            "floor": state_error(probe, va.steps[:, future], va.states[:, future]).tolist(),
+            "copy_last": state_error(probe, last, va.states[:, future]).tolist(),
+        }
+    return curves
