@@ -16,6 +16,8 @@ setup(
         "hjepa_fast.data",
         "hjepa_fast.train",
         "hjepa_fast.eval",
+        "hjepa_fast.envs",
+        "hjepa_fast.plan",
         "hjepa_fast.kernels",
     ],
     package_dir={"hjepa_fast.kernels": "kernels"},
@@ -31,12 +33,14 @@ setup(
         "scikit-learn",  # the embedded data set (handwritten digits) and the linear probe
         "av",  # PyAV: video-folder data set
         "matplotlib",
+        "scikit-image",  # panworld: CC0 / public-domain photos that ship inside the package
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "ruff"],
         "gpu": ["flash-attn", "xformers"],
         "deepspeed": ["deepspeed"],
         "tensorboard": ["tensorboard"],
+        "envs": ["gym-pusht"],  # the pusht environment (gymnasium, pymunk)
     },
     entry_points={"console_scripts": ["hjepa=hjepa_fast.cli:main"]},
 )

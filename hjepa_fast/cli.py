@@ -33,7 +33,17 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from hjepa_fast.eval.probe import evaluate_run, format_table
 
-    print(format_table(evaluate_run(args.run)))
+    settings = {"labels": args.labels, "horizon": args.horizon, "train_clips": args.train_clips,
+                "val_clips": args.val_clips, "context_fraction": args.context_fraction}
+    print(format_table(evaluate_run(args.run, {k: v for k, v in settings.items() if v is not None})))
+
+
+def _ablate(args: argparse.Namespace) -> None:
+    from hjepa_fast.eval.ablate import ablate
+
+    report = ablate(args.config, args.seeds, args.budget, args.variants, args.out, args.overrides)
+    print(report["table"])
+    print(f"results: {report['out_dir']} (ablate.md, ablate.json, ablate.png)")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -62,6 +72,22 @@ def _bench(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _collect(args: argparse.Namespace) -> None:
+    from hjepa_fast.envs.collect import collect
+
+    out = collect(args.env, args.out or f"runs/rollouts/{args.env}", args.episodes, args.steps, args.seed)
+    print(f"rollouts: {out}  ({args.episodes} episodes x {args.steps} steps of {args.env})")
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from hjepa_fast.plan.evaluate import evaluate_planning, format_table
+
+    result = evaluate_planning(args.run, args.env, tasks=args.tasks, seeds=args.seeds, planner=args.planner,
+                               levels=args.levels, samples=args.samples, iterations=args.iterations,
+                               out=args.out)
+    print(format_table(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hjepa", description="Hierarchical JEPA world models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,7 +99,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
     p = sub.add_parser("eval", help="linear probes per level, trained vs random initialisation")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--labels", nargs="+", help="labels to probe (default: every label of the data set)")
+    p.add_argument("--horizon", type=int, help="future-state error up to this many level-1 steps (default: all)")
+    p.add_argument("--context-fraction", type=float, help="part of the clip the predictors see (default 0.5)")
+    p.add_argument("--train-clips", type=int, help="clips to fit the probes on (default eval.train_clips)")
+    p.add_argument("--val-clips", type=int, help="held-out clips to score them on (default eval.val_clips)")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("ablate", help="the ablation table: variants x seeds, trained and evaluated")
+    p.add_argument("--config", required=True, help="the base config, e.g. configs/tiny_cpu.yaml")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="scale of training steps and probe clips (1: the config's; tiny_cpu: ~30 min on 2 cores)")
+    p.add_argument("--variants", nargs="+", help="run only these (base, levels=1, topdown=none, strides=1, ...)")
+    p.add_argument("--out", help="results folder (default TRAIN_OUT_DIR/ablate-<time>)")
+    p.add_argument("overrides", nargs="*", help="section.name=value applied to every variant")
+    p.set_defaults(func=_ablate)
+    p = sub.add_parser("collect", help="record random-exploration rollouts of an environment (a data set)")
+    p.add_argument("--env", required=True, help="panworld, tworooms or pusht")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--steps", type=int, default=48, help="actions per episode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder (default runs/rollouts/ENV)")
+    p.set_defaults(func=_collect)
+    p = sub.add_parser("plan", help="plan with a trained world model: success rate, time and FLOPs per episode")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--env", required=True, help="panworld, tworooms or pusht")
+    p.add_argument("--tasks", type=int, default=50, help="fixed start/goal tasks")
+    p.add_argument("--seeds", type=int, default=3, help="planner seeds (mean +- s.e. over them)")
+    p.add_argument("--planner", default="cem", choices=["cem", "mppi", "grad"])
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 2],
+                   help="1: flat (level 1 only); K: hierarchical over the lowest K levels; several: one row each")
+    p.add_argument("--samples", type=int, default=64, help="candidates per planner iteration")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")
+    p.set_defaults(func=_plan)
     p = sub.add_parser("info", help="versions, device, attention backend")
     p.set_defaults(func=_info)
     p = sub.add_parser("bench", help="every benchmark: one table, JSON and plots in one folder (benchmarks/run.py)")
@@ -94,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             and not (i > 0 and argv[i - 1] in ("--local_rank", "--local-rank"))]
     # overrides may come before or after the flags: collect the ones argparse left over
     args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "train"]
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or args.command not in ("train", "ablate")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:

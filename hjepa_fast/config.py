@@ -40,15 +40,15 @@ class ModelConfig:
     drop_path: float = 0.0
     abstraction: str = "attention"  # average | conv | attention
     topdown: str = "cross"  # none | cross | film | prepend
-    action_dim: int = 0  # 0: no actions
+    action_dim: int = 0  # 0: no actions; levels > 1 encode each window's chunk of actions (macro-actions)
     attention_backend: str = "auto"  # auto | sdpa | flash | xformers
     kernels: str = "auto"  # auto (Triton on CUDA) | reference (plain PyTorch) | triton (also on CPU, interpreter)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "moving_digits"  # moving_digits | video_folder
-    root: str | None = None  # video_folder only
+    dataset: str = "moving_digits"  # moving_digits | video_folder | rollouts
+    root: str | None = None  # video_folder and rollouts (a hjepa collect folder)
     frames: int = 16
     frame_stride: int = 1  # video_folder only: take every n-th frame
     digit_size: int = 16  # moving_digits only: side of the moving digit in pixels
@@ -111,6 +111,9 @@ class EvalConfig:
     train_clips: int = 2000
     val_clips: int = 1000
     batch_size: int = 64
+    labels: list[str] = field(default_factory=list)  # labels to probe; []: every label of the data set
+    horizon: int = 0  # future-state error up to this many level-1 steps; 0: as far as the clip allows
+    context_fraction: float = 0.5  # of the clip the predictors see (rounded to whole top-level steps)
 
 
 @dataclass
@@ -134,7 +137,7 @@ CHOICES = {
     ("model", "topdown"): ("none", "cross", "film", "prepend"),
     ("model", "attention_backend"): ("auto", "sdpa", "flash", "xformers"),
     ("model", "kernels"): ("auto", "reference", "triton"),
-    ("data", "dataset"): ("moving_digits", "video_folder"),
+    ("data", "dataset"): ("moving_digits", "video_folder", "rollouts"),
     ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
@@ -301,6 +304,8 @@ def resolve(cfg: Config) -> Config:
                           "e.g. configs/ds_zero2.json")
     if cfg.data.dataset == "video_folder" and not cfg.data.root:
         raise ConfigError("data.dataset=video_folder needs data.root (a folder of videos)")
+    if cfg.data.dataset == "rollouts" and not (cfg.data.root and m.action_dim > 0):
+        raise ConfigError("data.dataset=rollouts needs data.root (a hjepa collect folder) and model.action_dim > 0")
     return cfg
 
 

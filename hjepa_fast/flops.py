@@ -24,7 +24,8 @@ Level encoder ``l``; its tokenizer runs on the full grid (tokens are dropped aft
   conv ``2*N_l*w*D_{l-1}*D_l``.
 
 Predictor ``l`` of width ``P`` on ``L = Nc_l + Nt_l`` tokens (+ ``T_l`` action tokens, + ``1 + T_{l+1}``
-prepended top-down keys): embedding ``2*Nc*D_l*P``, actions ``2*T_l*A*P``, top-down projection
+prepended top-down keys): embedding ``2*Nc*D_l*P``, actions ``2*T_l*A*P`` at level 1 and, above, a
+macro-action MLP on the ``c`` actions of each step ``2*T_l*c*A*P + 2*T_l*P*P``, top-down projection
 ``2*T_{l+1}*D_{l+1}*P``, its blocks (with cross-attention to ``1 + T_{l+1}`` keys in 'cross' mode),
 FiLM ``2*Nt*P*2P``, head ``2*Nt*P*D_l``.
 
@@ -97,8 +98,11 @@ def predictor_forward(cfg: Config, level: int, context: int, targets: int) -> tu
     steps = level_time_steps(cfg)
     d, p = m.encoder_dims[level], m.predictor_dims[level]
     tokens = context + targets + (steps[level] if m.action_dim else 0)
-    actions = 2 * steps[level] * m.action_dim * p
+    chunk = 1 if level == 0 else cfg.data.frames // steps[level]  # level > 1: a macro-action per step
+    actions = 2 * steps[level] * chunk * m.action_dim * p
     flops = 2 * context * d * p + 2 * targets * p * d
+    if m.action_dim and chunk > 1:  # the macro-action MLP's second layer (it has an input gradient)
+        flops += 2 * steps[level] * p * p
     keys = 0
     if level + 1 < m.levels and m.topdown != "none":
         above = steps[level + 1]

@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 
 from hjepa_fast.data.moving_digits import MovingDigits
+from hjepa_fast.data.rollouts import Rollouts
 from hjepa_fast.data.sampler import StepBatchSampler
 from hjepa_fast.data.video_folder import VideoFolder
 
-__all__ = ["DATASETS", "MovingDigits", "StepBatchSampler", "VideoFolder", "build_dataset"]
+__all__ = ["DATASETS", "MovingDigits", "Rollouts", "StepBatchSampler", "VideoFolder", "build_dataset"]
 
-DATASETS = ("moving_digits", "video_folder")
+DATASETS = ("moving_digits", "video_folder", "rollouts")
 
 
 def build_dataset(
@@ -27,11 +28,12 @@ def build_dataset(
     seed: int,
     frame_stride: int = 1,
     digit_size: int = 16,
-) -> MovingDigits | VideoFolder:
+) -> MovingDigits | VideoFolder | Rollouts:
     """The data set `name` for `split`, as configured.
 
     video_folder reads `root/split` when that folder exists, else `root` for every split.
-    moving_digits is 1-channel and uses `digit_size`; video_folder uses `root` and `frame_stride`.
+    moving_digits is 1-channel and uses `digit_size`; video_folder uses `root` and `frame_stride`;
+    rollouts reads a `hjepa collect` folder `root` (items carry actions).
     """
     if name == "moving_digits":
         if channels != MovingDigits.channels:
@@ -43,4 +45,8 @@ def build_dataset(
         split_root = os.path.join(root, split)
         folder = split_root if os.path.isdir(split_root) else root
         return VideoFolder(folder, frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed)
+    if name == "rollouts":
+        if root is None:
+            raise ValueError("rollouts needs a root folder written by hjepa collect (got root=None)")
+        return Rollouts(root, split, frames=frames, size=size, channels=channels)
     raise ValueError(f"unknown data set {name!r}; choices: {', '.join(DATASETS)}")

@@ -75,12 +75,26 @@ class HJEPA(nn.Module):
                 topdown=cfg.topdown if has_above else "none",
                 topdown_dim=cfg.encoder_dims[level + 1] if has_above else None,
                 window=cfg.temporal_strides[level + 1] if has_above else 1,
+                action_chunk=self.action_chunk(level),
             ))
         self.encoders = nn.ModuleList(encoders)
         self.predictors = nn.ModuleList(predictors)
         self.target_encoders = copy.deepcopy(self.encoders)
         self.target_encoders.requires_grad_(False)
         self.loss_weighting = LossWeighting(L, loss_weighting, curriculum_steps)
+
+    def action_chunk(self, level: int) -> int:
+        """Frames of actions one step of ``level`` encodes: 1 at level 1 (its primitive action, averaged
+        over a tubelet), the whole window above (a macro-action)."""
+        return 1 if level == 0 else self.frames // self.grids[level][0]
+
+    def level_actions(self, actions: torch.Tensor, level: int) -> torch.Tensor:
+        """actions ``[B, frames, A]`` -> level ``level``'s action input ``[B, T_l, chunk * A]``."""
+        B, F, A = actions.shape
+        T = self.grids[level][0]
+        if level == 0:
+            return actions.reshape(B, T, F // T, A).mean(2)
+        return actions.reshape(B, T, F // T * A)
 
     @property
     def levels(self) -> int:
@@ -134,17 +148,21 @@ class HJEPA(nn.Module):
         """Top-down prediction from level L to 1: list of ``[B, Nt_l, D_l]``, bottom level first."""
         preds: list[torch.Tensor] = [None] * self.levels  # type: ignore[list-item]
         for level in reversed(range(self.levels)):
-            topdown = None
-            if level + 1 < self.levels:
-                above = self.grids[level + 1]
-                topdown = summarize_by_time(context[level + 1], masks[level + 1].context, above[1] * above[2], above[0])
-            level_actions = None
-            if actions is not None:
-                B, F, A = actions.shape
-                level_actions = actions.reshape(B, self.grids[level][0], F // self.grids[level][0], A).mean(2)
-            preds[level] = self.predictors[level](context[level], masks[level].context, masks[level].target,
-                                                  level_actions, topdown)
+            preds[level] = self.predict_level(level, context, masks, actions)
         return preds
+
+    def predict_level(self, level: int, context: list[torch.Tensor], masks: list[LevelMasks],
+                      actions: torch.Tensor | None = None, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Level ``level``'s prediction ``[B, Nt, D_l]`` at ``target`` ``[B, Nt]`` (default: its mask's
+        targets), with top-down context from the level above's online context. A planner calls this alone
+        for the one level it plans at."""
+        topdown = None
+        if level + 1 < self.levels:
+            above = self.grids[level + 1]
+            topdown = summarize_by_time(context[level + 1], masks[level + 1].context, above[1] * above[2], above[0])
+        level_actions = None if actions is None else self.level_actions(actions, level)
+        return self.predictors[level](context[level], masks[level].context,
+                                      masks[level].target if target is None else target, level_actions, topdown)
 
     def forward(self, clips: torch.Tensor, masks: list[LevelMasks], actions: torch.Tensor | None = None,
                 step: int = 0) -> HJEPAOutput:

@@ -17,13 +17,28 @@ from .transformer import Block, init_weights, stochastic_depth
 TOPDOWN_MODES = ("none", "cross", "film", "prepend")
 
 
+class MacroActionEncoder(nn.Module):
+    """A level's macro-action: the chunk of ``chunk`` lower-level actions inside one of its steps,
+    ``[B, T, chunk * A]`` -> ``[B, T, dim]`` by a two-layer MLP. Unlike an average, it keeps the order
+    inside the chunk (right-then-up and up-then-right differ on the way, if not at the end)."""
+
+    def __init__(self, action_dim: int, chunk: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(chunk * action_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.net(actions)
+
+
 class Predictor(nn.Module):
     """forward(z_ctx [B, Nc, D], ctx_idx [B, Nc], tgt_idx [B, Nt], actions [B, T, A] | None,
     topdown (summary [B, S, D_up], valid [B, S]) | None) -> predictions [B, Nt, D].
 
-    ``topdown`` modes: 'cross' (cross-attention in every block), 'film' (scale and shift of each target
-    token's output features from the most recent allowed coarse step), 'prepend' (coarse steps as extra
-    tokens, reached through an attention mask). ``window``: level-l steps per step of the level above.
+    ``actions``: ``[B, T, action_chunk * A]``; with ``action_chunk > 1`` they enter through a
+    ``MacroActionEncoder``, else through a linear embedding. ``topdown`` modes: 'cross' (cross-attention
+    in every block), 'film' (scale and shift of each target token's output features from the most
+    recent allowed coarse step), 'prepend' (coarse steps as extra tokens, reached through an attention
+    mask). ``window``: level-l steps per step of the level above.
 
     Each token's own read of the top-down context is causal (``topdown.causal_allowed``); with 'cross'
     and 'prepend', the predictor's self-attention can still pass what one token read to another, as it
@@ -32,7 +47,7 @@ class Predictor(nn.Module):
 
     def __init__(self, enc_dim: int, dim: int, depth: int, heads: int, grid: tuple[int, int, int],
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, backend: str = "sdpa", action_dim: int = 0,
-                 topdown: str = "none", topdown_dim: int | None = None, window: int = 1):
+                 topdown: str = "none", topdown_dim: int | None = None, window: int = 1, action_chunk: int = 1):
         super().__init__()
         if topdown not in TOPDOWN_MODES:
             raise ValueError(f"unknown top-down mode {topdown!r}; choose one of {TOPDOWN_MODES}")
@@ -41,7 +56,10 @@ class Predictor(nn.Module):
         self.embed = nn.Linear(enc_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         self.register_buffer("pos", sincos_3d(grid, dim), persistent=False)
-        self.action_embed = nn.Linear(action_dim, dim) if action_dim else None
+        self.action_embed = None
+        if action_dim:
+            self.action_embed = (MacroActionEncoder(action_dim, action_chunk, dim) if action_chunk > 1
+                                 else nn.Linear(action_dim, dim))
         self.register_buffer("time_pos", sincos_1d(torch.arange(grid[0]), dim), persistent=False)
         if topdown != "none":
             self.td_proj = nn.Linear(topdown_dim, dim)

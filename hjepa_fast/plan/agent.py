@@ -1,0 +1,89 @@
+"""Receding-horizon agents: flat (level 1 plans toward the goal) and hierarchical (the top level plans
+macro-actions toward the goal; its predicted latents become subgoals for the level below).
+
+At level k the plan's variables are one action per level-k step (held for the step's ``span`` frames):
+over the whole imagined future at the top, over the first future step of level k+1 below it (the rest of
+the future keeps the plan from above). The top level's cost is the L1 distance of its predicted last step
+to the goal's embedding; level k's cost is the L1 distance of its prediction, encoded one level up, to the
+subgoal. With one level this is exactly flat planning. Only the first primitive action is executed; the
+next step plans again from the new observation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .planners import CEM, MPPI, GradientPlanner
+from .world_model import PlanningModel, State
+
+Planner = CEM | MPPI | GradientPlanner
+
+
+class PlanningAgent:
+    def __init__(self, wm: PlanningModel, planner: Planner, levels: int = 1):
+        if not 1 <= levels <= wm.levels:
+            raise ValueError(f"levels must be in [1, {wm.levels}] (the model's levels), got {levels}")
+        self.wm, self.planner, self.levels = wm, planner, levels
+        self.goal: list[torch.Tensor] = []
+        self.previous: torch.Tensor | None = None  # the last level-1 plan, for a warm start
+
+    def reset(self, goal_frame: np.ndarray) -> None:
+        self.goal, self.previous = self.wm.goal(goal_frame), None
+
+    def _expand(self, level: int, variables: torch.Tensor, first: int, base: torch.Tensor) -> torch.Tensor:
+        """variables ``[N, n, A]`` for level steps ``first .. first + n`` -> primitive slots
+        ``[N, horizon, A]``: slot s moves frame s to s + 1, which lies in level step (s + 1) // span;
+        slots outside the planned steps come from ``base`` ``[horizon, A]`` (the plan from above)."""
+        wm = self.wm
+        slots = torch.arange(wm.history - 1, wm.frames - 1)
+        step = (slots + 1) // wm.span[level] - first
+        inside = (step >= 0) & (step < variables.shape[1])
+        out = base.expand(variables.shape[0], -1, -1).clone()
+        out[:, inside] = variables[:, step[inside]]
+        return out
+
+    @torch.no_grad()
+    def act(self, frames: list[np.ndarray], actions: list[np.ndarray], generator: torch.Generator) -> np.ndarray:
+        wm, A = self.wm, self.wm.action_dim
+        state = wm.observe(frames, actions)
+        base = torch.zeros(wm.horizon, A)
+        subgoal = None
+        for level in reversed(range(self.levels)):
+            first = wm.context_steps[level]
+            n = wm.steps[level] - first if subgoal is None else wm.span[level + 1] // wm.span[level]
+            cost = self._cost(state, level, first, n, base, subgoal)
+            init = None
+            if level == 0 and self.previous is not None and self.previous.shape[0] == n:
+                init = torch.cat([self.previous[1:], self.previous[-1:]])
+            plan = self.planner.plan(cost, n, A, generator, init)
+            if level == 0:
+                self.previous = plan.actions
+            base = self._expand(level, plan.actions[None], first, base)[0]
+            if level > 0:  # this level's predicted first future step: the subgoal of the level below
+                subgoal = wm.predict(state, level, base[None], range(first, first + 1))[0, 0]
+        return base[0].numpy()
+
+    def _cost(self, state: State, level: int, first: int, n: int, base: torch.Tensor, subgoal: torch.Tensor | None):
+        wm = self.wm
+
+        def cost(variables: torch.Tensor) -> torch.Tensor:
+            future = self._expand(level, variables, first, base)
+            if subgoal is None:  # the top level: the last predicted step against the goal
+                pred = wm.predict(state, level, future, range(wm.steps[level] - 1, wm.steps[level]))[:, 0]
+                return (pred - self.goal[level]).abs().mean((1, 2))
+            pred = wm.predict(state, level, future, range(first, first + n))
+            return (wm.lift(state, level, pred, first) - subgoal).abs().mean((1, 2))
+
+        return cost
+
+
+class RandomAgent:
+    """The baseline: uniform random actions in ``[-1, 1]^action_dim``."""
+
+    def __init__(self, action_dim: int):
+        self.action_dim = action_dim
+
+    def reset(self, goal_frame: np.ndarray) -> None:
+        pass
+
+    def act(self, frames: list[np.ndarray], actions: list[np.ndarray], generator: torch.Generator) -> np.ndarray:
+        return (torch.rand(self.action_dim, generator=generator, dtype=torch.float64) * 2 - 1).numpy()

@@ -1,0 +1,134 @@
+"""``hjepa plan``: agents on a fixed set of start/goal tasks, several planner seeds; success rate (mean
++- standard error over seeds), planning time per action and per episode, analytic FLOPs per episode;
+a table, ``plan.json`` and a plot of success against the start's goal distance."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hjepa_fast.envs import Env, make_env
+from hjepa_fast.eval.probe import load_run
+from hjepa_fast.kernels import set_kernel_mode
+from hjepa_fast.train.builders import build_model
+
+from .agent import PlanningAgent, RandomAgent
+from .planners import build_planner
+from .world_model import PlanningModel
+
+TASK_SEED = 10_000  # task i resets the environment with seed TASK_SEED + i, whatever the planner seed
+
+
+def run_episode(env: Env, agent: PlanningAgent | RandomAgent, task: int, seed: int) -> dict:
+    """One episode of task ``task`` with planner seed ``seed``; stops at the first success."""
+    frames = [env.reset(TASK_SEED + task)]
+    start_distance = env.goal_distance()
+    agent.reset(env.goal_observation())
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + task)
+    actions, plan_s, success = [], 0.0, env.success()
+    while not success and len(actions) < env.max_steps:
+        t0 = time.perf_counter()
+        action = agent.act(frames, actions, generator)
+        plan_s += time.perf_counter() - t0
+        actions.append(np.clip(action, -1.0, 1.0))
+        frames.append(env.step(actions[-1]))
+        success = env.success()
+    return {"success": success, "steps": len(actions), "plan_s": plan_s, "start_distance": start_distance,
+            "final_distance": env.goal_distance()}
+
+
+def evaluate_agent(env: Env, make_agent, tasks: int, seeds: int, wm: PlanningModel | None = None) -> dict:
+    """Success rate per seed (its mean and standard error), time and FLOPs per action and episode."""
+    per_seed, episodes = [], []
+    for seed in range(seeds):
+        agent = make_agent()
+        wins = []
+        for task in range(tasks):
+            flops0 = wm.flops if wm is not None else 0.0
+            ep = run_episode(env, agent, task, seed)
+            ep["flops"] = (wm.flops - flops0) if wm is not None else 0.0
+            episodes.append({**ep, "seed": seed, "task": task})
+            wins.append(ep["success"])
+        per_seed.append(float(np.mean(wins)))
+    steps = sum(e["steps"] for e in episodes)
+    plan_s = sum(e["plan_s"] for e in episodes)
+    rates = np.array(per_seed)
+    return {"success_mean": float(rates.mean()),
+            "success_se": float(rates.std(ddof=1) / np.sqrt(len(rates))) if len(rates) > 1 else 0.0,
+            "success_per_seed": per_seed, "ms_per_action": 1e3 * plan_s / max(steps, 1),
+            "s_per_episode": plan_s / len(episodes),
+            "flops_per_episode": float(np.mean([e["flops"] for e in episodes])),
+            "steps_per_episode": steps / len(episodes), "episodes": episodes}
+
+
+def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: int = 3, planner: str = "cem",
+                      levels: list[int] | tuple[int, ...] = (1, 2), samples: int = 64, iterations: int = 3,
+                      out: str | Path | None = None) -> dict:
+    cfg, state = load_run(run)
+    set_kernel_mode(cfg.model.kernels)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    wm = PlanningModel(model, cfg)
+    env = make_env(env_name)
+    if env.obs_shape != (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size):
+        raise ValueError(f"{env_name} renders {env.obs_shape}, the model expects "
+                         f"({cfg.model.in_chans}, {cfg.model.img_size}, {cfg.model.img_size})")
+    levels = [k for k in levels if k <= wm.levels]
+    rows = {"random": evaluate_agent(env, lambda: RandomAgent(env.action_dim), tasks, seeds)}
+    for k in levels:
+        name = f"{planner} {'flat' if k == 1 else f'hier-{k}'}"
+        rows[name] = evaluate_agent(env, lambda k=k: PlanningAgent(wm, build_planner(planner, samples, iterations), k),
+                                    tasks, seeds, wm)
+    result = {"run": str(run), "env": env_name, "tasks": tasks, "seeds": seeds, "planner": planner,
+              "samples": samples, "iterations": iterations, "date": time.strftime("%Y-%m-%d"),
+              "device": "cpu", "threads": torch.get_num_threads(), "rows": rows}
+    out = Path(out) if out else Path(run) / f"plan-{env_name}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(json.dumps(result, indent=1))
+    plot_success(result, out / "success_vs_distance.png")
+    result["out"] = str(out)
+    return result
+
+
+def plot_success(result: dict, path: Path, bins: int = 4) -> Path:
+    """Success rate against the start's goal distance (quantile bins), one line per agent; the legend
+    gives each agent's FLOPs per episode, so equal-budget comparisons can be read off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, row in result["rows"].items():
+        d = np.array([e["start_distance"] for e in row["episodes"]])
+        s = np.array([e["success"] for e in row["episodes"]], dtype=float)
+        edges = np.quantile(d, np.linspace(0, 1, bins + 1))
+        which = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, bins - 1)
+        centres = [d[which == b].mean() for b in range(bins) if (which == b).any()]
+        rates = [s[which == b].mean() for b in range(bins) if (which == b).any()]
+        ax.plot(centres, rates, marker="o", label=f"{name} ({row['flops_per_episode'] / 1e9:.1f} GFLOP/ep)")
+    ax.set_xlabel("start distance to goal")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"{result['env']}: {result['tasks']} tasks x {result['seeds']} seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['env']} ({result['tasks']} tasks x {result['seeds']} seeds, {result['planner']}, "
+             f"{result['samples']} samples x {result['iterations']} iterations, {result['date']}, "
+             f"{result['device']} {result['threads']} threads)",
+             f"{'agent':<14} {'success':>15} {'ms/action':>10} {'s/episode':>10} {'GFLOP/episode':>14}"]
+    for name, r in result["rows"].items():
+        lines.append(f"{name:<14} {r['success_mean']:>8.3f} ± {r['success_se']:.3f} {r['ms_per_action']:>10.1f} "
+                     f"{r['s_per_episode']:>10.2f} {r['flops_per_episode'] / 1e9:>14.2f}")
+    if "out" in result:
+        lines.append(f"written: {result['out']}/plan.json, success_vs_distance.png")
+    return "\n".join(lines)

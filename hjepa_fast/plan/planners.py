@@ -1,0 +1,127 @@
+"""Sampling and gradient planners over action sequences ``[H, A]`` in ``[low, high]``.
+
+Each takes ``cost_fn(actions [N, H, A]) -> costs [N]`` and calls it once per iteration on all N
+candidates: one batched world-model forward per iteration, never a Python loop over candidates."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+CostFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Plan:
+    actions: torch.Tensor  # [H, A], the best sequence found
+    cost: float  # its cost
+    evaluations: int  # candidates evaluated (sum of N over calls)
+
+
+@dataclass
+class CEM:
+    """Cross-entropy method (V-JEPA 2-AC's planner): sample around a Gaussian, refit it to the elites.
+    ``init`` ``[H, A]`` (e.g. the last plan shifted by one step) warm-starts the mean."""
+
+    samples: int = 64
+    iterations: int = 3
+    elites: int = 8
+    std: float = 0.5
+    low: float = -1.0
+    high: float = 1.0
+
+    def plan(self, cost_fn: CostFn, horizon: int, action_dim: int, generator: torch.Generator,
+             init: torch.Tensor | None = None) -> Plan:
+        mean = torch.zeros(horizon, action_dim) if init is None else init.clone()
+        std = torch.full((horizon, action_dim), self.std)
+        best, best_cost = mean.clamp(self.low, self.high), float("inf")
+        for _ in range(self.iterations):
+            noise = torch.randn(self.samples, horizon, action_dim, generator=generator)
+            cand = (mean + std * noise).clamp(self.low, self.high)
+            cand[0] = mean.clamp(self.low, self.high)  # the current mean always competes
+            costs = cost_fn(cand)
+            elite = cand[costs.topk(self.elites, largest=False).indices]
+            mean, std = elite.mean(0), elite.std(0, unbiased=False) + 1e-3
+            i = int(costs.argmin())
+            if costs[i] < best_cost:
+                best, best_cost = cand[i], float(costs[i])
+        return Plan(best, best_cost, self.samples * self.iterations)
+
+
+@dataclass
+class MPPI:
+    """Model-predictive path integral: the mean moves to the cost-softmax-weighted average of the samples
+    (temperature relative to the batch's cost spread, so it does not depend on the cost's scale)."""
+
+    samples: int = 64
+    iterations: int = 3
+    std: float = 0.5
+    temperature: float = 0.1
+    low: float = -1.0
+    high: float = 1.0
+
+    def plan(self, cost_fn: CostFn, horizon: int, action_dim: int, generator: torch.Generator,
+             init: torch.Tensor | None = None) -> Plan:
+        mean = torch.zeros(horizon, action_dim) if init is None else init.clone()
+        best, best_cost = mean.clamp(self.low, self.high), float("inf")
+        std = self.std
+        for _ in range(self.iterations):
+            cand = (mean + std * torch.randn(self.samples, horizon, action_dim, generator=generator))
+            cand = cand.clamp(self.low, self.high)
+            cand[0] = mean.clamp(self.low, self.high)
+            costs = cost_fn(cand)
+            spread = (costs.max() - costs.min()).clamp(min=1e-8)
+            w = torch.softmax(-(costs - costs.min()) / (self.temperature * spread), dim=0)
+            mean = (w[:, None, None] * cand).sum(0)
+            std *= 0.7
+            i = int(costs.argmin())
+            if costs[i] < best_cost:
+                best, best_cost = cand[i], float(costs[i])
+        return Plan(best, best_cost, self.samples * self.iterations)
+
+
+@dataclass
+class GradientPlanner:
+    """Adam on the actions through the (differentiable) cost, from ``samples`` starts at once (the mean
+    plus noise); actions are kept in range by clamping after each step."""
+
+    samples: int = 8
+    iterations: int = 10
+    lr: float = 0.1
+    std: float = 0.5
+    low: float = -1.0
+    high: float = 1.0
+
+    def plan(self, cost_fn: CostFn, horizon: int, action_dim: int, generator: torch.Generator,
+             init: torch.Tensor | None = None) -> Plan:
+        mean = torch.zeros(horizon, action_dim) if init is None else init.clone()
+        cand = mean + self.std * torch.randn(self.samples, horizon, action_dim, generator=generator)
+        cand[0] = mean
+        cand = cand.clamp(self.low, self.high).requires_grad_(True)
+        opt = torch.optim.Adam([cand], lr=self.lr)
+        best, best_cost = cand[0].detach().clone(), float("inf")
+        for _ in range(self.iterations):
+            with torch.enable_grad():
+                costs = cost_fn(cand)
+                opt.zero_grad()
+                costs.sum().backward()
+            i = int(costs.argmin())
+            if costs[i] < best_cost:
+                best, best_cost = cand[i].detach().clone(), float(costs[i].detach())
+            opt.step()
+            with torch.no_grad():
+                cand.clamp_(self.low, self.high)
+        return Plan(best, best_cost, self.samples * self.iterations)
+
+
+PLANNERS = {"cem": CEM, "mppi": MPPI, "grad": GradientPlanner}
+
+
+def build_planner(name: str, samples: int, iterations: int) -> CEM | MPPI | GradientPlanner:
+    """``name`` in ``PLANNERS``; the gradient planner runs ``samples`` starts (costlier per candidate)."""
+    if name not in PLANNERS:
+        raise ValueError(f"unknown planner {name!r}; choose from {', '.join(PLANNERS)}")
+    if name == "grad":
+        return GradientPlanner(samples=max(1, samples // 8), iterations=iterations * 3)
+    return PLANNERS[name](samples=samples, iterations=iterations)

@@ -1,0 +1,87 @@
+"""Planning with an H-JEPA: one batched forward per planner iteration, hierarchical planning with one
+level is flat planning, a 2-level agent plans valid actions, and FLOPs are counted."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hjepa_fast.envs import make_env
+from hjepa_fast.plan.agent import PlanningAgent
+from hjepa_fast.plan.planners import CEM
+from hjepa_fast.plan.world_model import PlanningModel
+from hjepa_fast.train.builders import build_model
+
+# 8 frames of 16x16 RGB; level 1: 8 steps, sees 4; level 2: 2 steps of 4 frames, sees 1
+PLAN = ["model.levels=2", "model.img_size=16", "model.in_chans=3", "model.tubelet=1", "model.temporal_strides=[1,4]",
+        "model.action_dim=2", "data.frames=8", "masks.strategies=[future,future]",
+        "masks.context_fraction=[0.5,0.5]"]
+
+
+@pytest.fixture
+def world(make_config):
+    cfg = make_config(*PLAN)
+    env = make_env("panworld", view=16, world=48, goal_range=(4.0, 12.0))
+    return PlanningModel(build_model(cfg), cfg), env
+
+
+def test_one_level_hierarchy_is_flat_planning(world):
+    wm, env = world
+    frames = [env.reset(0)]
+    agent = PlanningAgent(wm, CEM(samples=16, iterations=2, elites=4), levels=1)
+    agent.reset(env.goal_observation())
+    action = agent.act(frames, [], torch.Generator().manual_seed(3))
+    # flat planning written out: level 1's predicted last step against the goal's level-1 embedding
+    state, goal = wm.observe(frames, []), wm.goal(env.goal_observation())
+
+    def cost(future):
+        pred = wm.predict(state, 0, future, range(wm.steps[0] - 1, wm.steps[0]))[:, 0]
+        return (pred - goal[0]).abs().mean((1, 2))
+
+    with torch.no_grad():
+        flat = CEM(samples=16, iterations=2, elites=4).plan(cost, wm.horizon, 2, torch.Generator().manual_seed(3))
+    assert np.allclose(action, flat.actions[0].numpy())
+
+
+def test_every_candidate_in_one_batched_forward(world, monkeypatch):
+    wm, env = world
+    calls = []
+    original = wm.model.predict_level
+    monkeypatch.setattr(wm.model, "predict_level", lambda *a, **k: calls.append(a[1][0].shape[0]) or original(*a, **k))
+    agent = PlanningAgent(wm, CEM(samples=16, iterations=3, elites=4), levels=2)
+    agent.reset(env.goal_observation())
+    agent.act([env.reset(1)], [], torch.Generator().manual_seed(0))
+    # top level: 3 iterations x 16, its subgoal (1), level 1: 3 iterations x 16
+    assert calls == [16, 16, 16, 1, 16, 16, 16]
+
+
+@pytest.mark.parametrize("planner", ["cem", "mppi", "grad"])
+def test_hierarchical_agent_plans_valid_actions_and_counts_flops(world, planner):
+    from hjepa_fast.plan.planners import build_planner
+
+    wm, env = world
+    frames, actions = [env.reset(2)], []
+    agent = PlanningAgent(wm, build_planner(planner, 16, 2), levels=2)
+    agent.reset(env.goal_observation())
+    before = wm.flops
+    for _ in range(2):
+        actions.append(agent.act(frames, actions, torch.Generator().manual_seed(0)))
+        frames.append(env.step(actions[-1]))
+    assert all(a.shape == (2,) and np.abs(a).max() <= 1.0 for a in actions)
+    assert wm.flops > before
+
+
+def test_predictions_change_with_the_actions(world):
+    wm, env = world
+    state = wm.observe([env.reset(0)], [])
+    future = torch.zeros(1, wm.horizon, 2, requires_grad=True)
+    for level in range(2):
+        with torch.enable_grad():
+            pred = wm.predict(state, level, future, range(wm.context_steps[level], wm.steps[level]))
+            (grad,) = torch.autograd.grad(pred.pow(2).sum(), future)
+        assert grad.abs().max() > 0, f"level {level + 1} ignores the planned actions"
+
+
+def test_levels_beyond_the_model_are_refused(world):
+    with pytest.raises(ValueError, match=r"levels must be in \[1, 2\]"):
+        PlanningAgent(world[0], CEM(), levels=3)

@@ -1,0 +1,32 @@
+"""The user's path end to end: hjepa collect -> hjepa train on the rollouts -> hjepa plan."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hjepa_fast.cli import main
+
+SMALL = ["data.frames=8", "masks.context_fraction=[0.5,0.5]", "model.encoder_depths=[1,1]",
+         "model.predictor_depths=[1,1]", "train.batch_size=4", "train.steps=2", "train.log_every=1"]
+
+
+@pytest.mark.slow
+def test_collect_train_plan(tmp_path, capsys):
+    rollouts = tmp_path / "rollouts"
+    assert main(["collect", "--env", "panworld", "--episodes", "3", "--steps", "10", "--out", str(rollouts)]) == 0
+    assert main(["train", "--config", "configs/panworld_tiny.yaml", "--no-progress", f"data.root={rollouts}",
+                 f"train.out_dir={tmp_path}", "train.run_name=r", *SMALL]) == 0
+    assert main(["plan", "--run", str(tmp_path / "r"), "--env", "panworld", "--tasks", "1", "--seeds", "2",
+                 "--samples", "8", "--iterations", "1", "--levels", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "random" in out and "cem flat" in out and "cem hier-2" in out
+    result = json.loads((tmp_path / "r" / "plan-panworld" / "plan.json").read_text())
+    assert set(result["rows"]) == {"random", "cem flat", "cem hier-2"}
+    assert result["rows"]["cem hier-2"]["flops_per_episode"] > 0
+    assert (tmp_path / "r" / "plan-panworld" / "success_vs_distance.png").is_file()
+
+
+def test_plan_refuses_a_run_without_actions(tmp_path, capsys):
+    assert main(["plan", "--run", str(tmp_path / "none"), "--env", "panworld"]) == 2
+    assert "not a run folder" in capsys.readouterr().err
