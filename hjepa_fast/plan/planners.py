@@ -19,6 +19,22 @@ class Plan:
     evaluations: int  # candidates evaluated (sum of N over calls)
 
 
+def _candidates(mean: torch.Tensor, std: torch.Tensor | float, samples: int, low: float, high: float,
+                generator: torch.Generator) -> torch.Tensor:
+    """``[samples, H, A]`` Gaussian samples around ``mean`` in range; row 0 is the mean itself, so the
+    current plan always competes."""
+    cand = (mean + std * torch.randn(samples, *mean.shape, generator=generator)).clamp(low, high)
+    cand[0] = mean.clamp(low, high)
+    return cand
+
+
+def _keep_best(best: torch.Tensor, best_cost: float, cand: torch.Tensor,
+               costs: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The better of the best so far and this iteration's best candidate."""
+    i = int(costs.argmin())
+    return (cand[i].detach().clone(), float(costs[i])) if costs[i] < best_cost else (best, best_cost)
+
+
 @dataclass
 class CEM:
     """Cross-entropy method (V-JEPA 2-AC's planner): sample around a Gaussian, refit it to the elites.
@@ -37,15 +53,11 @@ class CEM:
         std = torch.full((horizon, action_dim), self.std)
         best, best_cost = mean.clamp(self.low, self.high), float("inf")
         for _ in range(self.iterations):
-            noise = torch.randn(self.samples, horizon, action_dim, generator=generator)
-            cand = (mean + std * noise).clamp(self.low, self.high)
-            cand[0] = mean.clamp(self.low, self.high)  # the current mean always competes
+            cand = _candidates(mean, std, self.samples, self.low, self.high, generator)
             costs = cost_fn(cand)
             elite = cand[costs.topk(self.elites, largest=False).indices]
             mean, std = elite.mean(0), elite.std(0, unbiased=False) + 1e-3
-            i = int(costs.argmin())
-            if costs[i] < best_cost:
-                best, best_cost = cand[i], float(costs[i])
+            best, best_cost = _keep_best(best, best_cost, cand, costs)
         return Plan(best, best_cost, self.samples * self.iterations)
 
 
@@ -67,17 +79,13 @@ class MPPI:
         best, best_cost = mean.clamp(self.low, self.high), float("inf")
         std = self.std
         for _ in range(self.iterations):
-            cand = (mean + std * torch.randn(self.samples, horizon, action_dim, generator=generator))
-            cand = cand.clamp(self.low, self.high)
-            cand[0] = mean.clamp(self.low, self.high)
+            cand = _candidates(mean, std, self.samples, self.low, self.high, generator)
             costs = cost_fn(cand)
             spread = (costs.max() - costs.min()).clamp(min=1e-8)
             w = torch.softmax(-(costs - costs.min()) / (self.temperature * spread), dim=0)
             mean = (w[:, None, None] * cand).sum(0)
             std *= 0.7
-            i = int(costs.argmin())
-            if costs[i] < best_cost:
-                best, best_cost = cand[i], float(costs[i])
+            best, best_cost = _keep_best(best, best_cost, cand, costs)
         return Plan(best, best_cost, self.samples * self.iterations)
 
 
@@ -106,9 +114,7 @@ class GradientPlanner:
                 costs = cost_fn(cand)
                 opt.zero_grad()
                 costs.sum().backward()
-            i = int(costs.argmin())
-            if costs[i] < best_cost:
-                best, best_cost = cand[i].detach().clone(), float(costs[i].detach())
+            best, best_cost = _keep_best(best, best_cost, cand, costs.detach())
             opt.step()
             with torch.no_grad():
                 cand.clamp_(self.low, self.high)
