@@ -54,3 +54,28 @@ class Env(ABC):
 
     def random_action(self, rng: np.random.Generator) -> np.ndarray:
         return rng.uniform(-1.0, 1.0, self.action_dim)
+
+
+class PointGoalEnv(Env):
+    """An agent that is a point ``pos`` with a goal point ``goal`` (both float ``[2]``, pixels): the
+    observation of a point is ``observe(pos)``, success is being within ``tolerance`` of the goal."""
+
+    pos: np.ndarray
+    goal: np.ndarray
+    tolerance: float
+
+    @abstractmethod
+    def observe(self, pos: np.ndarray) -> np.ndarray:
+        """What the agent sees at ``pos``, uint8 ``[C, H, W]``."""
+
+    def render(self) -> np.ndarray:
+        return self.observe(self.pos)
+
+    def goal_observation(self) -> np.ndarray:
+        return self.observe(self.goal)
+
+    def goal_distance(self) -> float:
+        return float(np.linalg.norm(self.pos - self.goal))
+
+    def success(self) -> bool:
+        return self.goal_distance() <= self.tolerance

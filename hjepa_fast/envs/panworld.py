@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Env, check_action
+from .base import PointGoalEnv, check_action
 
 # name -> licence, as given in scikit-image's docstrings
 PHOTOS = {
@@ -48,7 +48,7 @@ def load_photo(name: str, size: int, channels: int) -> np.ndarray:
     return t.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-class PanWorld(Env):
+class PanWorld(PointGoalEnv):
     """Observation: the ``view x view`` window at the rounded position, uint8 ``[channels, view, view]``.
     ``reset(seed)`` draws the photo, the start and a goal at distance ``goal_range`` (pixels)."""
 
@@ -84,18 +84,6 @@ class PanWorld(Env):
         self.pos = np.clip(self.pos + self.max_speed * a, 0.0, self.limit)
         return self.render()
 
-    def _crop(self, pos: np.ndarray) -> np.ndarray:
+    def observe(self, pos: np.ndarray) -> np.ndarray:
         x, y = np.rint(pos).astype(int)
         return self.image[:, y:y + self.view, x:x + self.view].copy()
-
-    def render(self) -> np.ndarray:
-        return self._crop(self.pos)
-
-    def goal_observation(self) -> np.ndarray:
-        return self._crop(self.goal)
-
-    def goal_distance(self) -> float:
-        return float(np.linalg.norm(self.pos - self.goal))
-
-    def success(self) -> bool:
-        return self.goal_distance() <= self.tolerance

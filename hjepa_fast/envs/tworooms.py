@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Env, check_action
+from .base import PointGoalEnv, check_action
 
 
-class TwoRooms(Env):
+class TwoRooms(PointGoalEnv):
     """Arena ``[0, 1]^2``; wall at x = 0.5 with a door for y in ``door``; action = velocity x ``max_speed``
     per step. A step that would cross the wall outside the door keeps its y motion and drops its x motion."""
 
@@ -48,22 +48,10 @@ class TwoRooms(Env):
         self.pos = new
         return self.render()
 
-    def _draw(self, pos: np.ndarray) -> np.ndarray:
+    def observe(self, pos: np.ndarray) -> np.ndarray:
         img = np.repeat(self.background[None], self.channels, axis=0)
         x, y = np.clip((pos * self.view).astype(int), 1, self.view - 2)
         img[0, y - 1:y + 2, x - 1:x + 2] = 255
         if self.channels > 1:
             img[1:, y - 1:y + 2, x - 1:x + 2] = 60
         return img
-
-    def render(self) -> np.ndarray:
-        return self._draw(self.pos)
-
-    def goal_observation(self) -> np.ndarray:
-        return self._draw(self.goal)
-
-    def goal_distance(self) -> float:
-        return float(np.linalg.norm(self.pos - self.goal))
-
-    def success(self) -> bool:
-        return self.goal_distance() <= self.tolerance
