@@ -9,7 +9,7 @@ from torch import nn
 
 from hjepa_fast.config import Config, ConfigError, level_time_steps
 from hjepa_fast.data import StepBatchSampler, build_dataset
-from hjepa_fast.masks import HierarchicalMaskSampler, MaskCollator, build_sampler
+from hjepa_fast.masks import HierarchicalMaskSampler, LevelMasks, MaskCollator, build_sampler
 from hjepa_fast.model.hjepa import HJEPA
 
 _STRATEGY_PARAMS = {
@@ -63,18 +63,54 @@ def build_dataset_for(cfg: Config, split: str):
                          frame_stride=cfg.data.frame_stride, digit_size=cfg.data.digit_size)
 
 
-def build_train_loader(cfg: Config, start_step: int = 0) -> torch.utils.data.DataLoader:
+def build_train_loader(cfg: Config, start_step: int = 0, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
     """Batches for steps ``start_step .. train.steps - 1``, each with its masks drawn in the collate
     function (inside the workers) from a generator seeded by (train.seed, step): resuming at a step
-    reproduces the batches and masks an uninterrupted run would have seen."""
+    reproduces the batches and masks an uninterrupted run would have seen. With ``world`` > 1, rank
+    ``rank`` gets its rows of every global batch and of the global batch's masks."""
     dataset = build_dataset_for(cfg, "train")
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
                                total_steps=cfg.train.steps - start_step)
+    masks = build_mask_sampler(cfg)
+    if world > 1:
+        sampler = RankSlice(sampler, rank, world)
+        masks = RankSliceMasks(masks, cfg.train.batch_size, rank, world)
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=MaskCollator(build_mask_sampler(cfg), cfg.train.seed),
+        dataset, batch_sampler=sampler, collate_fn=MaskCollator(masks, cfg.train.seed),
         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.data.num_workers > 0,
     )
+
+
+class RankSlice:
+    """A batch sampler yielding rank ``rank``'s rows of each global batch of ``inner``."""
+
+    def __init__(self, inner, rank: int, world: int):
+        self.inner, self.rank, self.world = inner, rank, world
+
+    def __iter__(self):
+        for batch in self.inner:
+            n = len(batch) // self.world
+            yield batch[self.rank * n:(self.rank + 1) * n]
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class RankSliceMasks:
+    """A mask sampler that draws the masks of the whole global batch (as one process would) and returns
+    this rank's rows."""
+
+    def __init__(self, hier, global_batch: int, rank: int, world: int):
+        self.hier, self.global_batch = hier, global_batch
+        n = global_batch // world
+        self.start, self.stop = rank * n, (rank + 1) * n
+
+    def sample(self, batch: int, generator: torch.Generator) -> list[LevelMasks]:
+        if batch != self.stop - self.start:
+            raise ValueError(f"expected {self.stop - self.start} clips on this rank, got {batch}")
+        masks = self.hier.sample(self.global_batch, generator)
+        return [LevelMasks(m.context[self.start:self.stop], m.target[self.start:self.stop]) for m in masks]
 
 
 def build_optimizer(model: HJEPA, cfg: Config) -> torch.optim.Optimizer:

@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 
 from hjepa_fast.config import Config, ConfigError
-from hjepa_fast.masks import LevelMasks
 
 MULTI_PROCESS_ENGINES = ("ddp", "fsdp", "deepspeed")
 
@@ -103,54 +102,10 @@ def local_batch(cfg: Config, info: DistInfo) -> tuple[int, int]:
     return B // W, B // (W * A)
 
 
-class RankSlice:
-    """A batch sampler yielding rank ``rank``'s rows of each global batch of ``inner``."""
-
-    def __init__(self, inner, rank: int, world: int):
-        self.inner, self.rank, self.world = inner, rank, world
-
-    def __iter__(self):
-        for batch in self.inner:
-            n = len(batch) // self.world
-            yield batch[self.rank * n:(self.rank + 1) * n]
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-
-class RankSliceMasks:
-    """A mask sampler that draws the masks of the whole global batch (as one process would) and returns
-    this rank's rows."""
-
-    def __init__(self, hier, global_batch: int, rank: int, world: int):
-        self.hier, self.global_batch = hier, global_batch
-        n = global_batch // world
-        self.start, self.stop = rank * n, (rank + 1) * n
-
-    def sample(self, batch: int, generator: torch.Generator) -> list[LevelMasks]:
-        if batch != self.stop - self.start:
-            raise ValueError(f"expected {self.stop - self.start} clips on this rank, got {batch}")
-        masks = self.hier.sample(self.global_batch, generator)
-        return [LevelMasks(m.context[self.start:self.stop], m.target[self.start:self.stop]) for m in masks]
-
-
 def build_sharded_loader(cfg: Config, info: DistInfo, start_step: int = 0) -> torch.utils.data.DataLoader:
     """``builders.build_train_loader`` for rank ``info.rank`` of ``info.world``: this rank's rows of every
-    global batch and of its masks (identical to the single-process loader when the world is one)."""
-    from hjepa_fast.data import StepBatchSampler
-    from hjepa_fast.masks import MaskCollator
+    global batch and of its masks (the single-process loader when the world is one)."""
+    from .builders import build_train_loader
 
-    from .builders import build_dataset_for, build_mask_sampler, build_train_loader
-
-    if info.world == 1:
-        return build_train_loader(cfg, start_step=start_step)
     local_batch(cfg, info)
-    dataset = build_dataset_for(cfg, "train")
-    steps = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
-                             total_steps=cfg.train.steps - start_step)
-    masks = RankSliceMasks(build_mask_sampler(cfg), cfg.train.batch_size, info.rank, info.world)
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=RankSlice(steps, info.rank, info.world), collate_fn=MaskCollator(masks, cfg.train.seed),
-        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.data.num_workers > 0,
-    )
+    return build_train_loader(cfg, start_step=start_step, rank=info.rank, world=info.world)
