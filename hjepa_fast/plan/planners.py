@@ -36,16 +36,20 @@ def _keep_best(best: torch.Tensor, best_cost: float, cand: torch.Tensor,
 
 
 @dataclass
-class CEM:
-    """Cross-entropy method (V-JEPA 2-AC's planner): sample around a Gaussian, refit it to the elites.
-    ``init`` ``[H, A]`` (e.g. the last plan shifted by one step) warm-starts the mean."""
+class _SamplingPlanner:
+    """The loop CEM and MPPI share: sample around a mean, score every candidate in one call, refit the
+    sampling distribution (``_refit``), keep the best candidate seen. ``init`` ``[H, A]`` (e.g. the last
+    plan shifted by one step) warm-starts the mean."""
 
     samples: int = 64
     iterations: int = 3
-    elites: int = 8
     std: float = 0.5
     low: float = -1.0
     high: float = 1.0
+
+    def _refit(self, cand: torch.Tensor, costs: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(new mean ``[H, A]``, new std) from candidates ``[N, H, A]`` and their costs ``[N]``."""
+        raise NotImplementedError
 
     def plan(self, cost_fn: CostFn, horizon: int, action_dim: int, generator: torch.Generator,
              init: torch.Tensor | None = None) -> Plan:
@@ -55,38 +59,34 @@ class CEM:
         for _ in range(self.iterations):
             cand = _candidates(mean, std, self.samples, self.low, self.high, generator)
             costs = cost_fn(cand)
-            elite = cand[costs.topk(self.elites, largest=False).indices]
-            mean, std = elite.mean(0), elite.std(0, unbiased=False) + 1e-3
+            mean, std = self._refit(cand, costs, std)
             best, best_cost = _keep_best(best, best_cost, cand, costs)
         return Plan(best, best_cost, self.samples * self.iterations)
 
 
 @dataclass
-class MPPI:
+class CEM(_SamplingPlanner):
+    """Cross-entropy method (V-JEPA 2-AC's planner): refit the Gaussian to the ``elites`` cheapest."""
+
+    elites: int = 8
+
+    def _refit(self, cand, costs, std):
+        elite = cand[costs.topk(self.elites, largest=False).indices]
+        return elite.mean(0), elite.std(0, unbiased=False) + 1e-3
+
+
+@dataclass
+class MPPI(_SamplingPlanner):
     """Model-predictive path integral: the mean moves to the cost-softmax-weighted average of the samples
-    (temperature relative to the batch's cost spread, so it does not depend on the cost's scale)."""
+    (temperature relative to the batch's cost spread, so it does not depend on the cost's scale); the
+    spread shrinks by 0.7 per iteration."""
 
-    samples: int = 64
-    iterations: int = 3
-    std: float = 0.5
     temperature: float = 0.1
-    low: float = -1.0
-    high: float = 1.0
 
-    def plan(self, cost_fn: CostFn, horizon: int, action_dim: int, generator: torch.Generator,
-             init: torch.Tensor | None = None) -> Plan:
-        mean = torch.zeros(horizon, action_dim) if init is None else init.clone()
-        best, best_cost = mean.clamp(self.low, self.high), float("inf")
-        std = self.std
-        for _ in range(self.iterations):
-            cand = _candidates(mean, std, self.samples, self.low, self.high, generator)
-            costs = cost_fn(cand)
-            spread = (costs.max() - costs.min()).clamp(min=1e-8)
-            w = torch.softmax(-(costs - costs.min()) / (self.temperature * spread), dim=0)
-            mean = (w[:, None, None] * cand).sum(0)
-            std *= 0.7
-            best, best_cost = _keep_best(best, best_cost, cand, costs)
-        return Plan(best, best_cost, self.samples * self.iterations)
+    def _refit(self, cand, costs, std):
+        spread = (costs.max() - costs.min()).clamp(min=1e-8)
+        w = torch.softmax(-(costs - costs.min()) / (self.temperature * spread), dim=0)
+        return (w[:, None, None] * cand).sum(0), std * 0.7
 
 
 @dataclass
