@@ -43,6 +43,7 @@ class ModelConfig:
     action_dim: int = 0  # 0: no actions; levels > 1 encode each window's chunk of actions (macro-actions)
     attention_backend: str = "auto"  # auto | sdpa | flash | xformers
     kernels: str = "auto"  # auto (Triton on CUDA) | reference (plain PyTorch) | triton (also on CPU, interpreter)
+    share_encoders: bool = False  # levels > 1 reuse level 1's transformer blocks and norm (own tokenizer, predictor)
 
 
 @dataclass
@@ -287,6 +288,7 @@ def resolve(cfg: Config) -> Config:
         if dim % heads:
             kind = "encoder" if level < L else "predictor"
             raise ConfigError(f"model.{kind}_dims[{level % L}] = {dim} is not divisible by its heads {heads}")
+    _check_shared_encoders(cfg)
     for s in cfg.masks.strategies:
         if s not in ("multiblock", "future", "segment"):
             raise ConfigError(f"masks.strategies: unknown strategy {s!r}; choose multiblock, future or segment")
@@ -307,6 +309,23 @@ def resolve(cfg: Config) -> Config:
     if cfg.data.dataset == "rollouts" and not (cfg.data.root and m.action_dim > 0):
         raise ConfigError("data.dataset=rollouts needs data.root (a hjepa collect folder) and model.action_dim > 0")
     return cfg
+
+
+def _check_shared_encoders(cfg: Config) -> None:
+    """``model.share_encoders``: every level runs level 1's blocks, so their shapes must agree; the FSDP
+    engine shards per level and would shard the shared blocks twice."""
+    m = cfg.model
+    if not m.share_encoders:
+        return
+    for name in ("encoder_dims", "encoder_heads", "encoder_depths"):
+        values = getattr(m, name)
+        if len(set(values)) > 1:
+            raise ConfigError(f"model.share_encoders=true needs one model.{name} for every level (level 1's "
+                              f"blocks run at all levels), got {values}: set it to {[values[0]] * len(values)}")
+    if cfg.train.engine == "fsdp":
+        raise ConfigError("model.share_encoders=true does not work with train.engine=fsdp (FSDP shards each "
+                          "level's blocks, and shared blocks would be sharded twice): use train.engine=ddp, "
+                          "deepspeed or single")
 
 
 def level_time_steps(cfg: Config) -> list[int]:

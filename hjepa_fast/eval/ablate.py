@@ -19,8 +19,8 @@ from hjepa_fast.train.trainer import CHECKPOINT, pick_device, train
 
 from .probe import evaluate_model
 
-# the overview's variant that this library cannot express as a config setting (it needs a model change)
-NOT_EXPRESSIBLE = ("one encoder shared across levels",)
+# the overview's variants that this library cannot express as a config setting (they need a model change)
+NOT_EXPRESSIBLE: tuple[str, ...] = ()
 COLUMNS = {  # row key -> table header
     "err_short": "error h=1 (px)", "err_long": "error h=max (px)", "copy_last_long": "copy-last h=max (px)",
     "err_top": "top level, farthest (px)", "rankme_top": "RankMe top",
@@ -38,6 +38,10 @@ def variants(cfg: Config) -> dict[str, list[str]]:
         out["strides=1"] = [f"model.temporal_strides={[1] * L}"]
     out.update({f"abstraction={a}": [f"model.abstraction={a}"]
                 for a in ("average", "conv", "attention") if L > 1 and a != m.abstraction})
+    if L > 1 and not m.share_encoders and cfg.train.engine != "fsdp":  # sharing needs level 1's shapes everywhere
+        out["share_encoders=true"] = ["model.share_encoders=true", *(
+            f"model.{k}={[getattr(m, k)[0]] * L}" for k in ("encoder_dims", "encoder_heads", "encoder_depths")
+            if len(set(getattr(m, k))) > 1)]
     out.update({f"weighting={w}": [f"loss.weighting={w}"]
                 for w in ("uniform", "increasing", "curriculum", "uncertainty") if L > 1 and w != cfg.loss.weighting})
     out["ema=off"] = [f"train.ema_tau_base={[0.0] * L}", f"train.ema_tau_end={[0.0] * L}"]
@@ -141,7 +145,8 @@ def markdown_table(report: dict) -> str:
               + "".join(f" {o}" for o in c["overrides"]) + f"`, {report['date']}, {report['device']}; "
               f"{rows[0]['steps']} training steps per run. Errors: digit-centre position read by a ridge probe "
               "on the target features, applied to the predicted features (level 1, one and the most level-1 "
-              "steps ahead; the top level at its farthest step). Not run: " + ", ".join(report["not_run"]) + "."]
+              "steps ahead; the top level at its farthest step)."
+              + (" Not run: " + ", ".join(report["not_run"]) + "." if report["not_run"] else "")]
     return "\n".join(lines)
 
 

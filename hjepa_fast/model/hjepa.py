@@ -7,6 +7,10 @@ A training step (``HJEPA.forward``) reads like the algorithm:
 3. top-down prediction, from level L down to 1: each predictor gets its context, mask tokens at the
    targets, actions, and the causally aligned summary of the level above;
 4. loss: the masked-token L2-normalised loss per level, weighted into one total.
+
+``model.share_encoders``: levels above 1 run level 1's transformer blocks and final LayerNorm (the same
+modules, so the same parameters, also in the target copy); each level keeps its own tokenizer, position
+table and predictor. A shared parameter belongs to level 1 for the EMA (``ema_pairs``: level 1's tau).
 """
 from __future__ import annotations
 
@@ -39,6 +43,27 @@ def normalize_clips(clips: torch.Tensor) -> torch.Tensor:
     if clips.dtype == torch.uint8:
         return clips.float().div_(127.5).sub_(1.0)
     return clips
+
+
+def share_trunk(encoders: list[LevelEncoder]) -> None:
+    """Make every encoder above the first run the first one's ``blocks`` and ``norm`` (the same modules)."""
+    first = encoders[0]
+    shape = lambda e: (e.norm.normalized_shape[0], len(e.blocks))  # (width, depth)
+    for level, encoder in enumerate(encoders[1:], start=2):
+        if shape(encoder) != shape(first):
+            raise ValueError(f"shared encoders need one (width, depth): level 1 has {shape(first)}, "
+                             f"level {level} {shape(encoder)}")
+        encoder.blocks, encoder.norm = first.blocks, first.norm
+
+
+def level_parameters(modules: nn.ModuleList) -> list[list[nn.Parameter]]:
+    """One list of parameters per module, each parameter only in the first module that holds it."""
+    seen: set[int] = set()
+    groups = []
+    for module in modules:
+        groups.append([p for p in module.parameters() if id(p) not in seen])
+        seen.update(id(p) for p in groups[-1])
+    return groups
 
 
 class HJEPA(nn.Module):
@@ -77,9 +102,11 @@ class HJEPA(nn.Module):
                 window=cfg.temporal_strides[level + 1] if has_above else 1,
                 action_chunk=self.action_chunk(level),
             ))
+        if cfg.share_encoders:
+            share_trunk(encoders)
         self.encoders = nn.ModuleList(encoders)
         self.predictors = nn.ModuleList(predictors)
-        self.target_encoders = copy.deepcopy(self.encoders)
+        self.target_encoders = copy.deepcopy(self.encoders)  # the deepcopy memo keeps the sharing
         self.target_encoders.requires_grad_(False)
         self.loss_weighting = LossWeighting(L, loss_weighting, curriculum_steps)
 
@@ -105,10 +132,9 @@ class HJEPA(nn.Module):
         return [p for name, p in self.named_parameters() if not name.startswith("target_encoders.")]
 
     def ema_pairs(self) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
-        """(targets, sources): one group of parameter tensors per level, in matching order."""
-        targets = [list(t.parameters()) for t in self.target_encoders]
-        sources = [list(e.parameters()) for e in self.encoders]
-        return targets, sources
+        """(targets, sources): one group of parameter tensors per level, in matching order; each tensor
+        appears once, in the lowest level that holds it (``share_encoders``: level 1)."""
+        return level_parameters(self.target_encoders), level_parameters(self.encoders)
 
     @torch.no_grad()
     def encode_targets(self, clips: torch.Tensor) -> list[torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 
 from hjepa_fast.config import Config, ConfigError
 from hjepa_fast.kernels import EMASchedule, ema_update_
+from hjepa_fast.model.hjepa import level_parameters
 
 from .builders import build_optimizer
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -84,8 +85,8 @@ class DeepSpeedTargetEMA:
     """Per-level cosine EMA of fp32 targets kept outside the engine toward the engine's online encoders."""
 
     def __init__(self, targets: torch.nn.ModuleList, sources: torch.nn.ModuleList, zero3: bool, cfg: Config):
-        self.targets = [list(t.parameters()) for t in targets]
-        self.sources = [list(s.parameters()) for s in sources]
+        # each parameter once, in the lowest level holding it (model.share_encoders: level 1's blocks)
+        self.targets, self.sources = level_parameters(targets), level_parameters(sources)
         self.zero3 = zero3
         self.schedule = EMASchedule(cfg.train.ema_tau_base, cfg.train.ema_tau_end, cfg.train.steps)
 

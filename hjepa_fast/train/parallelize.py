@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from hjepa_fast.config import ConfigError
 from hjepa_fast.model.hjepa import HJEPA
 
 
@@ -39,16 +40,18 @@ def checkpoint_block(block: nn.Module) -> None:
 
 def apply_activation_checkpointing(model: HJEPA, levels: Sequence[bool]) -> int:
     """Checkpoint every transformer block of the online encoder and the predictor of each level whose
-    flag is True (the target encoders run under no_grad and save nothing). Returns the blocks wrapped."""
+    flag is True (the target encoders run under no_grad and save nothing). Returns the distinct blocks
+    wrapped. With ``model.share_encoders`` the encoder blocks are level 1's at every level: one level's
+    flag checkpoints them wherever they run, and each is wrapped (and counted) once."""
     if len(levels) != model.levels:
         raise ValueError(f"activation_checkpointing needs one flag per level ({model.levels}), got {list(levels)}")
-    count = 0
+    blocks = {}  # id -> block: a shared block once
     for on, encoder, predictor in zip(levels, model.encoders, model.predictors):
         if on:
-            for block in (*encoder.blocks, *predictor.blocks):
-                checkpoint_block(block)
-                count += 1
-    return count
+            blocks.update((id(b), b) for b in (*encoder.blocks, *predictor.blocks))
+    for block in blocks.values():
+        checkpoint_block(block)
+    return len(blocks)
 
 
 def apply_fsdp(model: HJEPA, mesh, mp_policy=None) -> HJEPA:
@@ -56,8 +59,14 @@ def apply_fsdp(model: HJEPA, mesh, mp_policy=None) -> HJEPA:
 
     Units: each transformer block, then each level's encoder / target encoder / predictor, then the root
     (loss weights). Target encoders get ``reshard_after_forward=True`` explicitly: they only ever run a
-    no-grad forward, after which a unit left unsharded would keep the full parameters alive."""
+    no-grad forward, after which a unit left unsharded would keep the full parameters alive.
+
+    Refuses ``model.share_encoders``: the per-level units would shard level 1's blocks and norm again."""
     from torch.distributed.fsdp import fully_shard
+
+    if model.cfg.share_encoders:
+        raise ConfigError("model.share_encoders=true does not work with train.engine=fsdp (shared blocks would "
+                          "be sharded once per level): use train.engine=ddp, deepspeed or single")
 
     # the predictors return a view ([B, Nt, D] of a wider token sequence); nothing writes to it in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPPredictor\) returned a view")

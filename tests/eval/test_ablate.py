@@ -13,7 +13,7 @@ from .test_eval_cli import TINY_RUN
 def test_variants_are_config_overrides_of_the_base():
     table = variants(load_config("configs/tiny_cpu.yaml"))
     assert list(table) == ["base", "levels=1", "levels=2", "topdown=none", "strides=1", "abstraction=average",
-                           "abstraction=conv", "weighting=increasing", "weighting=curriculum",
+                           "abstraction=conv", "share_encoders=true", "weighting=increasing", "weighting=curriculum",
                            "weighting=uncertainty", "ema=off"]
     for overrides in table.values():  # every variant is a valid config
         load_config("configs/tiny_cpu.yaml", overrides)
