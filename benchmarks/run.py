@@ -1,7 +1,8 @@
-"""Every benchmark in one command: the kernel microbenchmarks, the end-to-end training step and the
-scaling sweeps, each in its own process (a crash or an out-of-memory error in one leaves the others),
-all writing into one results folder; then one table of every measured row, ``summary.md`` (that table)
-and ``summary.json`` (device, versions, each benchmark's status, wall time and rows).
+"""Every benchmark in one command: the kernel microbenchmarks, the end-to-end training step, the
+scaling sweeps and the planning speed, each in its own process (a crash or an out-of-memory error in one
+leaves the others), all writing into one results folder; then one table of every measured row,
+``summary.md`` (that table) and ``summary.json`` (device, versions, each benchmark's status, wall time and
+rows).
 
 ``--budget S`` spreads S seconds over the benchmarks (each gets a share of what is left, by weight; the
 end-to-end ones stop starting new measurements at their share and keep what they have, the others are
@@ -32,12 +33,14 @@ BENCHMARKS = {
     "temporal_pool": ("benchmarks.bench_temporal_pool", "temporal_pool", 1.5, False),
     "train_step": ("benchmarks.bench_train_step", "train_step", 4.0, True),
     "scaling": ("benchmarks.bench_scaling", "scaling", 2.5, True),
+    "planning": ("benchmarks.bench_planning", "planning", 1.0, True),
 }
 MICRO = ("masked_loss", "ema", "temporal_pool")
 # the row fields the table's last column shows, where a row has them
 DETAILS = {"speedup": "x{:.2f}", "speedup_vs_eager": "x{:.2f} vs eager", "frac_copy": "{:.0%} of copy",
            "clips_per_s": "{:.1f} clips/s", "tokens_per_s": "{:.3g} tokens/s", "step_mem_mb": "step +{:.0f} MB",
-           "peak_mem_mb": "peak {:.0f} MB", "mfu": "MFU {:.1%}", "flops_per_step": "{:.3g} FLOP"}
+           "peak_mem_mb": "peak {:.0f} MB", "mfu": "MFU {:.1%}", "flops_per_step": "{:.3g} FLOP",
+           "flops_per_action": "{:.3g} FLOP/action", "gflops_per_s": "{:.1f} GFLOP/s"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,14 +4,17 @@
 
 Cases: the end-to-end training step of the tiny config (``bench_train_step``'s variants that need no
 compilation), the masked latent loss forward + backward (``bench_masked_loss``'s reference), the packed
-multi-level EMA and a per-level foreach (``bench_ema``) and temporal attention pooling (``bench_temporal_pool``'s
-reference and SDPA paths)."""
+multi-level EMA and a per-level foreach (``bench_ema``), temporal attention pooling (``bench_temporal_pool``'s
+reference and SDPA paths) and the planning-speed sweep (``bench_planning --quick``, one round, its JSON
+checked for completeness, not for speed)."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
-from benchmarks import bench_ema, bench_masked_loss, bench_temporal_pool, bench_train_step
+from benchmarks import bench_ema, bench_masked_loss, bench_planning, bench_temporal_pool, bench_train_step
 from hjepa_fast.kernels import EMASchedule, MultiLevelEMA, kernel_mode
 
 CPU = torch.device("cpu")
@@ -75,3 +78,20 @@ def test_temporal_pool_fwd_bwd(benchmark, path):
     q = (torch.randn(H, Dh, generator=g) * Dh**-0.5).requires_grad_()
     k, v = (torch.randn(B, T, N, H, Dh, generator=g).requires_grad_() for _ in range(2))
     benchmark.pedantic(lambda: torch.autograd.grad(fn(q, k, v, window).sum(), (q, k, v)), **ROUNDS)
+
+
+def test_planning_quick(benchmark, tmp_path):
+    """``bench_planning --quick`` on CPU, one iteration per plan (~10 s): a row per (planner, levels,
+    candidates), positive times, FLOPs per action that grow with the candidates, the log-log plot."""
+    argv = ["--quick", "--device", "cpu", "--iterations", "1", "--out", str(tmp_path)]
+    benchmark.pedantic(bench_planning.main, args=(argv,), rounds=1, iterations=1)
+    rows = json.loads((tmp_path / "planning.json").read_text())["rows"]
+    expected = [(p, k, n) for p in bench_planning.PLANNERS for k in (1, 2) for n in bench_planning.QUICK_CANDIDATES]
+    assert sorted((r["planner"], r["levels"], r["candidates"]) for r in rows) == sorted(expected)
+    assert all(r["ms_per_action"] > 0 and r["flops_per_action"] > 0 and r["gflops_per_s"] > 0 for r in rows)
+    for planner in bench_planning.PLANNERS:
+        for levels in (1, 2):
+            line = sorted((r["candidates"], r["flops_per_action"]) for r in rows
+                          if (r["planner"], r["levels"]) == (planner, levels))
+            assert all(a[1] < b[1] for a, b in zip(line, line[1:])), (planner, levels, line)
+    assert (tmp_path / "planning_loglog.png").is_file()

@@ -34,7 +34,7 @@ class PlanningAgent:
         ``[N, horizon, A]``: slot s moves frame s to s + 1, which lies in level step (s + 1) // span;
         slots outside the planned steps come from ``base`` ``[horizon, A]`` (the plan from above)."""
         wm = self.wm
-        slots = torch.arange(wm.history - 1, wm.frames - 1)
+        slots = torch.arange(wm.history - 1, wm.frames - 1, device=variables.device)
         step = (slots + 1) // wm.span[level] - first
         inside = (step >= 0) & (step < variables.shape[1])
         out = base.expand(variables.shape[0], -1, -1).clone()
@@ -45,7 +45,7 @@ class PlanningAgent:
     def act(self, frames: list[np.ndarray], actions: list[np.ndarray], generator: torch.Generator) -> np.ndarray:
         wm, A = self.wm, self.wm.action_dim
         state = wm.observe(frames, actions)
-        base = torch.zeros(wm.horizon, A)
+        base = torch.zeros(wm.horizon, A, device=wm.device)
         subgoal = None
         for level in reversed(range(self.levels)):
             first = wm.context_steps[level]
@@ -54,13 +54,13 @@ class PlanningAgent:
             init = None
             if level == 0 and self.previous is not None and self.previous.shape[0] == n:
                 init = torch.cat([self.previous[1:], self.previous[-1:]])
-            plan = self.planner.plan(cost, n, A, generator, init)
+            plan = self.planner.plan(cost, n, A, generator, init, device=wm.device)
             if level == 0:
                 self.previous = plan.actions
             base = self._expand(level, plan.actions[None], first, base)[0]
             if level > 0:  # this level's predicted first future step: the subgoal of the level below
                 subgoal = wm.predict(state, level, base[None], range(first, first + 1))[0, 0]
-        return base[0].numpy()
+        return base[0].cpu().numpy()
 
     def _cost(self, state: State, level: int, first: int, n: int, base: torch.Tensor, subgoal: torch.Tensor | None):
         wm = self.wm

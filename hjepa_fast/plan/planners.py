@@ -1,7 +1,11 @@
 """Sampling and gradient planners over action sequences ``[H, A]`` in ``[low, high]``.
 
 Each takes ``cost_fn(actions [N, H, A]) -> costs [N]`` and calls it once per iteration on all N
-candidates: one batched world-model forward per iteration, never a Python loop over candidates."""
+candidates: one batched world-model forward per iteration, never a Python loop over candidates.
+
+Device: the plan lives on ``device`` (default: ``init``'s, else the CPU). Noise is drawn by the caller's
+``torch.Generator`` on the generator's own device (a generator is tied to one; the agents pass a CPU one) and
+moved to the plan's, so a CPU seed gives the same samples whatever the model's device."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,11 +23,23 @@ class Plan:
     evaluations: int  # candidates evaluated (sum of N over calls)
 
 
+def _noise(samples: int, mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``[samples, *mean.shape]`` standard normal noise from the (CPU) ``generator``, on ``mean``'s device."""
+    return torch.randn(samples, *mean.shape, generator=generator, device=generator.device).to(mean.device)
+
+
+def _start(horizon: int, action_dim: int, init: torch.Tensor | None, device: torch.device | str | None) -> torch.Tensor:
+    """The initial mean ``[H, A]``: a copy of ``init`` (on ``device`` if given), else zeros on ``device`` (CPU)."""
+    if init is None:
+        return torch.zeros(horizon, action_dim, device=device)
+    return init.to(device).clone() if device is not None else init.clone()
+
+
 def _candidates(mean: torch.Tensor, std: torch.Tensor | float, samples: int, low: float, high: float,
                 generator: torch.Generator) -> torch.Tensor:
     """``[samples, H, A]`` Gaussian samples around ``mean`` in range; row 0 is the mean itself, so the
     current plan always competes."""
-    cand = (mean + std * torch.randn(samples, *mean.shape, generator=generator)).clamp(low, high)
+    cand = (mean + std * _noise(samples, mean, generator)).clamp(low, high)
     cand[0] = mean.clamp(low, high)
     return cand
 
@@ -52,9 +68,9 @@ class _SamplingPlanner:
         raise NotImplementedError
 
     def plan(self, cost_fn: CostFn, horizon: int, action_dim: int, generator: torch.Generator,
-             init: torch.Tensor | None = None) -> Plan:
-        mean = torch.zeros(horizon, action_dim) if init is None else init.clone()
-        std = torch.full((horizon, action_dim), self.std)
+             init: torch.Tensor | None = None, device: torch.device | str | None = None) -> Plan:
+        mean = _start(horizon, action_dim, init, device)
+        std = torch.full((horizon, action_dim), self.std, device=mean.device)
         best, best_cost = mean.clamp(self.low, self.high), float("inf")
         for _ in range(self.iterations):
             cand = _candidates(mean, std, self.samples, self.low, self.high, generator)
@@ -102,9 +118,9 @@ class GradientPlanner:
     high: float = 1.0
 
     def plan(self, cost_fn: CostFn, horizon: int, action_dim: int, generator: torch.Generator,
-             init: torch.Tensor | None = None) -> Plan:
-        mean = torch.zeros(horizon, action_dim) if init is None else init.clone()
-        cand = mean + self.std * torch.randn(self.samples, horizon, action_dim, generator=generator)
+             init: torch.Tensor | None = None, device: torch.device | str | None = None) -> Plan:
+        mean = _start(horizon, action_dim, init, device)
+        cand = mean + self.std * _noise(self.samples, mean, generator)
         cand[0] = mean
         cand = cand.clamp(self.low, self.high).requires_grad_(True)
         opt = torch.optim.Adam([cand], lr=self.lr)

@@ -39,9 +39,11 @@ class PlanningModel:
             raise ConfigError("planning needs a model trained with masks.strategies=future at every level and "
                               "one masks.context_fraction (a fixed history length)")
         self.model, self.cfg = model.eval().requires_grad_(False), cfg  # the gradient planner: actions only
+        self.device = next(model.parameters()).device  # every tensor of the planning path lives here
         self.frames, self.action_dim, self.levels = cfg.data.frames, m.action_dim, m.levels
         self.hw = (m.img_size // m.patch_size) ** 2
-        self.masks = build_mask_sampler(cfg).sample(1, torch.Generator().manual_seed(0))
+        masks = build_mask_sampler(cfg).sample(1, torch.Generator().manual_seed(0))
+        self.masks = [LevelMasks(mk.context.to(self.device), mk.target.to(self.device)) for mk in masks]
         self.steps = [g[0] for g in model.grids]  # T_l
         self.span = [math.prod(m.temporal_strides[:k + 1]) for k in range(self.levels)]  # frames per step
         self.context_steps = [mk.context.shape[1] // self.hw for mk in self.masks]  # c_l
@@ -61,16 +63,16 @@ class PlanningModel:
         obs = [frames[0]] * max(0, h - len(frames)) + list(frames[-h:])
         past = list(actions[-(h - 1):]) if h > 1 else []
         past = [np.zeros(self.action_dim)] * (h - 1 - len(past)) + past
-        clip = torch.zeros(1, self.frames, *obs[0].shape, dtype=torch.uint8)
-        clip[0, :h] = torch.from_numpy(np.stack(obs))
+        clip = torch.zeros(1, self.frames, *obs[0].shape, dtype=torch.uint8, device=self.device)
+        clip[0, :h] = torch.from_numpy(np.stack(obs)).to(self.device)
+        past = torch.tensor(np.array(past), dtype=torch.float32, device=self.device).reshape(h - 1, self.action_dim)
         self.flops += self._encode_flops(online=True)
-        return State(self.model.encode_context(clip, self.masks), self.model.encode_targets(clip),
-                     torch.tensor(np.array(past), dtype=torch.float32).reshape(h - 1, self.action_dim))
+        return State(self.model.encode_context(clip, self.masks), self.model.encode_targets(clip), past)
 
     @torch.no_grad()
     def goal(self, frame: np.ndarray) -> list[torch.Tensor]:
         """Each level's target encoding of a clip that shows only the goal, at its last step: ``[hw, D_l]``."""
-        clip = torch.from_numpy(frame).expand(1, self.frames, *frame.shape).contiguous()
+        clip = torch.from_numpy(frame).to(self.device).expand(1, self.frames, *frame.shape).contiguous()
         self.flops += self._encode_flops(online=False)
         return [t[0, -self.hw:] for t in self.model.encode_targets(clip)]
 
@@ -86,7 +88,7 @@ class PlanningModel:
         N = future.shape[0]
         context = [c.expand(N, -1, -1) for c in state.context]
         masks = [LevelMasks(mk.context.expand(N, -1), mk.target.expand(N, -1)) for mk in self.masks]
-        target = torch.arange(steps.start * self.hw, steps.stop * self.hw).expand(N, -1)
+        target = torch.arange(steps.start * self.hw, steps.stop * self.hw, device=self.device).expand(N, -1)
         pred = self.model.predict_level(level, context, masks, self.full_actions(state, future), target)
         grad = 3 if torch.is_grad_enabled() and future.requires_grad else 1
         self.flops += grad * N * sum(predictor_forward(self.cfg, level, context[level].shape[1], target.shape[1]))

@@ -85,3 +85,27 @@ def test_predictions_change_with_the_actions(world):
 def test_levels_beyond_the_model_are_refused(world):
     with pytest.raises(ValueError, match=r"levels must be in \[1, 2\]"):
         PlanningAgent(world[0], CEM(), levels=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("planner", ["cem", "mppi", "grad"])
+def test_agent_plans_on_the_models_device(world, planner):
+    """A model on CUDA: the whole planning path runs there (no device mismatch), the action comes back as
+    a CPU array in range, and the analytic FLOPs match the CPU model's (same sequence of calls)."""
+    import copy
+
+    from hjepa_fast.plan.planners import build_planner
+
+    wm, env = world
+    gpu = PlanningModel(copy.deepcopy(wm.model).cuda(), wm.cfg)
+    assert gpu.device.type == "cuda" and all(mk.context.is_cuda for mk in gpu.masks)
+    flops = []
+    for model in (wm, gpu):
+        agent = PlanningAgent(model, build_planner(planner, 16, 2), levels=2)
+        agent.reset(env.goal_observation())
+        before = model.flops
+        action = agent.act([env.reset(4)], [], torch.Generator().manual_seed(0))
+        flops.append(model.flops - before)
+        assert isinstance(action, np.ndarray) and action.shape == (2,) and np.abs(action).max() <= 1.0
+    assert flops[0] == flops[1]
