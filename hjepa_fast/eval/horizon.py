@@ -3,9 +3,16 @@
 A ridge probe is fitted, per level, on the *target* encoder's per-step features to read the ground-truth
 state (the digit's centre, in pixels). It is then applied to the model's *predicted* features of the
 future steps: horizon h at level l is the step h steps of level l after the context (h * frames-per-step
-frames ahead). Two references, through the same probe: ``floor`` reads the true target features of that
-step (a model predicting its targets exactly reaches it), ``copy_last`` reads the last context step's
-(the "nothing moves" guess)."""
+frames ahead).
+
+``error`` is calibrated: the predictions' mean offset from the targets at each horizon, measured on the
+training clips, is removed before the read-out. Without it (``error_raw``) a predictor whose outputs sit a
+little off the target manifold reads as out of frame however much it knows; with it, a predictor that
+ignores its context scores exactly ``mean_state``. References: ``floor`` reads the true target features
+of that step (a model predicting its targets exactly reaches it), ``copy_last`` the last context step's
+("nothing moves"), ``mean_state`` is the error of the training clips' mean state of that step (what a
+context-blind guess achieves). ``spread_ratio``: the predictions' clip-to-clip std over the targets'
+(per dimension, averaged): near 0 means the predictor outputs the same thing whatever it sees."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,6 +45,17 @@ def state_error(probe, features: np.ndarray, states: np.ndarray) -> np.ndarray:
     return np.linalg.norm(read - states, axis=-1).mean(axis=0)
 
 
+def mean_state_error(train_states: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """Error of guessing each step's mean training state: ``[n_train, H, S]``, ``[n, H, S]`` -> ``[H]``."""
+    return np.linalg.norm(states - train_states.mean(axis=0, keepdims=True), axis=-1).mean(axis=0)
+
+
+def spread_ratio(predicted: np.ndarray, targets: np.ndarray) -> float:
+    """Clip-to-clip std of the predictions over that of the targets, ``[n, H, D]`` each, averaged over
+    steps and dimensions."""
+    return float(predicted.std(axis=0).mean() / max(targets.std(axis=0).mean(), 1e-12))
+
+
 def check_horizon(model: HJEPA, cut: int, horizon: int) -> int:
     """The largest horizon to report (level-1 steps); refuses one beyond the clip."""
     T = model.grids[0][0]
@@ -53,8 +71,9 @@ def check_horizon(model: HJEPA, cut: int, horizon: int) -> int:
 
 
 def horizon_curves(model: HJEPA, train: FeatureSet, val: FeatureSet, horizon: int) -> dict[str, dict]:
-    """Per level: ``{"horizon", "frames_ahead", "error", "floor", "copy_last"}`` (lists over h = 1..H_l,
-    H_l = the future steps of level l, at most ``horizon``); probes fitted on ``train``, errors on ``val``."""
+    """Per level: ``{"horizon", "frames_ahead", "error", "error_raw", "floor", "copy_last", "mean_state"}``
+    (lists over h = 1..H_l, H_l = the future steps of level l, at most ``horizon``) and ``spread_ratio``;
+    probes and the calibration offset fitted on ``train``, errors on ``val``."""
     curves = {}
     for level, ((T, _, _), tr, va, c) in enumerate(zip(model.grids, train.levels, val.levels, val.context_steps)):
         if tr.states is None or va.states is None:
@@ -64,11 +83,16 @@ def horizon_curves(model: HJEPA, train: FeatureSet, val: FeatureSet, horizon: in
         H = min(horizon, T - c)
         future = slice(c, c + H)
         last = np.repeat(va.steps[:, c - 1:c], H, axis=1)
+        offset = (tr.predicted[:, :H] - tr.steps[:, future]).mean(axis=0, keepdims=True)  # [1, H, D]
+        truth = va.states[:, future]
         curves[f"level{level + 1}"] = {
             "horizon": list(range(1, H + 1)),
             "frames_ahead": [h * (model.frames // T) for h in range(1, H + 1)],
-            "error": state_error(probe, va.predicted[:, :H], va.states[:, future]).tolist(),
-            "floor": state_error(probe, va.steps[:, future], va.states[:, future]).tolist(),
-            "copy_last": state_error(probe, last, va.states[:, future]).tolist(),
+            "error": state_error(probe, va.predicted[:, :H] - offset, truth).tolist(),
+            "error_raw": state_error(probe, va.predicted[:, :H], truth).tolist(),
+            "floor": state_error(probe, va.steps[:, future], truth).tolist(),
+            "copy_last": state_error(probe, last, truth).tolist(),
+            "mean_state": mean_state_error(tr.states[:, future], truth).tolist(),
+            "spread_ratio": spread_ratio(va.predicted[:, :H], va.steps[:, future]),
         }
     return curves

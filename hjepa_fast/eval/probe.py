@@ -108,7 +108,8 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None) -> dict:
 
 
 def plot_horizon(curves: dict[str, dict], path: Path, title: str) -> Path:
-    """Future-state error against frames ahead, one line per level; level 1's copy-last guess dashed."""
+    """Future-state error against frames ahead, one line per level; level 1's copy-last guess dashed, its
+    context-blind mean-state guess dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,6 +120,7 @@ def plot_horizon(curves: dict[str, dict], path: Path, title: str) -> Path:
         ax.plot(c["frames_ahead"], c["error"], marker="o", label=name)
     first = next(iter(curves.values()))
     ax.plot(first["frames_ahead"], first["copy_last"], "k--", alpha=0.5, label="level1 copy-last")
+    ax.plot(first["frames_ahead"], first["mean_state"], "k:", alpha=0.5, label="level1 mean state")
     ax.set_xlabel("frames ahead of the context")
     ax.set_ylabel("future-state error (px)")
     ax.set_title(title)
@@ -139,12 +141,17 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:<10}" + "".join(f"{accs[lb]:>20.3f}{result['random'][name][lb]:>20.3f}" for lb in labels))
     if result["horizon"] is not None:
         lines += ["", f"future-state error, {result['state_units']}, after {result['context_frames']} context frames",
-                  f"{'level':<8}{'h':>3}{'frames':>8}{'trained':>10}{'random':>10}{'copy-last':>11}{'floor':>8}"]
+                  "(calibrated: the mean offset of predictions from targets on training clips removed; raw: not)",
+                  f"{'level':<8}{'h':>3}{'frames':>8}{'trained':>10}{'raw':>8}{'random':>10}{'copy-last':>11}"
+                  f"{'mean-state':>12}{'floor':>8}"]
         for name, c in result["horizon"]["trained"].items():
             r = result["horizon"]["random"][name]
             for i, h in enumerate(c["horizon"]):
-                lines.append(f"{name:<8}{h:>3}{c['frames_ahead'][i]:>8}{c['error'][i]:>10.2f}{r['error'][i]:>10.2f}"
-                             f"{c['copy_last'][i]:>11.2f}{c['floor'][i]:>8.2f}")
+                lines.append(f"{name:<8}{h:>3}{c['frames_ahead'][i]:>8}{c['error'][i]:>10.2f}{c['error_raw'][i]:>8.2f}"
+                             f"{r['error'][i]:>10.2f}{c['copy_last'][i]:>11.2f}{c['mean_state'][i]:>12.2f}"
+                             f"{c['floor'][i]:>8.2f}")
+        lines.append("prediction spread (clip-to-clip std of predictions / of targets; 0: context ignored): "
+                     + ", ".join(f"{name} {c['spread_ratio']:.3f}" for name, c in result["horizon"]["trained"].items()))
     lines += ["", "collapse diagnostics (held-out clip features; spread 1 = isotropic, 0 = constant)",
               f"{'level':<8}{'spread trained':>16}{'spread random':>15}{'RankMe trained':>16}{'RankMe random':>15}"]
     for name, c in result["collapse"]["trained"].items():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hjepa_fast.config import ConfigError, load_config
-from hjepa_fast.eval.ablate import markdown_table, variants
+from hjepa_fast.eval.ablate import variants
 from hjepa_fast.kernels import EMASchedule, MultiLevelEMA
 from hjepa_fast.train.builders import build_model, count_parameters
 from hjepa_fast.train.checkpoint import load_checkpoint
@@ -162,12 +162,3 @@ def test_ablation_has_the_shared_encoder_variant(make_config):
     assert cfg.model.share_encoders and cfg.model.encoder_depths == [2, 2, 2]
     assert "share_encoders=true" not in variants(make_config(SHARE))
     assert "share_encoders=true" not in variants(make_config("model.levels=1"))
-
-
-def test_table_footnote_lists_only_variants_not_run():
-    row = {"steps": 3, "probe": {"digit": 0.5}, "err_short": 1.0, "err_long": 2.0, "copy_last_long": 2.5,
-           "err_top": 3.0, "rankme_top": 4.0, "variant": "base"}
-    report = {"rows": [row], "command": {"config": "c.yaml", "seeds": 1, "budget": 1.0, "overrides": []},
-              "date": "today", "device": "CPU", "not_run": []}
-    assert "Not run" not in markdown_table(report)
-    assert "Not run: x." in markdown_table({**report, "not_run": ["x"]})
