@@ -34,7 +34,8 @@ class Predictor(nn.Module):
     """forward(z_ctx [B, Nc, D], ctx_idx [B, Nc], tgt_idx [B, Nt], actions [B, T, A] | None,
     topdown (summary [B, S, D_up], valid [B, S]) | None) -> predictions [B, Nt, D].
 
-    ``actions``: ``[B, T, action_chunk * A]``; with ``action_chunk > 1`` they enter through a
+    ``actions``: ``[B, T, action_chunk * A]`` (step t's leads to step t + 1: its own token, and added to
+    the tokens of step t + 1); with ``action_chunk > 1`` they enter through a
     ``MacroActionEncoder``, else through a linear embedding. ``topdown`` modes: 'cross' (cross-attention
     in every block), 'film' (scale and shift of each target token's output features from the most
     recent allowed coarse step), 'prepend' (coarse steps as extra tokens, reached through an attention
@@ -75,6 +76,10 @@ class Predictor(nn.Module):
         self.head = nn.Linear(dim, enc_dim)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if self.action_embed is not None:  # actions must move predictions from the start (see forward)
+            for layer in self.action_embed.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
         if topdown == "film":  # start as the identity
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
@@ -91,7 +96,12 @@ class Predictor(nn.Module):
         if self.action_embed is not None:
             if actions is None:
                 raise ValueError("this predictor is action-conditioned (model.action_dim > 0) but got no actions")
-            prefix.append(self.action_embed(actions) + self.time_pos.to(x.dtype))
+            # step t's action leads from step t to t + 1: it enters as a token of its own (any token reads
+            # it) and is added to the tokens of step t + 1 (a direct path: through attention alone, with
+            # ViT's small init, trained predictors ignored the actions, measured on panworld)
+            embedded = self.action_embed(actions)  # [B, T, dim]
+            prefix.append(embedded + self.time_pos.to(x.dtype))
+            x = x + gather_tokens(torch.cat([torch.zeros_like(embedded[:, :1]), embedded[:, :-1]], 1), times)
         mask = context = context_mask = film = None
         if self.topdown_mode != "none" and topdown is not None:
             summary, valid = topdown

@@ -25,3 +25,19 @@ def test_upper_levels_see_the_order_inside_a_chunk(make_config):
         b = model.predict_level(1, context, masks, swapped)
     assert not torch.allclose(a, b)
     assert model.level_actions(actions, 1).shape == (1, 4, 8)
+
+
+def test_actions_move_an_untrained_predictors_output(make_config):
+    """Through attention alone, with ViT's small init, actions moved predictions by ~1e-5 of their scale,
+    and trained predictors kept ignoring them; the direct path makes the effect first-order from the start."""
+    cfg = make_config("model.action_dim=2", "masks.strategies=[future,future,future]")
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (1, 16, 1, 24, 24), dtype=torch.uint8, generator=g)
+    masks = build_mask_sampler(cfg).sample(1, g)
+    context = [c.expand(32, -1, -1) for c in model.encode_context(clips, masks)]
+    masks = [type(m)(m.context.expand(32, -1), m.target.expand(32, -1)) for m in masks]
+    actions = torch.rand(32, 16, 2, generator=g) * 2 - 1  # 32 candidate action sequences, one context
+    with torch.no_grad():
+        pred = torch.nn.functional.normalize(model.predict_level(0, context, masks, actions), dim=-1)
+    assert pred.std(dim=0).mean() > 1e-3
