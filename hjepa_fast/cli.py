@@ -84,7 +84,7 @@ def _plan(args: argparse.Namespace) -> None:
 
     result = evaluate_planning(args.run, args.env, tasks=args.tasks, seeds=args.seeds, planner=args.planner,
                                levels=args.levels, samples=args.samples, iterations=args.iterations,
-                               out=args.out)
+                               out=args.out, match_flops=args.match_flops)
     print(format_table(result))
 
 
@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: flat (level 1 only); K: hierarchical over the lowest K levels; several: one row each")
     p.add_argument("--samples", type=int, default=64, help="candidates per planner iteration")
     p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--match-flops", action="store_true",
+                   help="give hierarchical agents the candidates that match a flat action's FLOPs (equal budget)")
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")
     p.set_defaults(func=_plan)
     p = sub.add_parser("info", help="versions, device, attention backend")

@@ -64,9 +64,30 @@ def evaluate_agent(env: Env, make_agent, tasks: int, seeds: int, wm: PlanningMod
             "steps_per_episode": steps / len(episodes), "episodes": episodes}
 
 
+def act_flops(wm: PlanningModel, env: Env, make_agent, samples: int) -> float:
+    """Analytic FLOPs of one ``act`` (observe + plan) of ``make_agent(samples)`` at task 0's start."""
+    frames = [env.reset(TASK_SEED)]
+    agent = make_agent(samples)
+    agent.reset(env.goal_observation())
+    before = wm.flops
+    agent.act(frames, [], torch.Generator().manual_seed(0))
+    return wm.flops - before
+
+
+def matched_samples(wm: PlanningModel, env: Env, make_agent, target_flops: float, samples: int) -> int:
+    """Candidates per iteration for which one ``act`` of ``make_agent`` costs ``target_flops``: the count
+    is affine in the candidates, so two measured calls (``samples``, ``2 * samples``) fix it. At least 2."""
+    low, high = act_flops(wm, env, make_agent, samples), act_flops(wm, env, make_agent, 2 * samples)
+    per_candidate = (high - low) / samples
+    return max(2, round((target_flops - (low - per_candidate * samples)) / per_candidate))
+
+
 def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: int = 3, planner: str = "cem",
                       levels: list[int] | tuple[int, ...] = (1, 2), samples: int = 64, iterations: int = 3,
-                      out: str | Path | None = None) -> dict:
+                      out: str | Path | None = None, match_flops: bool = False) -> dict:
+    """Random baseline and one planning agent per entry of ``levels`` (1: flat). ``match_flops``: each
+    hierarchical agent gets the candidates per iteration that make one of its actions cost what a flat
+    action with ``samples`` candidates costs, so that agents compare at an equal FLOP budget."""
     cfg, state = load_run(run)
     set_kernel_mode(cfg.model.kernels)
     model = build_model(cfg)
@@ -78,12 +99,21 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
                          f"({cfg.model.in_chans}, {cfg.model.img_size}, {cfg.model.img_size})")
     levels = [k for k in levels if k <= wm.levels]
     rows = {"random": evaluate_agent(env, lambda: RandomAgent(env.action_dim), tasks, seeds)}
+    rows["random"]["samples"] = 0
+    flat_flops = None
     for k in levels:
+        def make_agent(n: int, k: int = k) -> PlanningAgent:
+            return PlanningAgent(wm, build_planner(planner, n, iterations), k)
+
+        n = samples
+        if match_flops and k > 1:
+            flat_flops = flat_flops or act_flops(wm, env, lambda m: make_agent(m, 1), samples)
+            n = matched_samples(wm, env, make_agent, flat_flops, samples)
         name = f"{planner} {'flat' if k == 1 else f'hier-{k}'}"
-        rows[name] = evaluate_agent(env, lambda k=k: PlanningAgent(wm, build_planner(planner, samples, iterations), k),
-                                    tasks, seeds, wm)
+        rows[name] = {**evaluate_agent(env, lambda n=n, k=k: make_agent(n, k), tasks, seeds, wm), "samples": n}
     result = {"run": str(run), "env": env_name, "tasks": tasks, "seeds": seeds, "planner": planner,
-              "samples": samples, "iterations": iterations, "date": time.strftime("%Y-%m-%d"),
+              "samples": samples, "match_flops": match_flops, "iterations": iterations,
+              "date": time.strftime("%Y-%m-%d"),
               "device": "cpu", "threads": torch.get_num_threads(), "rows": rows}
     out = Path(out) if out else Path(run) / f"plan-{env_name}"
     out.mkdir(parents=True, exist_ok=True)
@@ -122,13 +152,17 @@ def plot_success(result: dict, path: Path, bins: int = 4) -> Path:
 
 
 def format_table(result: dict) -> str:
+    budget = ", hierarchical candidates matched to flat FLOPs per action" if result.get("match_flops") else ""
     lines = [f"{result['env']} ({result['tasks']} tasks x {result['seeds']} seeds, {result['planner']}, "
-             f"{result['samples']} samples x {result['iterations']} iterations, {result['date']}, "
+             f"{result['samples']} samples x {result['iterations']} iterations{budget}, {result['date']}, "
              f"{result['device']} {result['threads']} threads)",
-             f"{'agent':<14} {'success':>15} {'ms/action':>10} {'s/episode':>10} {'GFLOP/episode':>14}"]
+             f"{'agent':<14} {'candidates':>10} {'success':>15} {'ms/action':>10} {'s/episode':>10} "
+             f"{'GFLOP/action':>13} {'GFLOP/episode':>14}"]
     for name, r in result["rows"].items():
-        lines.append(f"{name:<14} {r['success_mean']:>8.3f} ± {r['success_se']:.3f} {r['ms_per_action']:>10.1f} "
-                     f"{r['s_per_episode']:>10.2f} {r['flops_per_episode'] / 1e9:>14.2f}")
+        per_action = r["flops_per_episode"] / max(r["steps_per_episode"], 1e-9)
+        lines.append(f"{name:<14} {r['samples']:>10} {r['success_mean']:>8.3f} ± {r['success_se']:.3f} "
+                     f"{r['ms_per_action']:>10.1f} {r['s_per_episode']:>10.2f} {per_action / 1e9:>13.3f} "
+                     f"{r['flops_per_episode'] / 1e9:>14.2f}")
     if "out" in result:
         lines.append(f"written: {result['out']}/plan.json, success_vs_distance.png")
     return "\n".join(lines)

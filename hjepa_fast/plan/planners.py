@@ -82,12 +82,13 @@ class _SamplingPlanner:
 
 @dataclass
 class CEM(_SamplingPlanner):
-    """Cross-entropy method (V-JEPA 2-AC's planner): refit the Gaussian to the ``elites`` cheapest."""
+    """Cross-entropy method (V-JEPA 2-AC's planner): refit the Gaussian to the ``elites`` cheapest (all
+    candidates when there are fewer)."""
 
     elites: int = 8
 
     def _refit(self, cand, costs, std):
-        elite = cand[costs.topk(self.elites, largest=False).indices]
+        elite = cand[costs.topk(min(self.elites, len(costs)), largest=False).indices]
         return elite.mean(0), elite.std(0, unbiased=False) + 1e-3
 
 

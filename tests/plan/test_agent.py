@@ -8,6 +8,7 @@ import torch
 
 from hjepa_fast.envs import make_env
 from hjepa_fast.plan.agent import PlanningAgent
+from hjepa_fast.plan.evaluate import act_flops, matched_samples
 from hjepa_fast.plan.planners import CEM
 from hjepa_fast.plan.world_model import PlanningModel
 from hjepa_fast.train.builders import build_model
@@ -109,3 +110,16 @@ def test_agent_plans_on_the_models_device(world, planner):
         flops.append(model.flops - before)
         assert isinstance(action, np.ndarray) and action.shape == (2,) and np.abs(action).max() <= 1.0
     assert flops[0] == flops[1]
+
+
+def test_hierarchical_candidates_matched_to_a_flat_budget(world):
+    wm, env = world
+
+    def agent(samples, levels):
+        return PlanningAgent(wm, CEM(samples=samples, iterations=1), levels)
+
+    flat = act_flops(wm, env, lambda n: agent(n, 1), 16)
+    assert act_flops(wm, env, lambda n: agent(n, 2), 16) > 1.5 * flat  # the hierarchy costs more per candidate
+    matched = matched_samples(wm, env, lambda n: agent(n, 2), flat, 16)
+    assert 2 <= matched < 16
+    assert act_flops(wm, env, lambda n: agent(n, 2), matched) == pytest.approx(flat, rel=0.1)
