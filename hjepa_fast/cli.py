@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -82,6 +83,17 @@ def _collect(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     from hjepa_fast.plan.evaluate import evaluate_planning, format_table
 
+    if args.diagnose:
+        from hjepa_fast.plan.diagnose import diagnose, format_diagnosis
+        from hjepa_fast.plan.evaluate import load_world
+
+        result = diagnose(*load_world(args.run, args.env), tasks=args.tasks, candidates=args.samples)
+        out = Path(args.out or Path(args.run) / f"plan-{args.env}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "diagnose.json").write_text(json.dumps(result, indent=1))
+        print(format_diagnosis(result) + f"\nwritten: {out / 'diagnose.json'}")
+        return
+
     result = evaluate_planning(args.run, args.env, tasks=args.tasks, seeds=args.seeds, planner=args.planner,
                                levels=args.levels, samples=args.samples, iterations=args.iterations,
                                out=args.out, match_flops=args.match_flops)
@@ -133,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--match-flops", action="store_true",
                    help="give hierarchical agents the candidates that match a flat action's FLOPs (equal budget)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="instead of planning: does the model respond to actions, and does its energy rank outcomes")
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")
     p.set_defaults(func=_plan)
     p = sub.add_parser("info", help="versions, device, attention backend")

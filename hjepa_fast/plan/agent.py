@@ -18,6 +18,11 @@ from .world_model import PlanningModel, State
 Planner = CEM | MPPI | GradientPlanner
 
 
+def latent_cost(pred: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """The planning energy: mean L1 distance of predicted tokens ``[N, hw, D]`` to goal tokens ``[hw, D]``: ``[N]``."""
+    return (pred - goal).abs().mean((1, 2))
+
+
 class PlanningAgent:
     def __init__(self, wm: PlanningModel, planner: Planner, levels: int = 1):
         if not 1 <= levels <= wm.levels:
@@ -69,9 +74,9 @@ class PlanningAgent:
             future = self._expand(level, variables, first, base)
             if subgoal is None:  # the top level: the last predicted step against the goal
                 pred = wm.predict(state, level, future, range(wm.steps[level] - 1, wm.steps[level]))[:, 0]
-                return (pred - self.goal[level]).abs().mean((1, 2))
+                return latent_cost(pred, self.goal[level])
             pred = wm.predict(state, level, future, range(first, first + n))
-            return (wm.lift(state, level, pred, first) - subgoal).abs().mean((1, 2))
+            return latent_cost(wm.lift(state, level, pred, first), subgoal)
 
         return cost
 

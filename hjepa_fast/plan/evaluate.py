@@ -64,6 +64,19 @@ def evaluate_agent(env: Env, make_agent, tasks: int, seeds: int, wm: PlanningMod
             "steps_per_episode": steps / len(episodes), "episodes": episodes}
 
 
+def load_world(run: str | Path, env_name: str) -> tuple[PlanningModel, Env]:
+    """The run's final checkpoint as a planning model, and the environment, checked to render what it sees."""
+    cfg, state = load_run(run)
+    set_kernel_mode(cfg.model.kernels)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    env = make_env(env_name)
+    if env.obs_shape != (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size):
+        raise ValueError(f"{env_name} renders {env.obs_shape}, the model expects "
+                         f"({cfg.model.in_chans}, {cfg.model.img_size}, {cfg.model.img_size})")
+    return PlanningModel(model, cfg), env
+
+
 def act_flops(wm: PlanningModel, env: Env, make_agent, samples: int) -> float:
     """Analytic FLOPs of one ``act`` (observe + plan) of ``make_agent(samples)`` at task 0's start."""
     frames = [env.reset(TASK_SEED)]
@@ -88,15 +101,7 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
     """Random baseline and one planning agent per entry of ``levels`` (1: flat). ``match_flops``: each
     hierarchical agent gets the candidates per iteration that make one of its actions cost what a flat
     action with ``samples`` candidates costs, so that agents compare at an equal FLOP budget."""
-    cfg, state = load_run(run)
-    set_kernel_mode(cfg.model.kernels)
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    wm = PlanningModel(model, cfg)
-    env = make_env(env_name)
-    if env.obs_shape != (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size):
-        raise ValueError(f"{env_name} renders {env.obs_shape}, the model expects "
-                         f"({cfg.model.in_chans}, {cfg.model.img_size}, {cfg.model.img_size})")
+    wm, env = load_world(run, env_name)
     levels = [k for k in levels if k <= wm.levels]
     rows = {"random": evaluate_agent(env, lambda: RandomAgent(env.action_dim), tasks, seeds)}
     rows["random"]["samples"] = 0

@@ -8,6 +8,7 @@ import torch
 
 from hjepa_fast.envs import make_env
 from hjepa_fast.plan.agent import PlanningAgent
+from hjepa_fast.plan.diagnose import diagnose
 from hjepa_fast.plan.evaluate import act_flops, matched_samples
 from hjepa_fast.plan.planners import CEM
 from hjepa_fast.plan.world_model import PlanningModel
@@ -123,3 +124,19 @@ def test_hierarchical_candidates_matched_to_a_flat_budget(world):
     matched = matched_samples(wm, env, lambda n: agent(n, 2), flat, 16)
     assert 2 <= matched < 16
     assert act_flops(wm, env, lambda n: agent(n, 2), matched) == pytest.approx(flat, rel=0.1)
+
+
+def test_diagnosis_sees_a_predictor_that_ignores_the_actions(world, monkeypatch):
+    wm, env = world
+    live = diagnose(wm, env, tasks=2, candidates=6)
+    assert live["action_sensitivity"] > 0.01 and len(live["tasks"]) == 2
+    assert all(-1.0 <= r["rank_corr_true"] <= 1.0 for r in live["tasks"])
+    actions_ignored = wm.model.predict_level
+
+    def blind(level, context, masks, actions=None, target=None):
+        return actions_ignored(level, context, masks, torch.zeros_like(actions), target)
+
+    monkeypatch.setattr(wm.model, "predict_level", blind)
+    dead = diagnose(wm, env, tasks=2, candidates=6)
+    assert dead["action_sensitivity"] < 1e-6
+    assert dead["rank_corr_true"] == pytest.approx(live["rank_corr_true"])  # the real outcomes did not change

@@ -26,6 +26,10 @@ def test_collect_train_plan(tmp_path, capsys):
     assert result["rows"]["cem hier-2"]["flops_per_episode"] > 0
     assert result["match_flops"] and 2 <= result["rows"]["cem hier-2"]["samples"] < 8  # the budget of a flat action
     assert (tmp_path / "r" / "plan-panworld" / "success_vs_distance.png").is_file()
+    assert main(["plan", "--run", str(tmp_path / "r"), "--env", "panworld", "--tasks", "2", "--samples", "4",
+                 "--diagnose"]) == 0
+    assert "world-model diagnosis" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "r" / "plan-panworld" / "diagnose.json").read_text())["tasks"]) == 2
 
 
 def test_plan_refuses_a_run_without_actions(tmp_path, capsys):
