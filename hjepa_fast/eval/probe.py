@@ -107,6 +107,9 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None) -> dict:
     return result
 
 
+BLIND_SPREAD = 0.05  # prediction spread below which a level's predictor is reported as ignoring its context
+
+
 def plot_horizon(curves: dict[str, dict], path: Path, title: str) -> Path:
     """Future-state error against frames ahead, one line per level; level 1's copy-last guess dashed, its
     context-blind mean-state guess dotted."""
@@ -150,8 +153,13 @@ def format_table(result: dict) -> str:
                 lines.append(f"{name:<8}{h:>3}{c['frames_ahead'][i]:>8}{c['error'][i]:>10.2f}{c['error_raw'][i]:>8.2f}"
                              f"{r['error'][i]:>10.2f}{c['copy_last'][i]:>11.2f}{c['mean_state'][i]:>12.2f}"
                              f"{c['floor'][i]:>8.2f}")
+        spreads = {name: c["spread_ratio"] for name, c in result["horizon"]["trained"].items()}
         lines.append("prediction spread (clip-to-clip std of predictions / of targets; 0: context ignored): "
-                     + ", ".join(f"{name} {c['spread_ratio']:.3f}" for name, c in result["horizon"]["trained"].items()))
+                     + ", ".join(f"{name} {v:.3f}" for name, v in spreads.items()))
+        blind = [name for name, v in spreads.items() if v < BLIND_SPREAD]
+        if blind:
+            lines.append(f"WARNING: {', '.join(blind)} predict(s) nearly the same features for every clip (spread < "
+                         f"{BLIND_SPREAD}): their error is the context-blind mean-state guess, not foresight")
     lines += ["", "collapse diagnostics (held-out clip features; spread 1 = isotropic, 0 = constant)",
               f"{'level':<8}{'spread trained':>16}{'spread random':>15}{'RankMe trained':>16}{'RankMe random':>15}"]
     for name, c in result["collapse"]["trained"].items():

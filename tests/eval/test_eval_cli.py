@@ -25,6 +25,8 @@ def test_eval_writes_probes_horizon_and_collapse(run_dir, capsys):
     assert main(["eval", "--run", str(run_dir), "--labels", "speed", "digit", "--horizon", "2"]) == 0
     out = capsys.readouterr().out
     assert "speed trained" in out and "future-state error" in out and "RankMe" in out
+    # two training steps: the predictors have not learned to use their context, and the output says so
+    assert "prediction spread" in out and "WARNING: level1" in out
     result = json.loads((run_dir / "eval.json").read_text())
     assert list(result["trained"]["all"]) == ["speed", "digit"]
     assert result["horizon"]["trained"]["level1"]["horizon"] == [1, 2]
