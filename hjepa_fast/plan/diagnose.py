@@ -1,7 +1,7 @@
 """Can this world model plan at all? Two numbers to read before spending hours on ``hjepa plan``.
 
 At the start of each task (after a short random history) ``candidates`` random action sequences are
-imagined by the model and also played out in copies of the environment. Per task:
+imagined by the model and also played out in the environment (replayed from the task's seed). Per task:
 - ``action_sensitivity``: the clip-to-clip std over candidates of the predicted last step (L2-normalised
   tokens) over the same std of the target encodings of the real outcomes: near 0, the predictor ignores
   the actions and no planner can do better than chance;
@@ -11,8 +11,6 @@ imagined by the model and also played out in copies of the environment. Per task
 - ``rank_corr_true``: the same energy on the real outcomes' target encodings: the ceiling a perfect
   predictor would reach with this energy and goal embedding."""
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import torch
@@ -32,11 +30,15 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(((ra - ra.mean()) * (rb - rb.mean())).mean() / denom) if denom > 0 else 0.0
 
 
-def _rollout(env: Env, actions: np.ndarray) -> tuple[list[np.ndarray], float]:
-    """Play ``actions`` ``[H, A]`` in a copy of ``env``: the frames seen and the final goal distance."""
-    twin = copy.deepcopy(env)
-    frames = [twin.step(a) for a in actions]
-    return frames, twin.goal_distance()
+def _replay(env: Env, seed: int, history: list[np.ndarray], future: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """Reset ``env`` with ``seed``, replay ``history``, then play ``future`` ``[H, A]`` (an environment is
+    deterministic for a seed, and a replay needs no copyable simulator): the future frames and the final
+    goal distance."""
+    env.reset(seed)
+    for a in history:
+        env.step(a)
+    frames = [env.step(a) for a in future]
+    return frames, env.goal_distance()
 
 
 @torch.no_grad()
@@ -55,7 +57,7 @@ def diagnose(wm: PlanningModel, env: Env, tasks: int = 8, candidates: int = 32, 
         future = np.repeat(held, 4, axis=1)[:, :wm.horizon]
         pred = wm.predict(state, 0, torch.tensor(future, dtype=torch.float32, device=wm.device),
                           range(wm.steps[0] - 1, wm.steps[0]))[:, 0]
-        outcomes = [_rollout(env, f) for f in future]
+        outcomes = [_replay(env, TASK_SEED + task, actions, f) for f in future]
         clips = torch.from_numpy(np.stack([np.stack((frames + seen)[-wm.frames:]) for seen, _ in outcomes]))
         real = wm.model.encode_targets(clips.to(wm.device))[0][:, -wm.hw:]
         distance = np.array([d for _, d in outcomes])
