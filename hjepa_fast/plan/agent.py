@@ -3,10 +3,10 @@ macro-actions toward the goal; its predicted latents become subgoals for the lev
 
 At level k the plan's variables are one action per level-k step (held for the step's ``span`` frames):
 over the whole imagined future at the top, over the first future step of level k+1 below it (the rest of
-the future keeps the plan from above). The top level's cost is the L1 distance of its predicted last step
-to the goal's embedding; level k's cost is the L1 distance of its prediction, encoded one level up, to the
-subgoal. With one level this is exactly flat planning. Only the first primitive action is executed; the
-next step plans again from the new observation."""
+the future keeps the plan from above). The top level's cost is the L1 distance of its predicted step
+``energy_frames`` frames ahead (default: its last) to the goal's embedding; level k's cost is the L1
+distance of its prediction, encoded one level up, to the subgoal. With one level this is exactly flat
+planning. Only the first primitive action is executed; the next step plans again from the new observation."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,10 +24,16 @@ def latent_cost(pred: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
 
 
 class PlanningAgent:
-    def __init__(self, wm: PlanningModel, planner: Planner, levels: int = 1):
+    """``energy_frames``: how far ahead the top level's prediction is compared with the goal, in frames
+    (rounded up to the top level's steps; None: its last predicted step). Nearer predictions are more
+    accurate; the replanning at every step carries the agent on."""
+
+    def __init__(self, wm: PlanningModel, planner: Planner, levels: int = 1, energy_frames: int | None = None):
         if not 1 <= levels <= wm.levels:
             raise ValueError(f"levels must be in [1, {wm.levels}] (the model's levels), got {levels}")
-        self.wm, self.planner, self.levels = wm, planner, levels
+        if energy_frames is not None and not 1 <= energy_frames <= wm.horizon:
+            raise ValueError(f"energy_frames must be in [1, {wm.horizon}] (the imagined future), got {energy_frames}")
+        self.wm, self.planner, self.levels, self.energy_frames = wm, planner, levels, energy_frames
         self.goal: list[torch.Tensor] = []
         self.previous: torch.Tensor | None = None  # the last level-1 plan, for a warm start
 
@@ -72,13 +78,23 @@ class PlanningAgent:
 
         def cost(variables: torch.Tensor) -> torch.Tensor:
             future = self._expand(level, variables, first, base)
-            if subgoal is None:  # the top level: the last predicted step against the goal
-                pred = wm.predict(state, level, future, range(wm.steps[level] - 1, wm.steps[level]))[:, 0]
+            if subgoal is None:  # the top level: its predicted step energy_frames ahead against the goal
+                step = self._energy_step(level)
+                pred = wm.predict(state, level, future, range(step, step + 1))[:, 0]
                 return latent_cost(pred, self.goal[level])
             pred = wm.predict(state, level, future, range(first, first + n))
             return latent_cost(wm.lift(state, level, pred, first), subgoal)
 
         return cost
+
+
+    def _energy_step(self, level: int) -> int:
+        """The step of ``level`` whose prediction the energy compares with the goal."""
+        wm = self.wm
+        if self.energy_frames is None:
+            return wm.steps[level] - 1
+        ahead = -(-self.energy_frames // wm.span[level])  # whole steps of this level, rounded up
+        return min(wm.context_steps[level] + ahead, wm.steps[level]) - 1
 
 
 class RandomAgent:

@@ -140,3 +140,25 @@ def test_diagnosis_sees_a_predictor_that_ignores_the_actions(world, monkeypatch)
     dead = diagnose(wm, env, tasks=2, candidates=6)
     assert dead["action_sensitivity"] < 1e-6
     assert dead["rank_corr_true"] == pytest.approx(live["rank_corr_true"])  # the real outcomes did not change
+
+
+def test_energy_compares_the_step_the_given_frames_ahead(world, monkeypatch):
+    wm, env = world  # level 1: 8 steps, sees 4; level 2: 2 steps of 4 frames, sees 1
+    assert PlanningAgent(wm, CEM(), 1)._energy_step(0) == 7  # default: the last imagined step
+    assert [PlanningAgent(wm, CEM(), 1, k)._energy_step(0) for k in (1, 3, 4)] == [4, 6, 7]
+    assert [PlanningAgent(wm, CEM(), 2, k)._energy_step(1) for k in (1, 4)] == [1, 1]  # rounded up, clipped
+    asked = []
+    real_predict = wm.predict
+
+    def record(state, level, future, steps):
+        asked.append((level, steps))
+        return real_predict(state, level, future, steps)
+
+    monkeypatch.setattr(wm, "predict", record)
+    agent = PlanningAgent(wm, CEM(samples=4, iterations=1, elites=2), 1, energy_frames=2)
+    agent.reset(env.goal_observation())
+    agent.act([env.reset(0)], [], torch.Generator().manual_seed(0))
+    assert asked == [(0, range(5, 6))]
+    for bad in (0, wm.horizon + 1):
+        with pytest.raises(ValueError, match="energy_frames must be in"):
+            PlanningAgent(wm, CEM(), 1, bad)
