@@ -8,11 +8,12 @@ frames ahead).
 ``error`` is calibrated: the predictions' mean offset from the targets at each horizon, measured on the
 training clips, is removed before the read-out. Without it (``error_raw``) a predictor whose outputs sit a
 little off the target manifold reads as out of frame however much it knows; with it, a predictor that
-ignores its context scores exactly ``mean_state``. References: ``floor`` reads the true target features
-of that step (a model predicting its targets exactly reaches it), ``copy_last`` the last context step's
-("nothing moves"), ``mean_state`` is the error of the training clips' mean state of that step (what a
-context-blind guess achieves). ``spread_ratio``: the predictions' clip-to-clip std over the targets'
-(per dimension, averaged): near 0 means the predictor outputs the same thing whatever it sees."""
+ignores its context scores about ``mean_state`` (exactly where the probe's fit has no bias at that step).
+References: ``floor`` reads the true target features of that step (a model predicting its targets
+exactly reaches it), ``copy_last`` the last context step's ("nothing moves"), ``mean_state`` is the
+error of the training clips' mean state of that step (what a context-blind guess achieves).
+``spread_ratio``: the predictions' clip-to-clip std over the targets' (per dimension, averaged): near 0
+means the predictor outputs the same thing whatever it sees."""
 from __future__ import annotations
 
 import numpy as np
