@@ -34,6 +34,8 @@ import triton.language as tl
 from .dispatch import get_kernel_mode, use_triton
 
 TensorGroups = Sequence[Sequence[torch.Tensor]]
+# CUDA launch: elements per program and warps (``benchmarks.sweep_launch`` measures the alternatives)
+CUDA_BLOCK, CUDA_WARPS = 4096, 8
 
 
 @triton.jit
@@ -52,10 +54,10 @@ def _ema_flat_kernel(t_ptr, s_ptr, starts_ptr, w_ptr, n, NUM_LEVELS: tl.constexp
 
 
 def _launch_config(n: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK, num_warps): 4096 elements and 8 warps stream at bandwidth on GPU; under the interpreter
-    (~3 ms per program) as few programs as possible."""
+    """(BLOCK, num_warps): ``CUDA_BLOCK``, ``CUDA_WARPS`` on GPU; under the interpreter (~3 ms per
+    program) as few programs as possible."""
     if device.type == "cuda":
-        return 4096, 8
+        return CUDA_BLOCK, CUDA_WARPS
     return min(max(triton.next_power_of_2(max(n, 1)), 16), 1 << 16), 1
 
 

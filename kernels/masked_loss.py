@@ -25,6 +25,9 @@ from .dispatch import use_triton
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_D = 16384  # whole rows live in registers; beyond it the public functions run the reference
 POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwritten element fails
+# CUDA launch: elements per [BLOCK_R, BLOCK_D] tile and warps (None: one warp per 1024 elements, 4 to 16);
+# ``benchmarks.sweep_launch`` measures the alternatives
+CUDA_TILE_ELEMENTS, CUDA_WARPS = 4096, None
 _L2, _SMOOTH_L1, _LP = 0, 1, 2  # kernel loss kinds
 _JEPA_KINDS = {"smooth_l1": _SMOOTH_L1, "lp": _LP}
 
@@ -175,12 +178,12 @@ def _masked_loss_fwd_kernel(
 
 
 def _launch_config(R: int, D: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_D, num_warps). CUDA: ~4k elements per tile; interpreter: many rows per program
-    (each program instance costs ~3 ms there)."""
+    """(BLOCK_R, BLOCK_D, num_warps). CUDA: ``CUDA_TILE_ELEMENTS`` per tile; interpreter: many rows per
+    program (each program instance costs ~3 ms there)."""
     block_d = triton.next_power_of_2(D)
     if device.type == "cuda":
-        block_r = max(1, min(64, 4096 // block_d))
-        return block_r, block_d, min(16, max(4, block_r * block_d // 1024))
+        block_r = max(1, min(64, CUDA_TILE_ELEMENTS // block_d))
+        return block_r, block_d, CUDA_WARPS or min(16, max(4, block_r * block_d // 1024))
     return max(1, min(triton.next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4
 
 

@@ -27,6 +27,7 @@ POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwri
 # fp32 elements per loaded [BLOCK_P, window, Dh] tile, (forward, backward). The interpreter costs ~3 ms per
 # program, so on CPU the tiles are large (tests shrink them to cover many programs and ragged tails).
 TILE_ELEMENTS = {"cuda": (4096, 2048), "cpu": (65536, 65536)}
+CUDA_WARPS = (4, 4)  # (forward, backward); ``benchmarks.sweep_launch`` measures the alternatives
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None) -> None:
@@ -173,7 +174,7 @@ def _launch_config(M: int, window: int, Dh: int, device: torch.device, backward:
     KP, BLOCK_D = triton.next_power_of_2(window), triton.next_power_of_2(Dh)
     budget = TILE_ELEMENTS["cuda" if device.type == "cuda" else "cpu"][backward]
     BLOCK_P = max(1, min(budget // (KP * BLOCK_D), triton.next_power_of_2(M)))
-    return KP, BLOCK_D, BLOCK_P, 4
+    return KP, BLOCK_D, BLOCK_P, CUDA_WARPS[backward] if device.type == "cuda" else 4
 
 
 def _out(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

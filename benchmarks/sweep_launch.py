@@ -1,0 +1,148 @@
+"""Launch settings of the three Triton kernels, swept on one large shape each (CUDA only): time, GB/s on
+the bytes each kernel itself moves, and the fraction of the copy bandwidth measured in the same run. The
+defaults in ``kernels/*.py`` (``CUDA_TILE_ELEMENTS``/``CUDA_WARPS``, ``CUDA_BLOCK``/``CUDA_WARPS``,
+``TILE_ELEMENTS``/``CUDA_WARPS``) are chosen from this table. Every setting's output is compared with the
+default setting's first (``max_abs_diff``): a fast but wrong setting shows.
+
+Kernels and bytes (what the kernel reads and writes, once each):
+- masked loss forward (the gradient is computed there): read the prediction and gathered target rows and
+  ``idx``, write the gradient; ViT-B video shapes, bf16;
+- EMA: read target and source, write target; the ViT-B 3-level recipe's ~100 M parameters as one fp32
+  flat buffer (what ``MultiLevelEMA`` launches);
+- temporal pool forward (read k, v, write the output) and backward (read k, v, output gradient, write
+  dk, dv); ViT-B level 1 -> 2 (N 196, 12 heads x 64, window 4), B 32, T 32, bf16.
+
+``python -m benchmarks.sweep_launch [--out DIR] [--quick]``
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+
+from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, write_results
+from hjepa_fast.kernels import ema, masked_loss, temporal_pool
+
+Setting = dict[str, object]  # module attribute -> value
+
+
+def _show(value: object) -> object:
+    return value["cuda"] if isinstance(value, dict) else value
+
+
+def sweep(name: str, module, settings: list[Setting], run: Callable[[], torch.Tensor], nbytes: int,
+          copy_gbps: float, device: torch.device, reset: Callable[[], object] = lambda: None) -> list[dict]:
+    """Time ``run`` under each setting of ``module``'s launch attributes (restored afterwards); ``reset``
+    restores the inputs of an in-place kernel before each output comparison (not timed)."""
+    defaults = {attr: getattr(module, attr) for attr in settings[0]}
+    reset()
+    want = run().float()
+    rows = []
+    for setting in settings:
+        for attr, value in setting.items():
+            setattr(module, attr, value)
+        try:
+            reset()
+            diff = (run().float() - want).abs().max().item()
+            t = measure(run, device)
+        except Exception as err:  # a setting the compiler refuses (too many registers) is a row, not a crash
+            print(f"{name} {setting}: {type(err).__name__}: {str(err)[:160]}")
+            continue
+        finally:
+            for attr, value in defaults.items():
+                setattr(module, attr, value)
+        gbps = nbytes / (t["ms"] * 1e-3) / 1e9
+        label = " ".join(f"{a.lower()}={_show(v)}" for a, v in setting.items())
+        rows.append({"kernel": name, "path": label, "shape": name, **t, "gbps": gbps,
+                     "frac_copy": gbps / copy_gbps, "max_abs_diff": diff, "default": setting == defaults})
+        print(f"{name:<28} {label:<44} {t['ms']:8.3f} ms {gbps:8.1f} GB/s {gbps / copy_gbps:6.1%} of copy"
+              f"  diff {diff:.2e}{'  (default)' if setting == defaults else ''}")
+    return rows
+
+
+def grid(**options: list) -> list[Setting]:
+    return [dict(zip(options, values)) for values in itertools.product(*options.values())]
+
+
+def with_default(module, settings: list[Setting]) -> list[Setting]:
+    """The module's current setting first (the reference output), then the others."""
+    default = {attr: getattr(module, attr) for attr in settings[0]}
+    return [default, *[s for s in settings if s != default]]
+
+
+def masked_loss_cases(device, quick: bool):
+    for B, M, N, D in [(16, 1176, 1568, 768), (16, 784, 1568, 96)] if quick else [(128, 1176, 1568, 768),
+                                                                                  (128, 784, 1568, 96)]:
+        g = torch.Generator(device=device).manual_seed(D)
+        pred = torch.randn(B, M, D, device=device, dtype=torch.bfloat16, generator=g)
+        target = torch.randn(B, N, D, device=device, dtype=torch.bfloat16, generator=g)
+        idx = torch.rand(B, N, device=device, generator=g).argsort(1)[:, :M].contiguous()
+        op = torch.ops.hjepa_fast.masked_latent_loss
+
+        def run(pred=pred, target=target, idx=idx, op=op):
+            return op(pred, target, idx, 0, False, 1.0, True)[1]
+
+        nbytes = B * M * (3 * D * 2 + idx.element_size())
+        yield f"masked_loss fwd D{D}", run, nbytes
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    device = torch.device(args.device)
+    if device.type != "cuda":
+        raise SystemExit("sweep_launch measures CUDA launch settings: run it on a GPU")
+    info = device_info(device) | {"copy_gbps": copy_bandwidth(device)}
+    copy_gbps, rows = info["copy_gbps"], []
+    print(f"{info['name']}: copy {copy_gbps:.1f} GB/s")
+
+    loss_settings = with_default(masked_loss, grid(CUDA_TILE_ELEMENTS=[2048, 4096, 8192, 16384],
+                                                   CUDA_WARPS=[4, 8]))
+    for name, run, nbytes in masked_loss_cases(device, args.quick):
+        rows += sweep(name, masked_loss, loss_settings, run, nbytes, copy_gbps, device)
+        write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
+
+    n = 10_000_000 if args.quick else 99_600_000
+    start, source = torch.randn(n, device=device), torch.randn(n, device=device)
+    target = start.clone()
+    starts = torch.tensor([0, n // 2, 3 * n // 4], device=device)
+    weights = torch.tensor([0.004, 0.002, 0.001], device=device)
+
+    def ema_run() -> torch.Tensor:
+        ema.ema_flat_triton_(target, source, starts, weights)
+        return target[:: max(1, n // 4096)]  # a sample: the full buffer moves on every call
+
+    ema_settings = with_default(ema, [{"CUDA_BLOCK": b, "CUDA_WARPS": w} for b, w in
+                                      [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]])
+    rows += sweep(f"ema {n / 1e6:.1f}M fp32", ema, ema_settings, ema_run, 12 * n, copy_gbps, device,
+                  reset=lambda: target.copy_(start))
+    del start, target, source
+    write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
+
+    B, T = (4, 32) if args.quick else (32, 32)
+    H, Dh, window = 12, 64, 4
+    g = torch.Generator(device=device).manual_seed(1)
+    k, v = (torch.randn(B, T, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g) for _ in range(2))
+    q = torch.randn(H, Dh, device=device, dtype=torch.bfloat16, generator=g) * Dh**-0.5
+    grad = torch.randn(B, T // window, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g)
+    elt = k.element_size()
+    for backward, tiles, warps in ((0, [1024, 2048, 4096, 8192, 16384], [4, 8]), (1, [512, 1024, 2048, 4096], [4, 8])):
+        settings = [{"TILE_ELEMENTS": {**temporal_pool.TILE_ELEMENTS, "cuda": (t, t)},
+                     "CUDA_WARPS": (w, w)} for t, w in itertools.product(tiles, warps)]
+        settings = with_default(temporal_pool, settings)
+        if backward:
+            def run() -> torch.Tensor:
+                return torch.cat([x.flatten() for x in temporal_pool._backward(q, k, v, window, None, grad)])
+            nbytes = (4 * k.numel() + grad.numel()) * elt
+        else:
+            def run() -> torch.Tensor:
+                return temporal_pool._forward(q, k, v, window, None)
+            nbytes = (2 * k.numel() + grad.numel()) * elt
+        name = f"temporal_pool {'bwd' if backward else 'fwd'} B{B} T{T}"
+        rows += sweep(name, temporal_pool, settings, run, nbytes, copy_gbps, device)
+        write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
+    print(f"wrote {args.out / 'sweep_launch.json'}")
+
+
+if __name__ == "__main__":
+    main()
