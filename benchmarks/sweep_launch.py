@@ -116,7 +116,6 @@ def main() -> None:
                                       [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]])
     rows += sweep(f"ema {n / 1e6:.1f}M fp32", ema, ema_settings, ema_run, 12 * n, copy_gbps, device,
                   reset=lambda: target.copy_(start))
-    del start, target, source
     write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
 
     B, T = (4, 32) if args.quick else (32, 32)
