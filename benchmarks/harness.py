@@ -97,9 +97,14 @@ def write_results(name: str, info: dict, rows: list[dict], out: Path, label: str
     return json_path, png_path
 
 
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options every microbenchmark takes: --out, --quick, --device."""
+    cli = argparse.ArgumentParser(description=description)
+    cli.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    cli.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return cli
+
+
 def parse_args(description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
-    parser.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args()
+    return parser(description).parse_args()

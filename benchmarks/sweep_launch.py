@@ -12,7 +12,7 @@ Kernels and bytes (what the kernel reads and writes, once each):
 - temporal pool forward (read k, v, write the output) and backward (read k, v, output gradient, write
   dk, dv); ViT-B level 1 -> 2 (N 196, 12 heads x 64, window 4), B 32, T 32, bf16.
 
-``python -m benchmarks.sweep_launch [--out DIR] [--quick]``
+``python -m benchmarks.sweep_launch [--out DIR] [--quick] [--kernels masked_loss ema temporal_pool]``
 """
 from __future__ import annotations
 
@@ -21,30 +21,36 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, write_results
+from benchmarks.harness import copy_bandwidth, device_info, measure, parser, write_results
 from hjepa_fast.kernels import ema, masked_loss, temporal_pool
 
 Setting = dict[str, object]  # module attribute -> value
+KERNELS = ["masked_loss", "ema", "temporal_pool"]
 
 
 def _show(value: object) -> object:
     return value["cuda"] if isinstance(value, dict) else value
 
 
-def sweep(name: str, module, settings: list[Setting], run: Callable[[], torch.Tensor], nbytes: int,
+def _max_diff(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> float:
+    return max((a.float() - b.float()).abs().max().item() for a, b in zip(got, want))
+
+
+def sweep(name: str, module, settings: list[Setting], run: Callable[[], tuple[torch.Tensor, ...]], nbytes: int,
           copy_gbps: float, device: torch.device, reset: Callable[[], object] = lambda: None) -> list[dict]:
-    """Time ``run`` under each setting of ``module``'s launch attributes (restored afterwards); ``reset``
-    restores the inputs of an in-place kernel before each output comparison (not timed)."""
+    """Time ``run`` (the bare launch, returning its outputs) under each setting of ``module``'s launch
+    attributes (restored afterwards); ``reset`` restores the inputs of an in-place kernel before each output
+    comparison (not timed)."""
     defaults = {attr: getattr(module, attr) for attr in settings[0]}
     reset()
-    want = run().float()
+    want = tuple(t.clone() for t in run())
     rows = []
     for setting in settings:
         for attr, value in setting.items():
             setattr(module, attr, value)
         try:
             reset()
-            diff = (run().float() - want).abs().max().item()
+            diff = _max_diff(run(), want)
             t = measure(run, device)
         except Exception as err:  # a setting the compiler refuses (too many registers) is a row, not a crash
             print(f"{name} {setting}: {type(err).__name__}: {str(err)[:160]}")
@@ -81,14 +87,16 @@ def masked_loss_cases(device, quick: bool):
         op = torch.ops.hjepa_fast.masked_latent_loss
 
         def run(pred=pred, target=target, idx=idx, op=op):
-            return op(pred, target, idx, 0, False, 1.0, True)[1]
+            return op(pred, target, idx, 0, False, 1.0, True)
 
         nbytes = B * M * (3 * D * 2 + idx.element_size())
         yield f"masked_loss fwd D{D}", run, nbytes
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--kernels", nargs="+", choices=KERNELS, default=KERNELS, help="sweep only these")
+    args = cli.parse_args()
     device = torch.device(args.device)
     if device.type != "cuda":
         raise SystemExit("sweep_launch measures CUDA launch settings: run it on a GPU")
@@ -96,50 +104,51 @@ def main() -> None:
     copy_gbps, rows = info["copy_gbps"], []
     print(f"{info['name']}: copy {copy_gbps:.1f} GB/s")
 
-    loss_settings = with_default(masked_loss, grid(CUDA_TILE_ELEMENTS=[2048, 4096, 8192, 16384],
-                                                   CUDA_WARPS=[4, 8]))
-    for name, run, nbytes in masked_loss_cases(device, args.quick):
+    loss_settings = with_default(masked_loss, grid(CUDA_TILE_ELEMENTS=[2048, 4096, 8192], CUDA_WARPS=[2, 4, 8]))
+    for name, run, nbytes in masked_loss_cases(device, args.quick) if "masked_loss" in args.kernels else ():
         rows += sweep(name, masked_loss, loss_settings, run, nbytes, copy_gbps, device)
         write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
 
-    n = 10_000_000 if args.quick else 99_600_000
-    start, source = torch.randn(n, device=device), torch.randn(n, device=device)
-    target = start.clone()
-    starts = torch.tensor([0, n // 2, 3 * n // 4], device=device)
-    weights = torch.tensor([0.004, 0.002, 0.001], device=device)
+    if "ema" in args.kernels:
+        n = 10_000_000 if args.quick else 99_600_000
+        start, source = torch.randn(n, device=device), torch.randn(n, device=device)
+        target = start.clone()
+        starts = torch.tensor([0, n // 2, 3 * n // 4], device=device)
+        weights = torch.tensor([0.004, 0.002, 0.001], device=device)
 
-    def ema_run() -> torch.Tensor:
-        ema.ema_flat_triton_(target, source, starts, weights)
-        return target[:: max(1, n // 4096)]  # a sample: the full buffer moves on every call
+        def ema_run() -> tuple[torch.Tensor]:
+            ema.ema_flat_triton_(target, source, starts, weights)
+            return (target,)
 
-    ema_settings = with_default(ema, [{"CUDA_BLOCK": b, "CUDA_WARPS": w} for b, w in
-                                      [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]])
-    rows += sweep(f"ema {n / 1e6:.1f}M fp32", ema, ema_settings, ema_run, 12 * n, copy_gbps, device,
-                  reset=lambda: target.copy_(start))
-    write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
-
-    B, T = (4, 32) if args.quick else (32, 32)
-    H, Dh, window = 12, 64, 4
-    g = torch.Generator(device=device).manual_seed(1)
-    k, v = (torch.randn(B, T, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g) for _ in range(2))
-    q = torch.randn(H, Dh, device=device, dtype=torch.bfloat16, generator=g) * Dh**-0.5
-    grad = torch.randn(B, T // window, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g)
-    elt = k.element_size()
-    for backward, tiles, warps in ((0, [1024, 2048, 4096, 8192, 16384], [4, 8]), (1, [512, 1024, 2048, 4096], [4, 8])):
-        settings = [{"TILE_ELEMENTS": {**temporal_pool.TILE_ELEMENTS, "cuda": (t, t)},
-                     "CUDA_WARPS": (w, w)} for t, w in itertools.product(tiles, warps)]
-        settings = with_default(temporal_pool, settings)
-        if backward:
-            def run() -> torch.Tensor:
-                return torch.cat([x.flatten() for x in temporal_pool._backward(q, k, v, window, None, grad)])
-            nbytes = (4 * k.numel() + grad.numel()) * elt
-        else:
-            def run() -> torch.Tensor:
-                return temporal_pool._forward(q, k, v, window, None)
-            nbytes = (2 * k.numel() + grad.numel()) * elt
-        name = f"temporal_pool {'bwd' if backward else 'fwd'} B{B} T{T}"
-        rows += sweep(name, temporal_pool, settings, run, nbytes, copy_gbps, device)
+        launches = [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]
+        ema_settings = with_default(ema, [{"CUDA_BLOCK": b, "CUDA_WARPS": w} for b, w in launches])
+        rows += sweep(f"ema {n / 1e6:.1f}M fp32", ema, ema_settings, ema_run, 12 * n, copy_gbps, device,
+                      reset=lambda: target.copy_(start))
         write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
+
+    if "temporal_pool" in args.kernels:
+        B, T = (4, 32) if args.quick else (32, 32)
+        H, Dh, window = 12, 64, 4
+        g = torch.Generator(device=device).manual_seed(1)
+        k, v = (torch.randn(B, T, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g) for _ in range(2))
+        q = torch.randn(H, Dh, device=device, dtype=torch.bfloat16, generator=g) * Dh**-0.5
+        grad = torch.randn(B, T // window, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g)
+        elt = k.element_size()
+        for backward, tiles, warps in ((0, [4096, 8192], [4, 8]), (1, [2048, 4096, 8192, 16384], [4, 8, 16])):
+            settings = [{"TILE_ELEMENTS": {**temporal_pool.TILE_ELEMENTS, "cuda": (t, t)},
+                         "CUDA_WARPS": (w, w)} for t, w in itertools.product(tiles, warps)]
+            settings = with_default(temporal_pool, settings)
+            if backward:
+                def run() -> tuple[torch.Tensor, ...]:
+                    return temporal_pool._backward(q, k, v, window, None, grad)
+                nbytes = (4 * k.numel() + grad.numel()) * elt
+            else:
+                def run() -> tuple[torch.Tensor, ...]:
+                    return (temporal_pool._forward(q, k, v, window, None),)
+                nbytes = (2 * k.numel() + grad.numel()) * elt
+            name = f"temporal_pool {'bwd' if backward else 'fwd'} B{B} T{T}"
+            rows += sweep(name, temporal_pool, settings, run, nbytes, copy_gbps, device)
+            write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
     print(f"wrote {args.out / 'sweep_launch.json'}")
 
 

@@ -44,14 +44,32 @@ def _loss_and_grad(fn, pred, target, idx, scale=3.0):
     return loss, grad
 
 
-def _assert_match(ref, out, dtype):
+def _assert_match(ref, out, dtype, kinks=None):
+    """Loss and gradient within the dtype's tolerance; gradient elements where ``kinks`` is True (see
+    ``_lp_kinks``) are left out of the comparison."""
     (loss_r, grad_r), (loss_t, grad_t) = ref, out
     tol = TOL[dtype]
     assert loss_t.dtype == torch.float32 and loss_t.shape == ()
     torch.testing.assert_close(loss_t, loss_r, rtol=tol, atol=tol)
     assert grad_t.dtype == grad_r.dtype and grad_t.shape == grad_r.shape
     scale = grad_r.float().abs().max().item()
-    torch.testing.assert_close(grad_t.float(), grad_r.float(), rtol=tol, atol=tol * scale)
+    keep = torch.ones_like(grad_r, dtype=torch.bool) if kinks is None else ~kinks.to(grad_r.device)
+    torch.testing.assert_close(grad_t.float()[keep], grad_r.float()[keep], rtol=tol, atol=tol * scale)
+
+
+def _lp_kinks(name, pred, target, idx, width=1e-5):
+    """Elements where ``|pred - target|`` (target gathered and layer-normalised, in float64) lies within
+    ``width`` of 0, for the V-JEPA losses with p < 2: there the gradient ``|x|^(p-1) sign(x)`` jumps (p 1)
+    or has an infinite slope (p 1.5), so the fp32 rounding of the layer norm (~1e-6) moves it by more than
+    any tolerance. At most 0.1% of the elements: the comparison still covers the rest."""
+    if not name.startswith("vjepa") or "p2.0" in name:
+        return None
+    t = target.double()[torch.arange(target.shape[0])[:, None], idx]
+    if name.endswith("_layer"):
+        t = torch.nn.functional.layer_norm(t, (t.shape[-1],), eps=1e-5)
+    kinks = (pred.detach().double().cpu() - t.cpu()).abs() < width
+    assert kinks.float().mean() < 1e-3
+    return kinks
 
 
 # ---- references against independent formulas ---------------------------------------------------------------
@@ -115,7 +133,8 @@ def test_masked_l2_loss_without_idx_and_non_contiguous():
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
 def test_triton_matches_reference(name, reference, triton_fn, dtype, B, M, N, D):
     pred, target, idx = _inputs(B, M, N, D, dtype, seed=B * 1000 + M + D)
-    _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx), dtype)
+    _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx), dtype,
+                  _lp_kinks(name, pred, target, idx))
 
 
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
@@ -143,6 +162,21 @@ def test_triton_layouts_idx_forms_and_stride0_grad(name, reference, triton_fn):
         out = triton_fn(pred, tgt, idx)
         (out_grad,) = torch.autograd.grad(out.expand(5).sum(), pred)  # grad_output: stride-0 view of one value
         _assert_match((ref, ref_grad), (out, out_grad), torch.float32)
+
+
+@pytest.mark.parametrize("name,reference,triton_fn", LOSSES[:2], ids=LOSS_IDS[:2])
+def test_check_idx_false_same_result_and_out_of_range_rows_read_as_zeros(name, reference, triton_fn):
+    """``check_idx=False`` (no host sync) gives the checked result on valid indices; on an out-of-range
+    index the kernel reads a zero row (never out of bounds), where the checked call refuses."""
+    pred, target, idx = _inputs(3, 11, 13, 40, torch.float32, seed=5)
+    for fn in (reference, triton_fn):
+        assert torch.equal(fn(pred, target, idx, check_idx=False), fn(pred, target, idx))
+    bad, zero_row = idx.clone(), idx.clone()
+    bad[1, 4], zero_row[1, 4] = 13 + 1000, 13
+    padded = torch.cat([target, torch.zeros(3, 1, 40)], dim=1)  # row 13: zeros
+    with pytest.raises(ValueError, match="out of range"):
+        triton_fn(pred, target, bad)
+    torch.testing.assert_close(triton_fn(pred, target, bad, check_idx=False), reference(pred, padded, zero_row))
 
 
 def test_triton_l2_zero_rows_match_the_normalize_clamp():
@@ -266,7 +300,7 @@ def test_gpu_triton_matches_reference_and_is_deterministic(name, reference, trit
     pred, target, idx = (t.cuda() for t in _inputs(B, M, N, D, dtype, seed=D))
     pred = pred.detach().requires_grad_()
     out = _loss_and_grad(triton_fn, pred, target, idx)
-    _assert_match(_loss_and_grad(reference, pred, target, idx), out, dtype)
+    _assert_match(_loss_and_grad(reference, pred, target, idx), out, dtype, _lp_kinks(name, pred, target, idx))
     again = _loss_and_grad(triton_fn, pred, target, idx)
     assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
     compiled = _loss_and_grad(torch.compile(triton_fn, fullgraph=True), pred, target, idx)
