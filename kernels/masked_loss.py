@@ -25,10 +25,10 @@ from .dispatch import use_triton
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_D = 16384  # whole rows live in registers; beyond it the public functions run the reference
 POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwritten element fails
-# CUDA launch: elements per [BLOCK_R, BLOCK_D] tile and warps (None: one warp per 1024 elements, 4 to 16);
-# ``benchmarks.sweep_launch`` measures the alternatives (H200: 4 warps, within 4% of the best at D 768 and
-# 1.8x faster than 4-16 warps at D 96)
-CUDA_TILE_ELEMENTS, CUDA_WARPS = 4096, 4
+# CUDA launch: elements per [BLOCK_R, BLOCK_D] tile and warps (None: one warp per 1024 elements, 2 to 16).
+# ``benchmarks.sweep_launch`` on an H200 (bf16 forward, 150k rows): at D 768 fewer warps per tile are faster
+# (2048 elements: 0.225 / 0.271 / 0.328 ms with 2 / 4 / 8 warps); at D 96 the settings lie within noise.
+CUDA_TILE_ELEMENTS, CUDA_WARPS = 2048, None
 _L2, _SMOOTH_L1, _LP = 0, 1, 2  # kernel loss kinds
 _JEPA_KINDS = {"smooth_l1": _SMOOTH_L1, "lp": _LP}
 
@@ -189,7 +189,7 @@ def _launch_config(R: int, D: int, device: torch.device) -> tuple[int, int, int]
     block_d = triton.next_power_of_2(D)
     if device.type == "cuda":
         block_r = max(1, min(64, CUDA_TILE_ELEMENTS // block_d))
-        return block_r, block_d, CUDA_WARPS or min(16, max(4, block_r * block_d // 1024))
+        return block_r, block_d, CUDA_WARPS or min(16, max(2, block_r * block_d // 1024))
     return max(1, min(triton.next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4
 
 

@@ -57,18 +57,19 @@ def _assert_match(ref, out, dtype, kinks=None):
     torch.testing.assert_close(grad_t.float()[keep], grad_r.float()[keep], rtol=tol, atol=tol * scale)
 
 
-def _lp_kinks(name, pred, target, idx, width=1e-5):
+def _lp_kinks(name, pred, target, idx, width=2e-3):
     """Elements where ``|pred - target|`` (target gathered and layer-normalised, in float64) lies within
     ``width`` of 0, for the V-JEPA losses with p < 2: there the gradient ``|x|^(p-1) sign(x)`` jumps (p 1)
     or has an infinite slope (p 1.5), so the fp32 rounding of the layer norm (~1e-6) moves it by more than
-    any tolerance. At most 0.1% of the elements: the comparison still covers the rest."""
+    the tolerance (seen on an H200: one element in 7M for p 1, at |x| < 1e-5 for p 1, ~1e-4 for p 1.5).
+    About 0.1% of the elements: the comparison still covers the rest."""
     if not name.startswith("vjepa") or "p2.0" in name:
         return None
     t = target.double()[torch.arange(target.shape[0])[:, None], idx]
     if name.endswith("_layer"):
         t = torch.nn.functional.layer_norm(t, (t.shape[-1],), eps=1e-5)
     kinks = (pred.detach().double().cpu() - t.cpu()).abs() < width
-    assert kinks.float().mean() < 1e-3
+    assert kinks.sum() <= max(3, 5e-3 * kinks.numel())
     return kinks
 
 
@@ -142,8 +143,8 @@ def test_triton_with_the_cuda_tiling_many_programs(monkeypatch, name, reference,
     """The CUDA launch settings (few rows per program, a ragged last program) under the interpreter."""
     cuda_config = functools.partial(ml._launch_config, device=torch.device("cuda"))
     monkeypatch.setattr(ml, "_launch_config", lambda R, D, device: cuda_config(R, D))
-    assert ml._launch_config(200, 300, torch.device("cpu"))[0] == 8
-    pred, target, idx = _inputs(3, 23, 30, 300, torch.float32, seed=7)  # 69 rows: 9 programs, the last ragged
+    assert ml._launch_config(200, 300, torch.device("cpu"))[0] == ml.CUDA_TILE_ELEMENTS // 512  # the CUDA rows
+    pred, target, idx = _inputs(3, 23, 30, 300, torch.float32, seed=7)  # 69 rows: 18 programs, the last ragged
     _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx),
                   torch.float32)
 
@@ -303,6 +304,7 @@ def test_gpu_triton_matches_reference_and_is_deterministic(name, reference, trit
     _assert_match(_loss_and_grad(reference, pred, target, idx), out, dtype, _lp_kinks(name, pred, target, idx))
     again = _loss_and_grad(triton_fn, pred, target, idx)
     assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
+    torch._dynamo.reset()  # each case compiles the same functions anew: stay under the recompile limit
     compiled = _loss_and_grad(torch.compile(triton_fn, fullgraph=True), pred, target, idx)
     _assert_match(out, compiled, dtype)
 
