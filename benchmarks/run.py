@@ -1,8 +1,8 @@
 """Every benchmark in one command: the kernel microbenchmarks, the end-to-end training step, the
-scaling sweeps and the planning speed, each in its own process (a crash or an out-of-memory error in one
-leaves the others), all writing into one results folder; then one table of every measured row,
-``summary.md`` (that table) and ``summary.json`` (device, versions, each benchmark's status, wall time and
-rows).
+scaling sweeps, the planning speed and the kernels' host time, each in its own process (a crash or an
+out-of-memory error in one leaves the others), all writing into one results folder; then one table of
+every measured row, ``summary.md`` (that table) and ``summary.json`` (device, versions, each benchmark's
+status, wall time and rows).
 
 ``--budget S`` spreads S seconds over the benchmarks (each gets a share of what is left, by weight; the
 end-to-end ones stop starting new measurements at their share and keep what they have, the others are
@@ -34,6 +34,7 @@ BENCHMARKS = {
     "train_step": ("benchmarks.bench_train_step", "train_step", 3.0, True),
     "scaling": ("benchmarks.bench_scaling", "scaling", 2.5, True),
     "planning": ("benchmarks.bench_planning", "planning", 1.0, True),
+    "host_overhead": ("benchmarks.bench_host_overhead", "host_overhead", 0.3, False),
 }
 MICRO = ("masked_loss", "ema", "temporal_pool")
 # the row fields the table's last column shows, where a row has them
