@@ -17,7 +17,8 @@ Kernels and bytes (what the kernel reads and writes, once each):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -25,7 +26,6 @@ from benchmarks.harness import copy_bandwidth, device_info, measure, parser, wri
 from hjepa_fast.kernels import ema, masked_loss, temporal_pool
 
 Setting = dict[str, object]  # module attribute -> value
-KERNELS = ["masked_loss", "ema", "temporal_pool"]
 
 
 def _show(value: object) -> object:
@@ -77,78 +77,83 @@ def with_default(module, settings: list[Setting]) -> list[Setting]:
     return [default, *[s for s in settings if s != default]]
 
 
-def masked_loss_cases(device, quick: bool):
-    for B, M, N, D in [(16, 1176, 1568, 768), (16, 784, 1568, 96)] if quick else [(128, 1176, 1568, 768),
-                                                                                  (128, 784, 1568, 96)]:
+class Case(NamedTuple):
+    """One kernel launch to sweep: its module's launch settings, the launch, the bytes it moves."""
+
+    name: str
+    module: object
+    settings: list[Setting]
+    run: Callable[[], tuple[torch.Tensor, ...]]
+    nbytes: int
+    reset: Callable[[], object] = lambda: None
+
+
+def masked_loss_cases(device: torch.device, quick: bool) -> Iterator[Case]:
+    settings = with_default(masked_loss, grid(CUDA_TILE_ELEMENTS=[2048, 4096, 8192], CUDA_WARPS=[2, 4, 8]))
+    for B, M, N, D in [(16 if quick else 128, 1176, 1568, 768), (16 if quick else 128, 784, 1568, 96)]:
         g = torch.Generator(device=device).manual_seed(D)
         pred = torch.randn(B, M, D, device=device, dtype=torch.bfloat16, generator=g)
         target = torch.randn(B, N, D, device=device, dtype=torch.bfloat16, generator=g)
         idx = torch.rand(B, N, device=device, generator=g).argsort(1)[:, :M].contiguous()
-        op = torch.ops.hjepa_fast.masked_latent_loss
 
-        def run(pred=pred, target=target, idx=idx, op=op):
-            return op(pred, target, idx, 0, False, 1.0, True)
+        def run(pred=pred, target=target, idx=idx) -> tuple[torch.Tensor, ...]:
+            return masked_loss._masked_latent_loss(pred, target, idx, masked_loss._L2, False, 1.0, True)
 
-        nbytes = B * M * (3 * D * 2 + idx.element_size())
-        yield f"masked_loss fwd D{D}", run, nbytes
+        yield Case(f"masked_loss fwd D{D}", masked_loss, settings, run, B * M * (3 * D * 2 + idx.element_size()))
+
+
+def ema_cases(device: torch.device, quick: bool) -> Iterator[Case]:
+    n = 10_000_000 if quick else 99_600_000
+    start, source = torch.randn(n, device=device), torch.randn(n, device=device)
+    target = start.clone()
+    starts = torch.tensor([0, n // 2, 3 * n // 4], device=device)
+    weights = torch.tensor([0.004, 0.002, 0.001], device=device)
+
+    def run() -> tuple[torch.Tensor]:
+        ema.ema_flat_triton_(target, source, starts, weights)
+        return (target,)
+
+    launches = [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]
+    settings = with_default(ema, [{"CUDA_BLOCK": b, "CUDA_WARPS": w} for b, w in launches])
+    yield Case(f"ema {n / 1e6:.1f}M fp32", ema, settings, run, 12 * n, reset=lambda: target.copy_(start))
+
+
+def temporal_pool_cases(device: torch.device, quick: bool) -> Iterator[Case]:
+    B, T, H, Dh, window = 4 if quick else 32, 32, 12, 64, 4
+    g = torch.Generator(device=device).manual_seed(1)
+    k, v = (torch.randn(B, T, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g) for _ in range(2))
+    q = torch.randn(H, Dh, device=device, dtype=torch.bfloat16, generator=g) * Dh**-0.5
+    grad = torch.randn(B, T // window, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g)
+
+    def settings(tiles: list[int], warps: list[int]) -> list[Setting]:
+        return with_default(temporal_pool, [{"TILE_ELEMENTS": {**temporal_pool.TILE_ELEMENTS, "cuda": (t, t)},
+                                             "CUDA_WARPS": (w, w)} for t, w in itertools.product(tiles, warps)])
+
+    elt = k.element_size()
+    yield Case(f"temporal_pool fwd B{B} T{T}", temporal_pool, settings([4096, 8192], [4, 8]),
+               lambda: (temporal_pool._forward(q, k, v, window, None),), (2 * k.numel() + grad.numel()) * elt)
+    yield Case(f"temporal_pool bwd B{B} T{T}", temporal_pool, settings([2048, 4096, 8192, 16384], [4, 8, 16]),
+               lambda: temporal_pool._backward(q, k, v, window, None, grad), (4 * k.numel() + grad.numel()) * elt)
+
+
+CASES = {"masked_loss": masked_loss_cases, "ema": ema_cases, "temporal_pool": temporal_pool_cases}
 
 
 def main() -> None:
     cli = parser(__doc__.splitlines()[0])
-    cli.add_argument("--kernels", nargs="+", choices=KERNELS, default=KERNELS, help="sweep only these")
+    cli.add_argument("--kernels", nargs="+", choices=list(CASES), default=list(CASES), help="sweep only these")
     args = cli.parse_args()
     device = torch.device(args.device)
     if device.type != "cuda":
         raise SystemExit("sweep_launch measures CUDA launch settings: run it on a GPU")
     info = device_info(device) | {"copy_gbps": copy_bandwidth(device)}
-    copy_gbps, rows = info["copy_gbps"], []
-    print(f"{info['name']}: copy {copy_gbps:.1f} GB/s")
-
-    loss_settings = with_default(masked_loss, grid(CUDA_TILE_ELEMENTS=[2048, 4096, 8192], CUDA_WARPS=[2, 4, 8]))
-    for name, run, nbytes in masked_loss_cases(device, args.quick) if "masked_loss" in args.kernels else ():
-        rows += sweep(name, masked_loss, loss_settings, run, nbytes, copy_gbps, device)
-        write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
-
-    if "ema" in args.kernels:
-        n = 10_000_000 if args.quick else 99_600_000
-        start, source = torch.randn(n, device=device), torch.randn(n, device=device)
-        target = start.clone()
-        starts = torch.tensor([0, n // 2, 3 * n // 4], device=device)
-        weights = torch.tensor([0.004, 0.002, 0.001], device=device)
-
-        def ema_run() -> tuple[torch.Tensor]:
-            ema.ema_flat_triton_(target, source, starts, weights)
-            return (target,)
-
-        launches = [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]
-        ema_settings = with_default(ema, [{"CUDA_BLOCK": b, "CUDA_WARPS": w} for b, w in launches])
-        rows += sweep(f"ema {n / 1e6:.1f}M fp32", ema, ema_settings, ema_run, 12 * n, copy_gbps, device,
-                      reset=lambda: target.copy_(start))
-        write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
-
-    if "temporal_pool" in args.kernels:
-        B, T = (4, 32) if args.quick else (32, 32)
-        H, Dh, window = 12, 64, 4
-        g = torch.Generator(device=device).manual_seed(1)
-        k, v = (torch.randn(B, T, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g) for _ in range(2))
-        q = torch.randn(H, Dh, device=device, dtype=torch.bfloat16, generator=g) * Dh**-0.5
-        grad = torch.randn(B, T // window, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g)
-        elt = k.element_size()
-        for backward, tiles, warps in ((0, [4096, 8192], [4, 8]), (1, [2048, 4096, 8192, 16384], [4, 8, 16])):
-            settings = [{"TILE_ELEMENTS": {**temporal_pool.TILE_ELEMENTS, "cuda": (t, t)},
-                         "CUDA_WARPS": (w, w)} for t, w in itertools.product(tiles, warps)]
-            settings = with_default(temporal_pool, settings)
-            if backward:
-                def run() -> tuple[torch.Tensor, ...]:
-                    return temporal_pool._backward(q, k, v, window, None, grad)
-                nbytes = (4 * k.numel() + grad.numel()) * elt
-            else:
-                def run() -> tuple[torch.Tensor, ...]:
-                    return (temporal_pool._forward(q, k, v, window, None),)
-                nbytes = (2 * k.numel() + grad.numel()) * elt
-            name = f"temporal_pool {'bwd' if backward else 'fwd'} B{B} T{T}"
-            rows += sweep(name, temporal_pool, settings, run, nbytes, copy_gbps, device)
-            write_results("sweep_launch", info, rows, args.out, label="path", group="shape")
+    print(f"{info['name']}: copy {info['copy_gbps']:.1f} GB/s")
+    rows = []
+    for kernel in args.kernels:
+        for case in CASES[kernel](device, args.quick):
+            rows += sweep(case.name, case.module, case.settings, case.run, case.nbytes, info["copy_gbps"], device,
+                          case.reset)
+            write_results("sweep_launch", info, rows, args.out, label="path", group="shape")  # as it goes
     print(f"wrote {args.out / 'sweep_launch.json'}")
 
 
