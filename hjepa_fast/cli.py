@@ -97,7 +97,7 @@ def _plan(args: argparse.Namespace) -> None:
     result = evaluate_planning(args.run, args.env, tasks=args.tasks, seeds=args.seeds, planner=args.planner,
                                levels=args.levels, samples=args.samples, iterations=args.iterations,
                                out=args.out, match_flops=args.match_flops,
-                               energy_frames=args.energy_frames)
+                               energy_frames=args.energy_frames, energy_path=args.energy_path)
     print(format_table(result))
 
 
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give hierarchical agents the candidates that match a flat action's FLOPs (equal budget)")
     p.add_argument("--energy-frames", type=int, default=None, metavar="K",
                    help="compare the prediction K frames ahead with the goal (default: the last imagined frame)")
+    p.add_argument("--energy-path", action="store_true",
+                   help="average the distance to the goal over every imagined step up to there (a running cost)")
     p.add_argument("--diagnose", action="store_true",
                    help="instead of planning: does the model respond to actions, and does its energy rank outcomes")
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")

@@ -5,8 +5,10 @@ At level k the plan's variables are one action per level-k step (held for the st
 over the whole imagined future at the top, over the first future step of level k+1 below it (the rest of
 the future keeps the plan from above). The top level's cost is the L1 distance of its predicted step
 ``energy_frames`` frames ahead (default: its last) to the goal's embedding; level k's cost is the L1
-distance of its prediction, encoded one level up, to the subgoal. With one level this is exactly flat
-planning. Only the first primitive action is executed; the next step plans again from the new observation."""
+distance of its prediction, encoded one level up, to the subgoal. With ``energy_path`` the top level's cost
+is that distance averaged over every imagined step up to ``energy_frames`` ahead (a running cost: stay near
+the goal along the way) instead of the one step. With one level this is exactly flat planning. Only the
+first primitive action is executed; the next step plans again from the new observation."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,21 +21,25 @@ Planner = CEM | MPPI | GradientPlanner
 
 
 def latent_cost(pred: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """The planning energy: mean L1 distance of predicted tokens ``[N, hw, D]`` to goal tokens ``[hw, D]``: ``[N]``."""
-    return (pred - goal).abs().mean((1, 2))
+    """The planning energy: mean L1 distance of predicted tokens ``[N, hw, D]`` (or ``[N, steps, hw, D]``:
+    averaged over the steps too) to goal tokens ``[hw, D]``: ``[N]``."""
+    return (pred - goal).abs().flatten(1).mean(1)
 
 
 class PlanningAgent:
     """``energy_frames``: how far ahead the top level's prediction is compared with the goal, in frames
     (rounded up to the top level's steps; None: its last predicted step). Nearer predictions are more
-    accurate; the replanning at every step carries the agent on."""
+    accurate; the replanning at every step carries the agent on. ``energy_path``: average the distance
+    over every imagined step up to there."""
 
-    def __init__(self, wm: PlanningModel, planner: Planner, levels: int = 1, energy_frames: int | None = None):
+    def __init__(self, wm: PlanningModel, planner: Planner, levels: int = 1, energy_frames: int | None = None,
+                 energy_path: bool = False):
         if not 1 <= levels <= wm.levels:
             raise ValueError(f"levels must be in [1, {wm.levels}] (the model's levels), got {levels}")
         if energy_frames is not None and not 1 <= energy_frames <= wm.horizon:
             raise ValueError(f"energy_frames must be in [1, {wm.horizon}] (the imagined future), got {energy_frames}")
         self.wm, self.planner, self.levels, self.energy_frames = wm, planner, levels, energy_frames
+        self.energy_path = energy_path
         self.goal: list[torch.Tensor] = []
         self.previous: torch.Tensor | None = None  # the last level-1 plan, for a warm start
 
@@ -78,10 +84,10 @@ class PlanningAgent:
 
         def cost(variables: torch.Tensor) -> torch.Tensor:
             future = self._expand(level, variables, first, base)
-            if subgoal is None:  # the top level: its predicted step energy_frames ahead against the goal
+            if subgoal is None:  # the top level: its predicted step(s) up to energy_frames ahead against the goal
                 step = self._energy_step(level)
-                pred = wm.predict(state, level, future, range(step, step + 1))[:, 0]
-                return latent_cost(pred, self.goal[level])
+                start = first if self.energy_path else step
+                return latent_cost(wm.predict(state, level, future, range(start, step + 1)), self.goal[level])
             pred = wm.predict(state, level, future, range(first, first + n))
             return latent_cost(wm.lift(state, level, pred, first), subgoal)
 

@@ -98,11 +98,11 @@ def matched_samples(wm: PlanningModel, env: Env, make_agent, target_flops: float
 def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: int = 3, planner: str = "cem",
                       levels: list[int] | tuple[int, ...] = (1, 2), samples: int = 64, iterations: int = 3,
                       out: str | Path | None = None, match_flops: bool = False,
-                      energy_frames: int | None = None) -> dict:
+                      energy_frames: int | None = None, energy_path: bool = False) -> dict:
     """Random baseline and one planning agent per entry of ``levels`` (1: flat). ``match_flops``: each
     hierarchical agent gets the candidates per iteration that make one of its actions cost what a flat
     action with ``samples`` candidates costs, so that agents compare at an equal FLOP budget.
-    ``energy_frames``: see ``PlanningAgent``."""
+    ``energy_frames``, ``energy_path``: see ``PlanningAgent``."""
     wm, env = load_world(run, env_name)
     levels = [k for k in levels if k <= wm.levels]
     rows = {"random": evaluate_agent(env, lambda: RandomAgent(env.action_dim), tasks, seeds)}
@@ -110,7 +110,7 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
     flat_flops = None
     for k in levels:
         def make_agent(n: int, k: int = k) -> PlanningAgent:
-            return PlanningAgent(wm, build_planner(planner, n, iterations), k, energy_frames)
+            return PlanningAgent(wm, build_planner(planner, n, iterations), k, energy_frames, energy_path)
 
         n = samples
         if match_flops and k > 1:
@@ -120,6 +120,7 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
         rows[name] = {**evaluate_agent(env, lambda n=n, k=k: make_agent(n, k), tasks, seeds, wm), "samples": n}
     result = {"run": str(run), "env": env_name, "tasks": tasks, "seeds": seeds, "planner": planner,
               "samples": samples, "match_flops": match_flops, "energy_frames": energy_frames,
+              "energy_path": energy_path,
               "iterations": iterations,
               "date": time.strftime("%Y-%m-%d"),
               "device": "cpu", "threads": torch.get_num_threads(), "rows": rows}
@@ -161,8 +162,9 @@ def plot_success(result: dict, path: Path, bins: int = 4) -> Path:
 
 def format_table(result: dict) -> str:
     budget = ", hierarchical candidates matched to flat FLOPs per action" if result.get("match_flops") else ""
-    if result.get("energy_frames"):
-        budget += f", energy {result['energy_frames']} frames ahead"
+    if result.get("energy_frames") or result.get("energy_path"):
+        ahead = f"{result['energy_frames']} frames ahead" if result.get("energy_frames") else "the imagined future"
+        budget += f", energy {'averaged over' if result.get('energy_path') else 'at'} {ahead}"
     lines = [f"{result['env']} ({result['tasks']} tasks x {result['seeds']} seeds, {result['planner']}, "
              f"{result['samples']} samples x {result['iterations']} iterations{budget}, {result['date']}, "
              f"{result['device']} {result['threads']} threads)",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hjepa_fast.envs import make_env
-from hjepa_fast.plan.agent import PlanningAgent
+from hjepa_fast.plan.agent import PlanningAgent, latent_cost
 from hjepa_fast.plan.diagnose import diagnose
 from hjepa_fast.plan.evaluate import act_flops, matched_samples
 from hjepa_fast.plan.planners import CEM
@@ -159,6 +159,17 @@ def test_energy_compares_the_step_the_given_frames_ahead(world, monkeypatch):
     agent.reset(env.goal_observation())
     agent.act([env.reset(0)], [], torch.Generator().manual_seed(0))
     assert asked == [(0, range(5, 6))]
+    asked.clear()
+    path_agent = PlanningAgent(wm, CEM(samples=4, iterations=1, elites=2), 1, energy_frames=2, energy_path=True)
+    path_agent.reset(env.goal_observation())
+    path_agent.act([env.reset(0)], [], torch.Generator().manual_seed(0))
+    assert asked == [(0, range(4, 6))]  # every imagined step from the first future one up to 2 frames ahead
     for bad in (0, wm.horizon + 1):
         with pytest.raises(ValueError, match="energy_frames must be in"):
             PlanningAgent(wm, CEM(), 1, bad)
+
+
+def test_path_energy_is_the_mean_of_the_step_energies():
+    pred, goal = torch.randn(5, 3, 4, 6), torch.randn(4, 6)
+    per_step = torch.stack([latent_cost(pred[:, s], goal) for s in range(3)], 1)
+    torch.testing.assert_close(latent_cost(pred, goal), per_step.mean(1))
