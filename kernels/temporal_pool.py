@@ -26,7 +26,7 @@ MAX_HEAD_DIM = 128
 POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwritten element fails
 # fp32 elements per loaded [BLOCK_P, window, Dh] tile, (forward, backward). The interpreter costs ~3 ms per
 # program, so on CPU the tiles are large (tests shrink them to cover many programs and ragged tails).
-# (H200, ``benchmarks.sweep_launch``: backward 0.65 ms at 4096 against 0.90 ms at 2048; forward flat from 4096)
+# (H200, ``benchmarks.sweep_launch`` run 2: backward 0.34 ms at 4096 against 0.60 ms at 2048; forward flat from 4096)
 TILE_ELEMENTS = {"cuda": (4096, 4096), "cpu": (65536, 65536)}
 CUDA_WARPS = (4, 4)  # (forward, backward)
 
@@ -263,8 +263,8 @@ _pool_op.register_autograd(_pool_grads, setup_context=_setup_context)
 
 
 class _Pool(torch.autograd.Function):
-    """The eager door to the same kernels: an autograd.Function skips the dispatcher, which costs the host
-    more than the rest of a forward + backward (as for the masked loss); torch.compile takes the custom op."""
+    """The eager door to the same kernels: an autograd.Function skips the custom op's dispatcher (1.7x less
+    host time per forward + backward, ``benchmarks.bench_host_overhead``); torch.compile takes the custom op."""
 
     @staticmethod
     def forward(ctx, q, k, v, window: int, visible):
