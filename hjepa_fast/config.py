@@ -41,6 +41,7 @@ class ModelConfig:
     abstraction: str = "attention"  # average | conv | attention
     topdown: str = "cross"  # none | cross | film | prepend
     action_dim: int = 0  # 0: no actions; levels > 1 encode each window's chunk of actions (macro-actions)
+    action_accumulate: bool = False  # each token also gets the summed embeddings of every action before its step
     attention_backend: str = "auto"  # auto | sdpa | flash | xformers
     kernels: str = "auto"  # auto (Triton on CUDA) | reference (plain PyTorch) | triton (also on CPU, interpreter)
     share_encoders: bool = False  # levels > 1 reuse level 1's transformer blocks and norm (own tokenizer, predictor)
@@ -306,6 +307,8 @@ def resolve(cfg: Config) -> Config:
                           "e.g. configs/ds_zero2.json")
     if cfg.data.dataset == "video_folder" and not cfg.data.root:
         raise ConfigError("data.dataset=video_folder needs data.root (a folder of videos)")
+    if m.action_accumulate and m.action_dim < 1:
+        raise ConfigError("model.action_accumulate needs actions (model.action_dim > 0)")
     if cfg.data.dataset == "rollouts" and not (cfg.data.root and m.action_dim > 0):
         raise ConfigError("data.dataset=rollouts needs data.root (a hjepa collect folder) and model.action_dim > 0")
     return cfg

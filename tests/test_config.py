@@ -40,6 +40,7 @@ def test_saved_config_round_trips(tmp_path):
         ("train.steps", "must look like section.name=value"),
         ("steps=3", "must be section.name"),
         ("data.dataset=video_folder", "needs data.root"),
+        ("model.action_accumulate=true", r"action_accumulate needs actions \(model.action_dim > 0\)"),
     ],
 )
 def test_bad_keys_and_values_are_refused_by_name(override, message):

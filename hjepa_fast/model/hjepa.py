@@ -100,7 +100,7 @@ class HJEPA(nn.Module):
                 topdown=cfg.topdown if has_above else "none",
                 topdown_dim=cfg.encoder_dims[level + 1] if has_above else None,
                 window=cfg.temporal_strides[level + 1] if has_above else 1,
-                action_chunk=self.action_chunk(level),
+                action_chunk=self.action_chunk(level), action_accumulate=cfg.action_accumulate,
             ))
         if cfg.share_encoders:
             share_trunk(encoders)
