@@ -97,7 +97,7 @@ def _plan(args: argparse.Namespace) -> None:
     result = evaluate_planning(args.run, args.env, tasks=args.tasks, seeds=args.seeds, planner=args.planner,
                                levels=args.levels, samples=args.samples, iterations=args.iterations,
                                out=args.out, match_flops=args.match_flops,
-                               energy_frames=args.energy_frames, energy_path=args.energy_path)
+                               energy_frames=args.energy_frames, energy_path=args.energy_path, oracle=args.oracle)
     print(format_table(result))
 
 
@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the prediction K frames ahead with the goal (default: the last imagined frame)")
     p.add_argument("--energy-path", action="store_true",
                    help="average the distance to the goal over every imagined step up to there (a running cost)")
+    p.add_argument("--oracle", action="store_true",
+                   help="one more row: the flat planner with the environment itself as the world model (its ceiling)")
     p.add_argument("--diagnose", action="store_true",
                    help="instead of planning: does the model respond to actions, and does its energy rank outcomes")
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hjepa_fast.envs import Env
+
 from .planners import CEM, MPPI, GradientPlanner
 from .world_model import PlanningModel, State
 
@@ -43,7 +45,9 @@ class PlanningAgent:
         self.goal: list[torch.Tensor] = []
         self.previous: torch.Tensor | None = None  # the last level-1 plan, for a warm start
 
-    def reset(self, goal_frame: np.ndarray) -> None:
+    def reset(self, goal_frame: np.ndarray, task_seed: int | None = None) -> None:
+        """A new episode toward ``goal_frame``; ``task_seed`` (the seed its environment was reset with) is
+        only used by agents that replay the environment."""
         self.goal, self.previous = self.wm.goal(goal_frame), None
 
     def _expand(self, level: int, variables: torch.Tensor, first: int, base: torch.Tensor) -> torch.Tensor:
@@ -103,13 +107,57 @@ class PlanningAgent:
         return min(wm.context_steps[level] + ahead, wm.steps[level]) - 1
 
 
+class OracleAgent(PlanningAgent):
+    """Flat planning with the environment itself as the world model: every candidate is played out in a
+    private instance of the environment (replayed from the task's seed) and its real frames are encoded by
+    level 1's target encoder, then scored by the same energy. Its success is what a perfect level-1
+    predictor would reach with this energy, goal embedding and planner: the ceiling of the flat agent."""
+
+    def __init__(self, wm: PlanningModel, planner: Planner, env: Env, energy_frames: int | None = None,
+                 energy_path: bool = False):
+        super().__init__(wm, planner, 1, energy_frames, energy_path)
+        self.env, self.task_seed = env, None
+        self.episode: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+
+    def reset(self, goal_frame: np.ndarray, task_seed: int | None = None) -> None:
+        if task_seed is None:
+            raise ValueError("the oracle replays the environment: reset it with the task's seed")
+        super().reset(goal_frame)
+        self.task_seed = task_seed
+
+    def act(self, frames: list[np.ndarray], actions: list[np.ndarray], generator: torch.Generator) -> np.ndarray:
+        self.episode = (frames, actions)
+        return super().act(frames, actions, generator)
+
+    def _play(self, future: np.ndarray) -> np.ndarray:
+        """The real clip ``[frames, C, H, W]`` of the history followed by ``future`` ``[horizon, A]``."""
+        frames, actions = self.episode
+        self.env.reset(self.task_seed)
+        for a in actions:
+            self.env.step(a)
+        return np.stack(self.wm.history_frames(frames) + [self.env.step(a) for a in np.clip(future, -1, 1)])
+
+    def _cost(self, state: State, level: int, first: int, n: int, base: torch.Tensor, subgoal: torch.Tensor | None):
+        wm = self.wm
+
+        def cost(variables: torch.Tensor) -> torch.Tensor:
+            future = self._expand(level, variables, first, base).cpu().numpy().astype(np.float64)
+            clips = torch.from_numpy(np.stack([self._play(f) for f in future])).to(wm.device)
+            wm.flops += len(future) * wm.encode_flops(online=False)
+            real = wm.model.encode_targets(clips)[0].view(len(future), wm.steps[0], wm.hw, -1)
+            step = self._energy_step(0)
+            return latent_cost(real[:, (first if self.energy_path else step):step + 1], self.goal[0])
+
+        return cost
+
+
 class RandomAgent:
     """The baseline: uniform random actions in ``[-1, 1]^action_dim``."""
 
     def __init__(self, action_dim: int):
         self.action_dim = action_dim
 
-    def reset(self, goal_frame: np.ndarray) -> None:
+    def reset(self, goal_frame: np.ndarray, task_seed: int | None = None) -> None:
         pass
 
     def act(self, frames: list[np.ndarray], actions: list[np.ndarray], generator: torch.Generator) -> np.ndarray:

@@ -15,7 +15,7 @@ from hjepa_fast.eval.probe import load_run
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.train.builders import build_model
 
-from .agent import PlanningAgent, RandomAgent
+from .agent import OracleAgent, PlanningAgent, RandomAgent
 from .planners import build_planner
 from .world_model import PlanningModel
 
@@ -26,7 +26,7 @@ def run_episode(env: Env, agent: PlanningAgent | RandomAgent, task: int, seed: i
     """One episode of task ``task`` with planner seed ``seed``; stops at the first success."""
     frames = [env.reset(TASK_SEED + task)]
     start_distance = env.goal_distance()
-    agent.reset(env.goal_observation())
+    agent.reset(env.goal_observation(), TASK_SEED + task)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + task)
     actions, plan_s, success = [], 0.0, env.success()
     while not success and len(actions) < env.max_steps:
@@ -98,11 +98,12 @@ def matched_samples(wm: PlanningModel, env: Env, make_agent, target_flops: float
 def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: int = 3, planner: str = "cem",
                       levels: list[int] | tuple[int, ...] = (1, 2), samples: int = 64, iterations: int = 3,
                       out: str | Path | None = None, match_flops: bool = False,
-                      energy_frames: int | None = None, energy_path: bool = False) -> dict:
+                      energy_frames: int | None = None, energy_path: bool = False, oracle: bool = False) -> dict:
     """Random baseline and one planning agent per entry of ``levels`` (1: flat). ``match_flops``: each
     hierarchical agent gets the candidates per iteration that make one of its actions cost what a flat
     action with ``samples`` candidates costs, so that agents compare at an equal FLOP budget.
-    ``energy_frames``, ``energy_path``: see ``PlanningAgent``."""
+    ``energy_frames``, ``energy_path``: see ``PlanningAgent``. ``oracle``: one more row, the flat planner
+    with the environment itself as the world model (``OracleAgent``): the ceiling of the flat row."""
     wm, env = load_world(run, env_name)
     levels = [k for k in levels if k <= wm.levels]
     rows = {"random": evaluate_agent(env, lambda: RandomAgent(env.action_dim), tasks, seeds)}
@@ -118,10 +119,14 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
             n = matched_samples(wm, env, make_agent, flat_flops, samples)
         name = f"{planner} {'flat' if k == 1 else f'hier-{k}'}"
         rows[name] = {**evaluate_agent(env, lambda n=n, k=k: make_agent(n, k), tasks, seeds, wm), "samples": n}
+    if oracle:
+        replayed = make_env(env_name)  # the oracle's own instance: replays never touch the episode's
+        rows[f"{planner} oracle"] = {**evaluate_agent(
+            env, lambda: OracleAgent(wm, build_planner(planner, samples, iterations), replayed, energy_frames,
+                                     energy_path), tasks, seeds, wm), "samples": samples}
     result = {"run": str(run), "env": env_name, "tasks": tasks, "seeds": seeds, "planner": planner,
               "samples": samples, "match_flops": match_flops, "energy_frames": energy_frames,
-              "energy_path": energy_path,
-              "iterations": iterations,
+              "energy_path": energy_path, "oracle": oracle, "iterations": iterations,
               "date": time.strftime("%Y-%m-%d"),
               "device": "cpu", "threads": torch.get_num_threads(), "rows": rows}
     out = Path(out) if out else Path(run) / f"plan-{env_name}"

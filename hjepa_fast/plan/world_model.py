@@ -60,20 +60,24 @@ class PlanningModel:
     def observe(self, frames: list[np.ndarray], actions: list[np.ndarray]) -> State:
         """frames: the episode so far (uint8 ``[C, H, W]`` each), actions: those taken between them."""
         h = self.history
-        obs = [frames[0]] * max(0, h - len(frames)) + list(frames[-h:])
+        obs = self.history_frames(frames)
         past = list(actions[-(h - 1):]) if h > 1 else []
         past = [np.zeros(self.action_dim)] * (h - 1 - len(past)) + past
         clip = torch.zeros(1, self.frames, *obs[0].shape, dtype=torch.uint8, device=self.device)
         clip[0, :h] = torch.from_numpy(np.stack(obs)).to(self.device)
         past = torch.tensor(np.array(past), dtype=torch.float32, device=self.device).reshape(h - 1, self.action_dim)
-        self.flops += self._encode_flops(online=True)
+        self.flops += self.encode_flops(online=True)
         return State(self.model.encode_context(clip, self.masks), self.model.encode_targets(clip), past)
+
+    def history_frames(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """The clip's first ``history`` frames: the episode's latest, the first repeated while it is younger."""
+        return [frames[0]] * max(0, self.history - len(frames)) + list(frames[-self.history:])
 
     @torch.no_grad()
     def goal(self, frame: np.ndarray) -> list[torch.Tensor]:
         """Each level's target encoding of a clip that shows only the goal, at its last step: ``[hw, D_l]``."""
         clip = torch.from_numpy(frame).to(self.device).expand(1, self.frames, *frame.shape).contiguous()
-        self.flops += self._encode_flops(online=False)
+        self.flops += self.encode_flops(online=False)
         return [t[0, -self.hw:] for t in self.model.encode_targets(clip)]
 
     # ---- imagination ------------------------------------------------------------------------------
@@ -107,7 +111,7 @@ class PlanningModel:
         self.flops += grad * N * sum(encoder_forward(self.cfg, level + 1, self.steps[level + 1] * self.hw))
         return up[:, c * self.hw:(c + 1) * self.hw]
 
-    def _encode_flops(self, online: bool) -> float:
+    def encode_flops(self, online: bool) -> float:
         total = 0.0
         for level in range(self.levels):
             full = self.steps[level] * self.hw

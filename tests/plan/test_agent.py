@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hjepa_fast.envs import make_env
-from hjepa_fast.plan.agent import PlanningAgent, latent_cost
+from hjepa_fast.plan.agent import OracleAgent, PlanningAgent, latent_cost
 from hjepa_fast.plan.diagnose import diagnose
 from hjepa_fast.plan.evaluate import act_flops, matched_samples
 from hjepa_fast.plan.planners import CEM
@@ -43,6 +43,33 @@ def test_one_level_hierarchy_is_flat_planning(world):
     with torch.no_grad():
         flat = CEM(samples=16, iterations=2, elites=4).plan(cost, wm.horizon, 2, torch.Generator().manual_seed(3))
     assert np.allclose(action, flat.actions[0].numpy())
+
+
+def test_oracle_scores_each_candidate_by_its_real_outcome(world):
+    """The oracle's energy of a candidate is the energy of the clip the environment really shows after
+    the episode so far and that candidate, computed here by stepping the episode's own environment."""
+    wm, env = world
+    replayed = make_env("panworld", view=16, world=48, goal_range=(4.0, 12.0))
+    frames, actions = [env.reset(5)], []
+    for a in ([0.5, -0.2], [1.0, 1.0]):
+        actions.append(np.array(a))
+        frames.append(env.step(actions[-1]))
+    agent = OracleAgent(wm, CEM(samples=4, iterations=1), replayed, energy_frames=2)
+    with pytest.raises(ValueError, match="task's seed"):
+        agent.reset(env.goal_observation())
+    agent.reset(env.goal_observation(), 5)
+    agent.episode = (frames, actions)
+    future = torch.rand(3, wm.horizon, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    first = wm.context_steps[0]
+    with torch.no_grad():
+        costs = agent._cost(wm.observe(frames, actions), 0, first, wm.horizon, torch.zeros(wm.horizon, 2), None)(future)
+        for candidate, cost in zip(future, costs):
+            env.reset(5)
+            for a in actions:
+                env.step(a)
+            clip = np.stack(wm.history_frames(frames) + [env.step(a) for a in candidate.double().numpy()])
+            real = wm.model.encode_targets(torch.from_numpy(clip)[None])[0].view(wm.steps[0], wm.hw, -1)
+            assert float(cost) == pytest.approx(float((real[first + 1] - agent.goal[0]).abs().mean()), rel=1e-5)
 
 
 def test_every_candidate_in_one_batched_forward(world, monkeypatch):

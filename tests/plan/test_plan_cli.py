@@ -19,11 +19,12 @@ def test_collect_train_plan(tmp_path, capsys):
                  f"train.out_dir={tmp_path}", "train.run_name=r", *SMALL]) == 0
     assert main(["plan", "--run", str(tmp_path / "r"), "--env", "panworld", "--tasks", "1", "--seeds", "2",
                  "--samples", "8", "--iterations", "1", "--levels", "1", "2", "--match-flops",
-                 "--energy-frames", "2", "--energy-path"]) == 0
+                 "--energy-frames", "2", "--energy-path", "--oracle"]) == 0
     out = capsys.readouterr().out
-    assert "random" in out and "cem flat" in out and "cem hier-2" in out
+    assert "random" in out and "cem flat" in out and "cem hier-2" in out and "cem oracle" in out
     result = json.loads((tmp_path / "r" / "plan-panworld" / "plan.json").read_text())
-    assert set(result["rows"]) == {"random", "cem flat", "cem hier-2"}
+    assert set(result["rows"]) == {"random", "cem flat", "cem hier-2", "cem oracle"}
+    assert result["rows"]["cem oracle"]["flops_per_episode"] > 0
     assert result["rows"]["cem hier-2"]["flops_per_episode"] > 0
     assert result["match_flops"] and 2 <= result["rows"]["cem hier-2"]["samples"] < 8  # the budget of a flat action
     assert result["energy_frames"] == 2 and result["energy_path"]
