@@ -1,7 +1,8 @@
 """Can this world model plan at all? Two numbers to read before spending hours on ``hjepa plan``.
 
 At the start of each task (after a short random history) ``candidates`` random action sequences are
-imagined by the model and also played out in the environment (replayed from the task's seed). Per task:
+imagined by the model at every level and also played out in the environment (replayed from the task's
+seed). Per task:
 - ``action_sensitivity``: the clip-to-clip std over candidates of the predicted last step (L2-normalised
   tokens) over the same std of the target encodings of the real outcomes: near 0, the predictor ignores
   the actions and no planner can do better than chance;
@@ -10,7 +11,11 @@ imagined by the model and also played out in the environment (replayed from the 
   against what success needs;
 - ``rank_corr_true``: the same energy on the real outcomes' target encodings: the ceiling a perfect
   predictor would reach with this energy and goal embedding;
-- ``rank_corr_path``: the energy averaged over every imagined step (``hjepa plan --energy-path``), predicted."""
+- ``rank_corr_path``: the energy averaged over every imagined step (``hjepa plan --energy-path``), predicted;
+- ``rank_corr_first``: the energy of the predicted first future step (at a higher level: the subgoal the
+  hierarchical agent hands down).
+Each level is diagnosed with its own predictions, target encodings and goal embedding; the table's rows
+are level 1's, with a mean row per level."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,6 +27,9 @@ from hjepa_fast.envs import Env
 from .agent import latent_cost
 from .evaluate import TASK_SEED
 from .world_model import PlanningModel
+
+
+KEYS = ("action_sensitivity", "rank_corr_predicted", "rank_corr_true", "rank_corr_path", "rank_corr_first")
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,10 +50,24 @@ def _replay(env: Env, seed: int, history: list[np.ndarray], future: np.ndarray) 
     return frames, env.goal_distance()
 
 
+def _level_numbers(wm: PlanningModel, state, level: int, future: torch.Tensor, real: torch.Tensor,
+                   goal: torch.Tensor, distance: np.ndarray) -> dict:
+    """The diagnosis of one level on one task: ``future`` ``[N, horizon, A]`` imagined, ``real`` (its target
+    encodings of the played-out clips, ``[N, T_l * hw, D]``) and the real final ``distance`` ``[N]``."""
+    first = wm.context_steps[level]
+    path = wm.predict(state, level, future, range(first, wm.steps[level]))  # [N, n, hw, D]
+    real = real.view(len(real), wm.steps[level], wm.hw, -1)[:, first:]
+    corr = lambda tokens: _spearman(latent_cost(tokens, goal).cpu().numpy(), distance)  # noqa: E731
+    return {"action_sensitivity": float(normalize(path[:, -1], dim=-1).std(0).mean()
+                                        / normalize(real[:, -1], dim=-1).std(0).mean()),
+            "rank_corr_predicted": corr(path[:, -1]), "rank_corr_true": corr(real[:, -1]),
+            "rank_corr_path": corr(path), "rank_corr_first": corr(path[:, 0])}
+
+
 @torch.no_grad()
 def diagnose(wm: PlanningModel, env: Env, tasks: int = 8, candidates: int = 32, seed: int = 0) -> dict:
-    """Per-task and mean ``action_sensitivity``, ``rank_corr_predicted``, ``rank_corr_true`` (see above).
-    Candidates hold a random action for 4 steps at a time (as ``hjepa collect`` explores)."""
+    """Per task and on average, for each level (``levels``; level 1's also at the top): the numbers of the
+    module docstring. Candidates hold a random action for 4 steps at a time (as ``hjepa collect`` explores)."""
     rng = np.random.default_rng(seed)
     rows = []
     for task in range(tasks):
@@ -53,32 +75,27 @@ def diagnose(wm: PlanningModel, env: Env, tasks: int = 8, candidates: int = 32, 
         for _ in range(wm.history - 1):
             actions.append(env.random_action(rng))
             frames.append(env.step(actions[-1]))
-        state, goal = wm.observe(frames, actions), wm.goal(env.goal_observation())[0]
+        state, goals = wm.observe(frames, actions), wm.goal(env.goal_observation())
         held = rng.uniform(-1, 1, (candidates, -(-wm.horizon // 4), wm.action_dim))
         future = np.repeat(held, 4, axis=1)[:, :wm.horizon]
-        path = wm.predict(state, 0, torch.tensor(future, dtype=torch.float32, device=wm.device),
-                          range(wm.context_steps[0], wm.steps[0]))
-        pred = path[:, -1]
         outcomes = [_replay(env, TASK_SEED + task, actions, f) for f in future]
         clips = torch.from_numpy(np.stack([np.stack((frames + seen)[-wm.frames:]) for seen, _ in outcomes]))
-        real = wm.model.encode_targets(clips.to(wm.device))[0][:, -wm.hw:]
+        real = wm.model.encode_targets(clips.to(wm.device))
         distance = np.array([d for _, d in outcomes])
-        rows.append({
-            "task": task,
-            "action_sensitivity": float(normalize(pred, dim=-1).std(0).mean() / normalize(real, dim=-1).std(0).mean()),
-            "rank_corr_predicted": _spearman(latent_cost(pred, goal).cpu().numpy(), distance),
-            "rank_corr_true": _spearman(latent_cost(real, goal).cpu().numpy(), distance),
-            "rank_corr_path": _spearman(latent_cost(path, goal).cpu().numpy(), distance),
-        })
-    keys = ("action_sensitivity", "rank_corr_predicted", "rank_corr_true", "rank_corr_path")
-    return {"tasks": rows, **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
+        future = torch.tensor(future, dtype=torch.float32, device=wm.device)
+        levels = [_level_numbers(wm, state, level, future, real[level], goals[level], distance)
+                  for level in range(wm.levels)]
+        rows.append({"task": task, **levels[0], "levels": levels})
+    means = [{k: float(np.mean([r["levels"][level][k] for r in rows])) for k in KEYS} for level in range(wm.levels)]
+    return {"tasks": rows, **means[0], "levels": means}
 
 
 def format_diagnosis(result: dict) -> str:
-    lines = ["world-model diagnosis (per task: action sensitivity, rank correlation of the planning energy with "
-             "the real final goal distance: predicted, on the real outcomes, predicted and averaged over the path)",
-             f"{'task':>5}{'sensitivity':>13}{'corr predicted':>16}{'corr true':>11}{'corr path':>11}"]
-    rows = [*result["tasks"], {"task": "mean", **result}]
-    lines += [f"{r['task']:>5}{r['action_sensitivity']:>13.4f}{r['rank_corr_predicted']:>16.3f}"
-              f"{r['rank_corr_true']:>11.3f}{r['rank_corr_path']:>11.3f}" for r in rows]
+    lines = ["world-model diagnosis (action sensitivity; rank correlation of the planning energy with the real "
+             "final goal distance: predicted last step, real outcomes' last step, predicted path, predicted "
+             "first step)",
+             f"{'task':>9}{'sensitivity':>13}{'corr predicted':>16}{'corr true':>11}{'corr path':>11}{'corr first':>12}"]
+    rows = [*result["tasks"], *({"task": f"mean L{k + 1}", **level} for k, level in enumerate(result["levels"]))]
+    lines += [f"{r['task']:>9}{r['action_sensitivity']:>13.4f}{r['rank_corr_predicted']:>16.3f}"
+              f"{r['rank_corr_true']:>11.3f}{r['rank_corr_path']:>11.3f}{r['rank_corr_first']:>12.3f}" for r in rows]
     return "\n".join(lines)

@@ -166,6 +166,9 @@ def test_diagnosis_sees_a_predictor_that_ignores_the_actions(world, monkeypatch)
     monkeypatch.setattr(wm.model, "predict_level", blind)
     dead = diagnose(wm, env, tasks=2, candidates=6)
     assert dead["action_sensitivity"] < 1e-6
+    assert len(dead["levels"]) == 2 and dead["levels"][1]["action_sensitivity"] < 1e-6
+    assert live["levels"][1]["action_sensitivity"] > 0.01 and live["levels"][0] == {
+        k: live[k] for k in live["levels"][0]}  # level 1's numbers are also the top-level ones
     assert dead["rank_corr_true"] == pytest.approx(live["rank_corr_true"])  # the real outcomes did not change
 
 
