@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hjepa_fast.config import ConfigError
 from hjepa_fast.envs import Env, make_env
 from hjepa_fast.eval.probe import load_run
 from hjepa_fast.kernels import set_kernel_mode
@@ -104,6 +105,8 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
     action with ``samples`` candidates costs, so that agents compare at an equal FLOP budget.
     ``energy_frames``, ``energy_path``: see ``PlanningAgent``. ``oracle``: one more row, the flat planner
     with the environment itself as the world model (``OracleAgent``): the ceiling of the flat row."""
+    if oracle and planner == "grad":
+        raise ConfigError("--oracle needs a sampling planner (cem or mppi): the environment has no gradient")
     wm, env = load_world(run, env_name)
     levels = [k for k in levels if k <= wm.levels]
     rows = {"random": evaluate_agent(env, lambda: RandomAgent(env.action_dim), tasks, seeds)}

@@ -38,3 +38,5 @@ def test_collect_train_plan(tmp_path, capsys):
 def test_plan_refuses_a_run_without_actions(tmp_path, capsys):
     assert main(["plan", "--run", str(tmp_path / "none"), "--env", "panworld"]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    assert main(["plan", "--run", str(tmp_path / "none"), "--env", "panworld", "--planner", "grad", "--oracle"]) == 2
+    assert "--oracle needs a sampling planner" in capsys.readouterr().err
