@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU suite in one command, about 9.5 minutes on one GPU: the tests marked `gpu`, the launch-setting
-# sweep of the Triton kernels, then the kernel microbenchmarks at full size and the end-to-end training step,
-# spread over a fixed time budget (each writes its rows as it goes: a benchmark stopped at its share keeps
-# what it measured). Everything lands in one folder:
+# sweep of the Triton kernels, then the kernel microbenchmarks at full size, the end-to-end training step and
+# planning speed, spread over a fixed time budget (each writes its rows as it goes: a benchmark stopped at its
+# share keeps what it measured). Everything lands in one folder:
 #   device.txt       nvidia-smi, torch, triton, flash-attn / xformers versions
 #   pytest_gpu.txt   the GPU tests' output (pytest_gpu.xml: JUnit)
 #   sweep_launch.*   time and GB/s of each kernel under each launch setting
@@ -10,8 +10,8 @@
 #
 #   scripts/gpu_suite.sh [OUT_DIR]        (default benchmarks/results/gpu-<date>)
 # Budget: tests <= 120 s, sweep <= 90 s, benchmarks <= 300 s (+ start-up); PYTHON picks the interpreter;
-# BENCH_ARGS replaces the benchmark selection (default: the kernels and the training step), BENCH_BUDGET
-# their seconds (default 300).
+# BENCH_ARGS replaces the benchmark selection (default: the kernels, the training step, planning speed and
+# the kernels' host overhead; all but scaling), BENCH_BUDGET their seconds (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -42,7 +42,7 @@ sweep=${PIPESTATUS[0]}
 # shellcheck disable=SC2086
 BUDGET=${BENCH_BUDGET:-300}
 timeout $((BUDGET + 20)) "$PY" -m benchmarks.run --out "$OUT" --budget "$BUDGET" \
-  ${BENCH_ARGS:---only masked_loss ema temporal_pool train_step} \
+  ${BENCH_ARGS:---only masked_loss ema temporal_pool train_step planning host_overhead} \
   2>&1 | tee "$OUT/benchmarks.txt"
 bench=${PIPESTATUS[0]}
 
