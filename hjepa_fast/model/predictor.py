@@ -45,10 +45,11 @@ class Predictor(nn.Module):
     ``MacroActionEncoder``, else through a linear embedding. ``action_accumulate``: the tokens of step
     t + 1 also get the running sum over steps 0..t of a second (linear) action embedding, where the
     actions so far have led: integrating velocities through attention alone is hard for a narrow
-    predictor (on panworld it doubled the predictions' response to actions). ``topdown`` modes: 'cross' (cross-attention
-    in every block), 'film' (scale and shift of each target token's output features from the most
-    recent allowed coarse step), 'prepend' (coarse steps as extra tokens, reached through an attention
-    mask). ``window``: level-l steps per step of the level above.
+    predictor (on panworld the predictions' response to actions went from 0.20 to 0.55 of the real
+    outcomes', README). ``topdown`` modes: 'cross' (cross-attention in every block), 'film' (scale and
+    shift of each target token's output features from the most recent allowed coarse step), 'prepend'
+    (coarse steps as extra tokens, reached through an attention mask). ``window``: level-l steps per step
+    of the level above.
 
     Each token's own read of the top-down context is causal (``topdown.causal_allowed``); with 'cross'
     and 'prepend', the predictor's self-attention can still pass what one token read to another, as it

@@ -26,7 +26,7 @@ from hjepa_fast.envs import Env
 
 from .agent import latent_cost
 from .evaluate import TASK_SEED
-from .world_model import PlanningModel
+from .world_model import PlanningModel, State
 
 
 KEYS = ("action_sensitivity", "rank_corr_predicted", "rank_corr_true", "rank_corr_path", "rank_corr_first")
@@ -50,7 +50,7 @@ def _replay(env: Env, seed: int, history: list[np.ndarray], future: np.ndarray) 
     return frames, env.goal_distance()
 
 
-def _level_numbers(wm: PlanningModel, state, level: int, future: torch.Tensor, real: torch.Tensor,
+def _level_numbers(wm: PlanningModel, state: State, level: int, future: torch.Tensor, real: torch.Tensor,
                    goal: torch.Tensor, distance: np.ndarray) -> dict:
     """The diagnosis of one level on one task: ``future`` ``[N, horizon, A]`` imagined, ``real`` (its target
     encodings of the played-out clips, ``[N, T_l * hw, D]``) and the real final ``distance`` ``[N]``."""

@@ -112,6 +112,8 @@ class PlanningModel:
         return up[:, c * self.hw:(c + 1) * self.hw]
 
     def encode_flops(self, online: bool) -> float:
+        """Analytic FLOPs of encoding one clip at every level: the target path, plus the online context
+        path if ``online``."""
         total = 0.0
         for level in range(self.levels):
             full = self.steps[level] * self.hw
