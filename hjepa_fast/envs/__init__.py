@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Env, check_action
+from .base import Env, check_action, replay
 
-__all__ = ["ENVS", "Env", "check_action", "make_env"]
+__all__ = ["ENVS", "Env", "check_action", "make_env", "replay"]
 
 ENVS = ("panworld", "tworooms", "pusht")
 

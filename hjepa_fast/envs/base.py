@@ -56,6 +56,17 @@ class Env(ABC):
         return rng.uniform(-1.0, 1.0, self.action_dim)
 
 
+def replay(env: Env, seed: int, history: list[np.ndarray], future: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """Reset ``env`` with ``seed``, replay ``history``, then play ``future`` ``[H, A]`` (an environment is
+    deterministic for a seed, and a replay needs no copyable simulator): the future frames and the final
+    goal distance."""
+    env.reset(seed)
+    for a in history:
+        env.step(a)
+    frames = [env.step(a) for a in future]
+    return frames, env.goal_distance()
+
+
 class PointGoalEnv(Env):
     """An agent that is a point ``pos`` with a goal point ``goal`` (both float ``[2]``, pixels): the
     observation of a point is ``observe(pos)``, success is being within ``tolerance`` of the goal."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hjepa_fast.envs import Env
+from hjepa_fast.envs import Env, replay
 
 from .planners import CEM, MPPI, GradientPlanner
 from .world_model import PlanningModel, State
@@ -132,10 +132,7 @@ class OracleAgent(PlanningAgent):
     def _play(self, future: np.ndarray) -> np.ndarray:
         """The real clip ``[frames, C, H, W]`` of the history followed by ``future`` ``[horizon, A]``."""
         frames, actions = self.episode
-        self.env.reset(self.task_seed)
-        for a in actions:
-            self.env.step(a)
-        return np.stack(self.wm.history_frames(frames) + [self.env.step(a) for a in np.clip(future, -1, 1)])
+        return np.stack(self.wm.history_frames(frames) + replay(self.env, self.task_seed, actions, future)[0])
 
     def _cost(self, state: State, level: int, first: int, n: int, base: torch.Tensor, subgoal: torch.Tensor | None):
         wm = self.wm

@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from torch.nn.functional import normalize
 
-from hjepa_fast.envs import Env
+from hjepa_fast.envs import Env, replay
 
 from .agent import latent_cost
 from .evaluate import TASK_SEED
 from .world_model import PlanningModel, State
-
 
 KEYS = ("action_sensitivity", "rank_corr_predicted", "rank_corr_true", "rank_corr_path", "rank_corr_first")
 
@@ -37,17 +36,6 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = ranks(a), ranks(b)
     denom = ra.std() * rb.std()
     return float(((ra - ra.mean()) * (rb - rb.mean())).mean() / denom) if denom > 0 else 0.0
-
-
-def _replay(env: Env, seed: int, history: list[np.ndarray], future: np.ndarray) -> tuple[list[np.ndarray], float]:
-    """Reset ``env`` with ``seed``, replay ``history``, then play ``future`` ``[H, A]`` (an environment is
-    deterministic for a seed, and a replay needs no copyable simulator): the future frames and the final
-    goal distance."""
-    env.reset(seed)
-    for a in history:
-        env.step(a)
-    frames = [env.step(a) for a in future]
-    return frames, env.goal_distance()
 
 
 def _level_numbers(wm: PlanningModel, state: State, level: int, future: torch.Tensor, real: torch.Tensor,
@@ -78,7 +66,7 @@ def diagnose(wm: PlanningModel, env: Env, tasks: int = 8, candidates: int = 32, 
         state, goals = wm.observe(frames, actions), wm.goal(env.goal_observation())
         held = rng.uniform(-1, 1, (candidates, -(-wm.horizon // 4), wm.action_dim))
         future = np.repeat(held, 4, axis=1)[:, :wm.horizon]
-        outcomes = [_replay(env, TASK_SEED + task, actions, f) for f in future]
+        outcomes = [replay(env, TASK_SEED + task, actions, f) for f in future]
         clips = torch.from_numpy(np.stack([np.stack((frames + seen)[-wm.frames:]) for seen, _ in outcomes]))
         real = wm.model.encode_targets(clips.to(wm.device))
         distance = np.array([d for _, d in outcomes])
@@ -94,7 +82,8 @@ def format_diagnosis(result: dict) -> str:
     lines = ["world-model diagnosis (action sensitivity; rank correlation of the planning energy with the real "
              "final goal distance: predicted last step, real outcomes' last step, predicted path, predicted "
              "first step)",
-             f"{'task':>9}{'sensitivity':>13}{'corr predicted':>16}{'corr true':>11}{'corr path':>11}{'corr first':>12}"]
+             f"{'task':>9}{'sensitivity':>13}{'corr predicted':>16}{'corr true':>11}{'corr path':>11}"
+             f"{'corr first':>12}"]
     rows = [*result["tasks"], *({"task": f"mean L{k + 1}", **level} for k, level in enumerate(result["levels"]))]
     lines += [f"{r['task']:>9}{r['action_sensitivity']:>13.4f}{r['rank_corr_predicted']:>16.3f}"
               f"{r['rank_corr_true']:>11.3f}{r['rank_corr_path']:>11.3f}{r['rank_corr_first']:>12.3f}" for r in rows]
