@@ -4,7 +4,8 @@ episode is one item, with the actions taken at those frames.
 Item ``(index, step)`` -> ``{"clip": uint8 [frames, C, H, W], "actions": float32 [frames, A],
 "labels": {"episode": e}, "step": step}``; ``actions[i]`` is the action taken at ``clip[i]`` (it moves
 the world to the next frame), so a window starting at t needs actions up to t + frames - 1. The last
-10 % of the episodes (at least one) are the ``val`` split, the rest ``train``."""
+10 % of the episodes (at least one) are the ``val`` split, the rest ``train``. A folder that does not fit
+the config (image size, channels, episodes shorter than a clip) is a ``ConfigError``: the CLI names it."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hjepa_fast.config import ConfigError
 
 _SPLITS = ("train", "val")
 
@@ -27,16 +30,16 @@ class Rollouts(torch.utils.data.Dataset):
         self.meta = json.loads((root / "meta.json").read_text())
         C, H, W = self.meta["obs_shape"]
         if size is not None and (H, W) != (size, size):
-            raise ValueError(f"rollouts in {root} are {H}x{W}, the model expects {size}x{size} (model.img_size)")
+            raise ConfigError(f"rollouts in {root} are {H}x{W}, the model expects {size}x{size} (model.img_size)")
         if channels is not None and C != channels:
-            raise ValueError(f"rollouts in {root} have {C} channels, the model expects {channels} (model.in_chans)")
+            raise ConfigError(f"rollouts in {root} have {C} channels, the model expects {channels} (model.in_chans)")
         if frames > self.meta["steps"]:
-            raise ValueError(f"clips of {frames} frames need episodes of >= {frames} steps, got {self.meta['steps']}")
+            raise ConfigError(f"clips of {frames} frames need episodes of >= {frames} steps, got {self.meta['steps']}")
         files = sorted(root.glob("ep_*.npz"))
         n_val = max(1, len(files) // 10) if len(files) > 1 else 0
         files = files[:len(files) - n_val] if split == "train" else files[len(files) - n_val:]
         if not files:
-            raise ValueError(f"{root} has no episodes for split {split!r} ({len(files)} episode files)")
+            raise ConfigError(f"{root} has no episodes for split {split!r} ({len(files)} episode files)")
         self.frames = frames
         loaded = [np.load(f) for f in files]
         self.obs = [torch.from_numpy(d["obs"]) for d in loaded]

@@ -7,6 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+from hjepa_fast.config import ConfigError
 from hjepa_fast.data import build_dataset
 from hjepa_fast.envs import make_env
 from hjepa_fast.envs.collect import collect
@@ -86,7 +87,9 @@ def test_collect_writes_rollouts_the_data_set_reads(tmp_path):
     assert np.array_equal(item["clip"].numpy(), episode["obs"][1:9])
     assert np.allclose(item["actions"].numpy(), episode["actions"][1:9])
     assert len(build_dataset("rollouts", "val", frames=8, size=32, channels=3, root=str(out), seed=0)) == 3
-    with pytest.raises(ValueError, match="model expects 16x16"):
+    with pytest.raises(ConfigError, match="model expects 16x16"):
         build_dataset("rollouts", "train", frames=8, size=16, channels=3, root=str(out), seed=0)
+    with pytest.raises(ConfigError, match="clips of 16 frames need episodes of >= 16 steps, got 10"):
+        build_dataset("rollouts", "train", frames=16, size=32, channels=3, root=str(out), seed=0)
     with pytest.raises(FileExistsError, match="already holds rollouts"):
         collect("panworld", out, episodes=1, steps=10)
