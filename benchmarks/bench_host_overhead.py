@@ -1,16 +1,18 @@
-"""Host time of the Triton ops, with the kernel launches stubbed out: what a forward + backward costs the
-CPU before any GPU work, through each of the two doors every op has (``torch.library.custom_op``, which
-``torch.compile`` traces, and the ``autograd.Function`` that eager calls take). On a GPU the device waits
-for this time whenever the op's kernels are shorter than it (the H200 runs measured ~0.3 ms of such gaps
-per forward + backward at the benchmark shapes).
+"""Host time of the Triton ops: what one forward + backward costs the CPU, through each of the two doors
+every op has (``torch.library.custom_op``, which ``torch.compile`` traces, and the public ``*_triton``
+function eager code calls, which takes an ``autograd.Function``). On a GPU the device waits for this time
+whenever the op's kernels are shorter than it (the H200 runs measured ~0.3 ms of such gaps per forward +
+backward at the benchmark shapes).
 
-Tiny CPU tensors, one thread, the doors timed round-robin so that a shared machine's load hits them alike.
+Tiny tensors, the doors timed round-robin so that a shared machine's load hits them alike. On CPU the
+kernel launches are stubbed out (the interpreter's launch is not Triton's); on CUDA they are real, and
+each round ends with a synchronisation: with kernels this small the time per call is the host's.
 
-``python -m benchmarks.bench_host_overhead [--out DIR] [--rounds N] [--quick]`` (``--device`` is accepted and
-ignored: this runs on the CPU)
+``python -m benchmarks.bench_host_overhead [--out DIR] [--rounds N] [--quick] [--device cpu|cuda]``
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -30,61 +32,79 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
-def cases() -> dict[str, dict[str, Callable[[], object]]]:
+def cases(device: torch.device) -> dict[str, dict[str, Callable[[], object]]]:
     """op -> door -> one forward + backward."""
-    pred, target = torch.randn(2, 3, 8, requires_grad=True), torch.randn(2, 5, 8)
-    idx = torch.randint(0, 5, (2, 3))
-    q = torch.randn(2, 4, requires_grad=True)
-    k, v = (torch.randn(1, 4, 3, 2, 4, requires_grad=True) for _ in range(2))
+    pred, target = torch.randn(2, 3, 8, device=device, requires_grad=True), torch.randn(2, 5, 8, device=device)
+    idx = torch.randint(0, 5, (2, 3), device=device)
+    q = torch.randn(2, 4, device=device, requires_grad=True)
+    k, v = (torch.randn(1, 4, 3, 2, 4, device=device, requires_grad=True) for _ in range(2))
+    pooled_grad = torch.randn(1, 1, 3, 2, 4, device=device)
 
     def loss_op():
         return torch.autograd.grad(ml._masked_latent_loss_op(pred, target, idx, ml._L2, False, 1.0, True)[0], pred)
 
     def pool_op():
-        return torch.autograd.grad(tp._pool_op(q, k, v, 4, None).sum(), (q, k, v))
+        return torch.autograd.grad(tp._pool_op(q, k, v, 4, None), (q, k, v), pooled_grad)
 
     return {
         "masked_l2_loss": {"custom op": loss_op,
-                           "autograd.Function": lambda: torch.autograd.grad(
-                               ml._MaskedLatentLoss.apply(pred, target, idx, ml._L2, False, 1.0), pred)},
+                           "public function": lambda: torch.autograd.grad(
+                               ml.masked_l2_loss_triton(pred, target, idx, check_idx=False), pred)},
         "temporal_attention_pool": {"custom op": pool_op,
-                                    "autograd.Function": lambda: torch.autograd.grad(
-                                        tp._Pool.apply(q, k, v, 4, None).sum(), (q, k, v))},
+                                    "public function": lambda: torch.autograd.grad(
+                                        tp.temporal_attention_pool_triton(q, k, v, 4), (q, k, v), pooled_grad)},
     }
+
+
+def stubbed_launches() -> contextlib.ExitStack:
+    """Every kernel of the two ops replaced by a no-op for the duration (CPU runs)."""
+    stack = contextlib.ExitStack()
+    for module, name in ((ml, "_masked_loss_fwd_kernel"), (tp, "_pool_fwd_kernel"), (tp, "_pool_bwd_kernel")):
+        stack.enter_context(mock.patch.object(module, name, _NoLaunch()))
+    return stack
+
+
+def time_doors(doors: dict[str, Callable[[], object]], rounds: int, calls: int,
+               device: torch.device) -> dict[str, list[float]]:
+    """Milliseconds per call of each door, one value per round, the doors interleaved."""
+    times: dict[str, list[float]] = {door: [] for door in doors}
+    for fn in doors.values():  # first calls compile kernels / warm caches
+        fn()
+    for _ in range(rounds):
+        for door, fn in doors.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[door].append((time.perf_counter() - start) / calls * 1e3)
+    return times
 
 
 def main() -> None:
     cli = parser(__doc__.splitlines()[0])
     cli.add_argument("--rounds", type=int, default=20, help="rounds of 200 calls per door (--quick: 5)")
     args = cli.parse_args()
+    device = torch.device(args.device)
     rounds = 5 if args.quick else args.rounds
-    torch.set_num_threads(1)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    info = device_info(device) | {"launches": "real" if device.type == "cuda" else "stubbed"}
     rows = []
-    stubs = [mock.patch.object(ml, "_masked_loss_fwd_kernel", _NoLaunch()),
-             mock.patch.object(tp, "_pool_fwd_kernel", _NoLaunch()),
-             mock.patch.object(tp, "_pool_bwd_kernel", _NoLaunch())]
-    for stub in stubs:
-        stub.start()
-    try:
-        for op, doors in cases().items():
-            times: dict[str, list[float]] = {door: [] for door in doors}
-            for _ in range(rounds):
-                for door, fn in doors.items():
-                    start = time.perf_counter()
-                    for _ in range(200):
-                        fn()
-                    times[door].append((time.perf_counter() - start) / 200 * 1e3)
+    with stubbed_launches() if device.type == "cpu" else contextlib.nullcontext():
+        for op, doors in cases(device).items():
+            times = time_doors(doors, rounds, 200, device)
             base = statistics.median(times["custom op"])
             for door, ts in times.items():
                 q25, _, q75 = statistics.quantiles(ts, n=4)
                 ms = statistics.median(ts)
                 rows.append({"shape": op, "path": door, "ms": ms, "ms_q25": q25, "ms_q75": q75,
                              "speedup": base / ms})
-                print(f"{op:<24} {door:<18} {ms * 1e3:7.1f} us host per forward + backward  x{base / ms:.2f}")
-    finally:
-        for stub in stubs:
-            stub.stop()
-    write_results("host_overhead", device_info(torch.device("cpu")), rows, args.out)
+                print(f"{op:<24} {door:<16} {ms * 1e3:7.1f} us host per forward + backward  x{base / ms:.2f}"
+                      f" ({info['launches']} launches)")
+    write_results("host_overhead", info, rows, args.out)
 
 
 if __name__ == "__main__":

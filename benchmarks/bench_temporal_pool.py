@@ -1,6 +1,8 @@
 """Temporal attention pooling at the recipe's level 1 -> 2 shape (ViT-B: N = 196 tokens, D = 768 = 12 heads
 x 64, window 4): eager reference, ``torch.compile`` of the reference, SDPA on the same problem, and the
-Triton kernels (CUDA only), forward and forward + backward.
+Triton kernels (CUDA only), forward and forward + backward; each timed as a caller sees it (``do_bench``:
+host launch work included where the device waits for it), and the Triton path once more as ``triton graph``:
+the same calls captured in a CUDA graph, the device's time alone.
 
 Bytes counted (the minimum the op must move; q [H, Dh] is negligible and left out):
 - fwd: read k and v once, write the pooled output (plus the bool mask when there is one);
@@ -62,8 +64,10 @@ def cases(device: torch.device, quick: bool) -> list[tuple[int, int, torch.dtype
     return [(2, 16, torch.float32, False), (2, 16, torch.bfloat16, True)]
 
 
-def time_path(fn, q, k, v, visible, grad, mode: str, device: torch.device, quick: bool) -> dict:
-    """``measure`` of one path: forward under no_grad, or forward + backward to q, k, v."""
+def time_path(fn, q, k, v, visible, grad, mode: str, device: torch.device, quick: bool,
+              graph: bool = False) -> dict:
+    """``measure`` of one path (``graph``: replayed from a CUDA graph): forward under no_grad, or forward +
+    backward to q, k, v."""
     qg, kg, vg = (t.detach().requires_grad_(mode != "fwd") for t in (q, k, v))
 
     def run():
@@ -71,7 +75,7 @@ def time_path(fn, q, k, v, visible, grad, mode: str, device: torch.device, quick
         return out if mode == "fwd" else torch.autograd.grad(out, (qg, kg, vg), grad)
 
     with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-        return measure(run, device, reps=5 if quick else 20, warmup=1 if quick else 3)
+        return measure(run, device, reps=5 if quick else 20, warmup=1 if quick else 3, graph=graph)
 
 
 def main() -> None:
@@ -83,7 +87,7 @@ def main() -> None:
     if device.type == "cuda" or not args.quick:  # compiling on a CPU smoke run costs more than it shows
         paths["compiled"] = torch.compile(temporal_attention_pool_reference)
     if device.type == "cuda":
-        paths["triton"] = temporal_attention_pool_triton
+        paths |= {"triton": temporal_attention_pool_triton, "triton graph": temporal_attention_pool_triton}
     rows, errors = [], []
     for B, T, dtype, masked in cases(device, args.quick):
         g = torch.Generator(device=device).manual_seed(0)
@@ -107,9 +111,9 @@ def main() -> None:
             eager_ms = None
             for name, fn in paths.items():
                 try:
-                    t = time_path(fn, q, k, v, visible, grad, mode, device, args.quick)
-                except Exception as err:  # record and go on: one failing baseline must not hide the others
-                    errors.append(f"{shape} {mode} {name}: {type(err).__name__}: {str(err)[:200]}")
+                    t = time_path(fn, q, k, v, visible, grad, mode, device, args.quick, graph=name.endswith("graph"))
+                except Exception as exc:  # record and go on: one failing baseline must not hide the others
+                    errors.append(f"{shape} {mode} {name}: {type(exc).__name__}: {str(exc)[:200]}")
                     continue
                 eager_ms = t["ms"] if name == "eager" else eager_ms
                 speedup = None if eager_ms is None else eager_ms / t["ms"]
@@ -117,7 +121,7 @@ def main() -> None:
                 rows.append({"case": f"{shape} {mode}", "shape": shape, "mode": mode, "path": name, **t,
                              "max_abs_err": err.get(name), "bytes": bytes_by_mode[mode], "GBps": gbps,
                              "frac_copy": gbps / info["copy_GBps"], "speedup_vs_eager": speedup})
-                print(f"{shape:>26} {mode:>8} {name:>9}: {t['ms']:9.3f} ms {gbps:8.1f} GB/s "
+                print(f"{shape:>26} {mode:>8} {name:>12}: {t['ms']:9.3f} ms {gbps:8.1f} GB/s "
                       f"({gbps / info['copy_GBps']:5.1%} of copy)" + ("" if speedup is None else f"  x{speedup:.2f}"))
         del k, v, q, grad, visible
         if device.type == "cuda":

@@ -34,14 +34,22 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warmup: int = 3) -> dict:
+def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warmup: int = 3,
+            graph: bool = False) -> dict:
     """Median and interquartile range of ``fn``'s run time in milliseconds. On CUDA this is
-    ``triton.testing.do_bench`` (events, cache flush); on CPU a perf_counter loop."""
+    ``triton.testing.do_bench`` (events, cache flush between calls): the time a caller sees, the host's
+    launch work included wherever the device waits for it. ``graph=True`` (CUDA only) is
+    ``triton.testing.do_bench_cudagraph``: ``fn`` captured in a CUDA graph and replayed, the device's time
+    alone (no cache flush: meaningful for working sets well above the L2 cache). On CPU a perf_counter loop."""
     if device.type == "cuda":
-        from triton.testing import do_bench
+        from triton.testing import do_bench, do_bench_cudagraph
 
-        q = do_bench(fn, warmup=25, rep=100, quantiles=[0.25, 0.5, 0.75])
+        quantiles = [0.25, 0.5, 0.75]
+        q = do_bench_cudagraph(fn, quantiles=quantiles) if graph else do_bench(fn, warmup=25, rep=100,
+                                                                                quantiles=quantiles)
         return {"ms": q[1], "ms_q25": q[0], "ms_q75": q[2]}
+    if graph:
+        raise ValueError("graph timing needs a CUDA device")
     for _ in range(warmup):
         fn()
     times = []

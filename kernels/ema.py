@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .dispatch import get_kernel_mode, use_triton
+from .launch import cdiv, next_power_of_2
 
 TensorGroups = Sequence[Sequence[torch.Tensor]]
 # CUDA launch: elements per program and warps (``benchmarks.sweep_launch`` measures the alternatives)
@@ -58,7 +59,7 @@ def _launch_config(n: int, device: torch.device) -> tuple[int, int]:
     program) as few programs as possible."""
     if device.type == "cuda":
         return CUDA_BLOCK, CUDA_WARPS
-    return min(max(triton.next_power_of_2(max(n, 1)), 16), 1 << 16), 1
+    return min(max(next_power_of_2(max(n, 1)), 16), 1 << 16), 1
 
 
 def _check_flat(target: torch.Tensor, source: torch.Tensor, level_starts: torch.Tensor, weights: torch.Tensor):
@@ -84,7 +85,7 @@ def ema_flat_triton_(target: torch.Tensor, source: torch.Tensor, level_starts: t
         return
     block_size, warps = _launch_config(n, target.device)
     block_size = block or block_size
-    _ema_flat_kernel[(triton.cdiv(n, block_size),)](
+    _ema_flat_kernel[(cdiv(n, block_size),)](
         target, source, level_starts, weights, n, NUM_LEVELS=level_starts.numel(), BLOCK=block_size,
         num_warps=warps)
 

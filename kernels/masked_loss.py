@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .dispatch import use_triton
+from .launch import cdiv, next_power_of_2
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_D = 16384  # whole rows live in registers; beyond it the public functions run the reference
@@ -187,11 +188,11 @@ def _masked_loss_fwd_kernel(
 def _launch_config(R: int, D: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_D, num_warps). CUDA: ``CUDA_TILE_ELEMENTS`` per tile; interpreter: many rows per
     program (each program instance costs ~3 ms there)."""
-    block_d = triton.next_power_of_2(D)
+    block_d = next_power_of_2(D)
     if device.type == "cuda":
         block_r = max(1, min(64, CUDA_TILE_ELEMENTS // block_d))
         return block_r, block_d, CUDA_WARPS or min(16, max(2, block_r * block_d // 1024))
-    return max(1, min(triton.next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4
+    return max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4
 
 
 def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -207,7 +208,7 @@ def _masked_latent_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Ten
     B, M, D = pred.shape
     R = B * M
     block_r, block_d, num_warps = _launch_config(R, D, pred.device)
-    programs = triton.cdiv(R, block_r)
+    programs = cdiv(R, block_r)
     partial = _new_output((programs,), torch.float32, pred.device)
     grad = _new_output(pred.shape if need_grad else (0,), pred.dtype, pred.device)
     denom = R if kind == _L2 else R * D

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .dispatch import use_triton
+from .launch import cdiv, next_power_of_2
 
 MAX_WINDOW = 16  # the kernels' documented scope; beyond it the public function runs the reference
 MAX_HEAD_DIM = 128
@@ -45,8 +46,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visib
 
 def _check_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
                   visible: torch.Tensor | None) -> None:
-    """What the kernels support beyond the shape contract; the caller falls back or raises."""
-    _check(q, k, v, window, visible)
+    """What the kernels support beyond the shape contract (``_check``, run first)."""
     if window > MAX_WINDOW or k.shape[4] > MAX_HEAD_DIM:
         raise ValueError(f"the Triton kernel supports window <= {MAX_WINDOW} and Dh <= {MAX_HEAD_DIM}, "
                          f"got window {window} and Dh {k.shape[4]}")
@@ -172,9 +172,9 @@ def _pool_bwd_kernel(q_ptr, k_ptr, v_ptr, vis_ptr, g_ptr, dq_part_ptr, dk_ptr, d
 
 def _launch_config(M: int, window: int, Dh: int, device: torch.device, backward: bool) -> tuple[int, int, int, int]:
     """(KP, BLOCK_D, BLOCK_P, num_warps): positions per program from a fixed tile budget (TILE_ELEMENTS)."""
-    KP, BLOCK_D = triton.next_power_of_2(window), triton.next_power_of_2(Dh)
+    KP, BLOCK_D = next_power_of_2(window), next_power_of_2(Dh)
     budget = TILE_ELEMENTS["cuda" if device.type == "cuda" else "cpu"][backward]
-    BLOCK_P = max(1, min(budget // (KP * BLOCK_D), triton.next_power_of_2(M)))
+    BLOCK_P = max(1, min(budget // (KP * BLOCK_D), next_power_of_2(M)))
     return KP, BLOCK_D, BLOCK_P, CUDA_WARPS[backward] if device.type == "cuda" else 4
 
 
@@ -199,7 +199,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
     (B, T, N, H, Dh, W, M), q, vis, vstrides, meta = _common(q, k, v, window, visible)
     out = _out((B, W, N, H, Dh), v, v.dtype)
     KP, BLOCK_D, BLOCK_P, warps = _launch_config(M, window, Dh, k.device, backward=False)
-    grid = (triton.cdiv(M, BLOCK_P) * H,)
+    grid = (cdiv(M, BLOCK_P) * H,)
     _pool_fwd_kernel[grid](q, k, v, vis, out, M, N, W, H, Dh, *k.stride(), *v.stride(), *vstrides,
                            KP=KP, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D, num_warps=warps, **meta)
     return out
@@ -209,7 +209,7 @@ def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, vi
               grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     (B, T, N, H, Dh, W, M), qc, vis, vstrides, meta = _common(q, k, v, window, visible)
     KP, BLOCK_D, BLOCK_P, warps = _launch_config(M, window, Dh, k.device, backward=True)
-    blocks = triton.cdiv(M, BLOCK_P)
+    blocks = cdiv(M, BLOCK_P)
     dq_part = _out((blocks, H, Dh), k, torch.float32)
     dk, dv = _out(k.shape, k, k.dtype), _out(v.shape, v, v.dtype)
     _pool_bwd_kernel[(blocks * H,)](qc, k, v, vis, grad, dq_part, dk, dv, M, N, W, H, Dh, *k.stride(), *v.stride(),
@@ -284,7 +284,14 @@ def temporal_attention_pool_triton(
 ) -> torch.Tensor:
     """Always the Triton kernels (forward and backward), on CUDA or under ``TRITON_INTERPRET=1``; same
     contract as the reference, plus window <= 16, Dh <= 128, one device, bool ``visible``."""
+    _check(q, k, v, window, visible)
     _check_triton(q, k, v, window, visible)
+    return _launch(q, k, v, window, visible)
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+            visible: torch.Tensor | None) -> torch.Tensor:
+    """The checked inputs to the kernels: through the custom op under torch.compile, else the Function."""
     if torch.compiler.is_compiling():
         return _pool_op(q, k, v, window, visible)
     return _Pool.apply(q, k, v, window, visible)
@@ -297,5 +304,6 @@ def temporal_attention_pool(
     says so and the shape is in their scope, the reference otherwise."""
     _check(q, k, v, window, visible)
     if use_triton(k) and window <= MAX_WINDOW and k.shape[4] <= MAX_HEAD_DIM:
-        return temporal_attention_pool_triton(q, k, v, window, visible)
+        _check_triton(q, k, v, window, visible)
+        return _launch(q, k, v, window, visible)
     return temporal_attention_pool_reference(q, k, v, window, visible)
