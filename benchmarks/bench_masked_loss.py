@@ -12,7 +12,8 @@ by ``grad_output`` (one read, one write), so its ceiling on this metric is 3/5 o
 
 Paths: ``eager`` (the reference), ``compiled`` (``torch.compile`` of it) and on CUDA ``triton`` (the fused
 kernel), each timed as a caller sees it (``do_bench``: host launch work included where the device waits
-for it), and ``triton graph``: the same calls captured in a CUDA graph, the device's time alone.
+for it); on CUDA each once more as ``<path> graph``: the same calls captured in a CUDA graph and replayed,
+the device's time alone (speedups of those rows are against ``eager graph``).
 
 On CPU (reference paths only) it runs one thread: on a shared machine two spinning OpenMP threads made the
 medians swing 100-fold (*measured*).
@@ -25,7 +26,7 @@ import functools
 
 import torch
 
-from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, write_results
+from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, timings, write_results
 from hjepa_fast.kernels import masked_loss as ml
 
 # (B, M, N, D): image I-JEPA (196 tokens, ~75 % predicted) and video (1568 tokens) at the level widths
@@ -53,6 +54,18 @@ def min_bytes(B: int, M: int, D: int, pred: torch.Tensor, target: torch.Tensor, 
     return B * M * (D * (2 * pred.element_size() + target.element_size()) + idx.element_size())
 
 
+def row(op: str, path: str, shape: tuple[int, int, int, int], t: dict, nbytes: int, pred: torch.Tensor,
+        copy_gbps: float, eager_ms: float | None) -> dict:
+    """One result row: time, GB/s on the minimum bytes and the fractions of copy on them and on the bytes
+    a drop-in loss moves under autograd (two more passes over the gradient)."""
+    B, M, N, D = shape
+    gbps = nbytes / (t["ms"] * 1e-3) / 1e9
+    autograd_gbps = (nbytes + 2 * pred.numel() * pred.element_size()) / (t["ms"] * 1e-3) / 1e9
+    return {"op": op, "path": path, "shape": f"{op} B{B} M{M} N{N} D{D}", "B": B, "M": M, "N": N, "D": D, **t,
+            "gbps": gbps, "frac_copy": gbps / copy_gbps, "frac_copy_autograd": autograd_gbps / copy_gbps,
+            "speedup_vs_eager": None if eager_ms is None else eager_ms / t["ms"]}
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     device = torch.device(args.device)
@@ -72,24 +85,22 @@ def main() -> None:
             torch._dynamo.reset()  # one compilation per shape: 10 of them pass Dynamo's recompile limit (8)
             paths = {"eager": reference, "compiled": torch.compile(reference, fullgraph=True, dynamic=False)}
             if device.type == "cuda":
-                paths |= {"triton": triton_fn, "triton graph": triton_fn}
-            eager_ms = None
-            for path, fn in paths.items():
-                try:
-                    t = measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=path.endswith("graph"))
-                except Exception as err:  # record and go on: one failing path must not hide the others
-                    errors.append(f"{op} B{B} M{M} N{N} D{D} {path}: {type(err).__name__}: {str(err)[:200]}")
-                    continue
-                eager_ms = eager_ms or t["ms"]
-                gbps = nbytes / (t["ms"] * 1e-3) / 1e9
-                autograd_gbps = (nbytes + 2 * pred.numel() * pred.element_size()) / (t["ms"] * 1e-3) / 1e9
-                rows.append({"op": op, "path": path, "shape": f"{op} B{B} M{M} N{N} D{D}", "B": B, "M": M, "N": N,
-                             "D": D, **t, "gbps": gbps, "frac_copy": gbps / info["copy_gbps"],
-                             "frac_copy_autograd": autograd_gbps / info["copy_gbps"],
-                             "speedup_vs_eager": eager_ms / t["ms"]})
-                print(f"{rows[-1]['shape']:<34} {path:<12} {t['ms']:9.3f} ms {gbps:8.1f} GB/s "
-                      f"{100 * rows[-1]['frac_copy']:5.1f}% of copy ({100 * rows[-1]['frac_copy_autograd']:5.1f}% "
-                      f"counting the autograd bytes)  x{rows[-1]['speedup_vs_eager']:.2f} vs eager")
+                paths["triton"] = triton_fn
+            for graph in timings(device):
+                eager_ms = None  # the speedups of each timing are against eager under the same timing
+                for name, fn in paths.items():
+                    path = f"{name} graph" if graph else name
+                    try:
+                        t = measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=graph)
+                    except Exception as err:  # record and go on: one failing path must not hide the others
+                        errors.append(f"{op} B{B} M{M} N{N} D{D} {path}: {type(err).__name__}: {str(err)[:200]}")
+                        continue
+                    eager_ms = t["ms"] if name == "eager" else eager_ms
+                    rows.append(row(op, path, (B, M, N, D), t, nbytes, pred, info["copy_gbps"], eager_ms))
+                    r = rows[-1]
+                    print(f"{r['shape']:<34} {path:<14} {t['ms']:9.3f} ms {r['gbps']:8.1f} GB/s "
+                          f"{r['frac_copy']:6.1%} of copy ({r['frac_copy_autograd']:6.1%} counting the autograd "
+                          f"bytes)" + ("" if eager_ms is None else f"  x{r['speedup_vs_eager']:.2f} vs eager"))
             del paths
         del pred, target, idx
         info["errors"] = errors

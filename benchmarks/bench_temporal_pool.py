@@ -1,8 +1,8 @@
 """Temporal attention pooling at the recipe's level 1 -> 2 shape (ViT-B: N = 196 tokens, D = 768 = 12 heads
 x 64, window 4): eager reference, ``torch.compile`` of the reference, SDPA on the same problem, and the
 Triton kernels (CUDA only), forward and forward + backward; each timed as a caller sees it (``do_bench``:
-host launch work included where the device waits for it), and the Triton path once more as ``triton graph``:
-the same calls captured in a CUDA graph, the device's time alone.
+host launch work included where the device waits for it) and on CUDA once more as ``<path> graph``: the
+same calls captured in a CUDA graph and replayed, the device's time alone (speedups against ``eager graph``).
 
 Bytes counted (the minimum the op must move; q [H, Dh] is negligible and left out):
 - fwd: read k and v once, write the pooled output (plus the bool mask when there is one);
@@ -18,10 +18,12 @@ chunks of at most 65,535 (SDPA's CUDA kernels fail at batch >= 65,536: pytorch #
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, write_results
+from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, timings, write_results
 from hjepa_fast.kernels.temporal_pool import temporal_attention_pool_reference, temporal_attention_pool_triton
 
 N, HEADS, DH, WINDOW = 196, 12, 64, 4
@@ -87,7 +89,7 @@ def main() -> None:
     if device.type == "cuda" or not args.quick:  # compiling on a CPU smoke run costs more than it shows
         paths["compiled"] = torch.compile(temporal_attention_pool_reference)
     if device.type == "cuda":
-        paths |= {"triton": temporal_attention_pool_triton, "triton graph": temporal_attention_pool_triton}
+        paths["triton"] = temporal_attention_pool_triton
     rows, errors = [], []
     for B, T, dtype, masked in cases(device, args.quick):
         g = torch.Generator(device=device).manual_seed(0)
@@ -107,21 +109,22 @@ def main() -> None:
                 except Exception:  # the timing loop below records the error
                     pass
         shape = f"B{B} T{T} {str(dtype).removeprefix('torch.')}{' masked' if masked else ''}"
-        for mode in ("fwd", "fwd+bwd"):
+        for mode, graph in itertools.product(("fwd", "fwd+bwd"), timings(device)):
             eager_ms = None
             for name, fn in paths.items():
+                path = f"{name} graph" if graph else name
                 try:
-                    t = time_path(fn, q, k, v, visible, grad, mode, device, args.quick, graph=name.endswith("graph"))
+                    t = time_path(fn, q, k, v, visible, grad, mode, device, args.quick, graph=graph)
                 except Exception as exc:  # record and go on: one failing baseline must not hide the others
-                    errors.append(f"{shape} {mode} {name}: {type(exc).__name__}: {str(exc)[:200]}")
+                    errors.append(f"{shape} {mode} {path}: {type(exc).__name__}: {str(exc)[:200]}")
                     continue
                 eager_ms = t["ms"] if name == "eager" else eager_ms
                 speedup = None if eager_ms is None else eager_ms / t["ms"]
                 gbps = bytes_by_mode[mode] / (t["ms"] * 1e-3) / 1e9
-                rows.append({"case": f"{shape} {mode}", "shape": shape, "mode": mode, "path": name, **t,
+                rows.append({"case": f"{shape} {mode}", "shape": shape, "mode": mode, "path": path, **t,
                              "max_abs_err": err.get(name), "bytes": bytes_by_mode[mode], "GBps": gbps,
                              "frac_copy": gbps / info["copy_GBps"], "speedup_vs_eager": speedup})
-                print(f"{shape:>26} {mode:>8} {name:>12}: {t['ms']:9.3f} ms {gbps:8.1f} GB/s "
+                print(f"{shape:>26} {mode:>8} {path:>15}: {t['ms']:9.3f} ms {gbps:8.1f} GB/s "
                       f"({gbps / info['copy_GBps']:5.1%} of copy)" + ("" if speedup is None else f"  x{speedup:.2f}"))
         del k, v, q, grad, visible
         if device.type == "cuda":

@@ -61,6 +61,12 @@ def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warm
     return {"ms": statistics.median(times), "ms_q25": q[0], "ms_q75": q[2]}
 
 
+def timings(device: torch.device) -> tuple[bool, ...]:
+    """The ``graph`` values of ``measure`` a benchmark runs on ``device``: as a caller sees it, and on CUDA
+    also from a CUDA graph (device time alone)."""
+    return (False, True) if device.type == "cuda" else (False,)
+
+
 def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) -> float:
     """GB/s of a plain device copy (read + write), the ceiling the kernels are compared with."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()

@@ -39,6 +39,7 @@ BENCHMARKS = {
 MICRO = ("masked_loss", "ema", "temporal_pool")
 # the row fields the table's last column shows, where a row has them
 DETAILS = {"speedup": "x{:.2f}", "speedup_vs_eager": "x{:.2f} vs eager", "frac_copy": "{:.0%} of copy",
+           "frac_copy_autograd": "{:.0%} of copy on the autograd bytes",
            "clips_per_s": "{:.1f} clips/s", "tokens_per_s": "{:.3g} tokens/s", "step_mem_mb": "step +{:.0f} MB",
            "peak_mem_mb": "peak {:.0f} MB", "mfu": "MFU {:.1%}", "flops_per_step": "{:.3g} FLOP",
            "flops_per_action": "{:.3g} FLOP/action", "gflops_per_s": "{:.1f} GFLOP/s"}
