@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole device check in one call on a lent GPU machine (bare: python3 with torch, triton and timm, no
+# network): install the package without fetching anything (or fall back to PYTHONPATH), run
+# scripts/gpu_suite.sh into benchmarks/results/NAME, record the commit that was sent, and pack the folder as
+# $OUT/results.tgz (the device tool returns at most 8 files). About 7 minutes.
+#
+#   HJEPA_COMMIT=<hash of the committed tree sent> scripts/device_suite.sh NAME
+#
+# HJEPA_COMMIT: `git rev-parse` on the device reads the session's starting commit, not the tree that was
+# sent, so the caller names it. Unpack here with `tar xzf <files_at>/results.tgz` in the repository root.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+NAME=${1:?usage: HJEPA_COMMIT=<hash> scripts/device_suite.sh NAME (e.g. gpu-h200-20261201)}
+R=benchmarks/results/$NAME
+mkdir -p "$R"
+echo "${HJEPA_COMMIT:-unknown} (the committed tree sent to the device)" > "$R/commit.txt"
+if ! { python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$R/install.txt" 2>&1 \
+       && python3 -c "import hjepa_fast.kernels"; }; then
+  echo "pip install failed: running from the source tree (PYTHONPATH)" | tee -a "$R/install.txt"
+  ln -sfn ../kernels hjepa_fast/kernels
+  export PYTHONPATH=$PWD
+fi
+PYTHON=python3 timeout 560 scripts/gpu_suite.sh "$R" > "$R/suite.txt" 2>&1
+status=$?
+tail -n 1 "$R/suite.txt"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/results.tgz" "$R"
+fi
+exit $status
