@@ -28,4 +28,5 @@ def test_sweep_restores_settings_flags_the_default_and_measures_the_difference()
     assert [r["default"] for r in rows] == [True, False]
     assert rows[0]["max_abs_diff"] == 0 and rows[1]["max_abs_diff"] == 7.0  # x*2 - x at its largest
     assert all(r["ms"] > 0 and r["gbps"] > 0 for r in rows)
+    assert all(r["timing"] == "launch" for r in rows)  # no CUDA graph on a CPU: timed as launches, and said so
     assert (16, 2) in seen
