@@ -5,7 +5,11 @@
   I-JEPA) or ``mean(|pred - target|^p) / p`` (V-JEPA), both a mean over all B*M*D elements.
 
 ``t`` is gathered from the target encoder's output at the target indices; gradient flows to ``pred``
-only. Eager PyTorch spends a pass over memory on the gather, each normalisation, the difference and the
+only. The target's batch may divide the prediction's: prediction row ``b`` reads target sample ``b % B_t``
+(I-JEPA stacks the predictions of every mask along the batch, mask-major, against one target per image:
+one call, and no repeated copy of the targets).
+
+Eager PyTorch spends a pass over memory on the gather, each normalisation, the difference and the
 reduction, and as many again backward. The Triton kernel reads each prediction row and its gathered
 target row once and, in the same pass, writes the per-program partial loss and the gradient wrt
 ``pred`` (Liger-Kernel's cross-entropy trick); backward only scales that gradient by ``grad_output``.
@@ -47,13 +51,15 @@ def _check(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None,
     if pred.device != target.device:
         raise ValueError(f"pred is on {pred.device} but target is on {target.device}")
     B, M, D = pred.shape
-    if target.shape[0] != B or target.shape[2] != D:
-        raise ValueError(f"target {tuple(target.shape)} does not match pred {tuple(pred.shape)} in B or D")
+    Bt = target.shape[0]
+    if target.shape[2] != D or not (Bt == B or (Bt > 0 and B % Bt == 0)):
+        raise ValueError(f"target {tuple(target.shape)} does not match pred {tuple(pred.shape)}: D must agree and "
+                         f"target's batch must equal pred's or divide it (pred row b reads target sample b % {Bt})")
     if D == 0:
         raise ValueError("pred and target need D >= 1 features")
     if idx is None:
         if target.shape[1] != M:
-            raise ValueError(f"without idx, target must be [B, M, D] = {(B, M, D)}, got {tuple(target.shape)}")
+            raise ValueError(f"without idx, target must be [B_t, M, D] = {(Bt, M, D)}, got {tuple(target.shape)}")
         return None
     if idx.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"idx must be int32 or int64, got {idx.dtype}")
@@ -75,17 +81,19 @@ def _check(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None,
     return idx
 
 
-def _gather(target: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+def _gather(target: torch.Tensor, idx: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """The target rows ``[batch, M, D]`` (detached): row ``b`` from sample ``b % B_t``, at ``idx[b]``."""
+    target = target.detach()
     if idx is None:
-        return target.detach()
-    batch = torch.arange(target.shape[0], device=idx.device).unsqueeze(1)
-    return target.detach()[batch, idx]
+        return target if target.shape[0] == batch else target.repeat(batch // target.shape[0], 1, 1)
+    samples = torch.arange(batch, device=idx.device).unsqueeze(1) % target.shape[0]
+    return target[samples, idx]
 
 
 def _check_and_gather(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None,
                       check_idx: bool = True) -> torch.Tensor:
     """Validate (see ``_check``); return the target rows ``[B, M, D]``, detached."""
-    return _gather(target, _check(pred, target, idx, check_idx))
+    return _gather(target, _check(pred, target, idx, check_idx), pred.shape[0])
 
 
 def _check_jepa_args(target_norm: str | None, kind: str, p: float) -> None:
@@ -122,7 +130,7 @@ def masked_jepa_loss_reference(pred: torch.Tensor, target: torch.Tensor, idx: to
 @triton.jit
 def _masked_loss_fwd_kernel(
     pred_ptr, target_ptr, idx_ptr, grad_ptr, partial_ptr,
-    R, M, N, D, denom,
+    R, M, N, BT, D, denom,
     s_pb, s_pm, s_pd, s_tb, s_tn, s_td, s_ib, s_im,
     KIND: tl.constexpr, LAYER_NORM: tl.constexpr, P: tl.constexpr, HAS_IDX: tl.constexpr,
     NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -133,6 +141,7 @@ def _masked_loss_fwd_kernel(
     row_ok = rows < R
     b = rows // M
     m = rows % M
+    bt = b % BT  # the target sample of this prediction row
     if HAS_IDX:
         n = tl.load(idx_ptr + b * s_ib + m * s_im, mask=row_ok, other=0).to(tl.int64)
         t_row_ok = row_ok & (n >= 0) & (n < N)  # checked on the host already: never read out of bounds
@@ -144,7 +153,7 @@ def _masked_loss_fwd_kernel(
     p_mask = row_ok[:, None] & col_ok[None, :]
     t_mask = t_row_ok[:, None] & col_ok[None, :]
     p = tl.load(pred_ptr + (b * s_pb + m * s_pm)[:, None] + cols[None, :] * s_pd, mask=p_mask, other=0.0)
-    t = tl.load(target_ptr + (b * s_tb + n * s_tn)[:, None] + cols[None, :] * s_td, mask=t_mask, other=0.0)
+    t = tl.load(target_ptr + (bt * s_tb + n * s_tn)[:, None] + cols[None, :] * s_td, mask=t_mask, other=0.0)
     p = p.to(tl.float32)
     t = t.to(tl.float32)
     if KIND == 0:  # || p/max(|p|, eps) - t/max(|t|, eps) ||^2, eps = 1e-12 as F.normalize
@@ -216,7 +225,7 @@ def _masked_latent_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Ten
         idx_arg = idx if idx is not None else target
         s_ib, s_im = idx.stride() if idx is not None else (0, 0)
         _masked_loss_fwd_kernel[(programs,)](
-            pred, target, idx_arg, grad, partial, R, M, target.shape[1], D, denom, *pred.stride(),
+            pred, target, idx_arg, grad, partial, R, M, target.shape[1], target.shape[0], D, denom, *pred.stride(),
             *target.stride(), s_ib, s_im, KIND=kind, LAYER_NORM=layer_norm, P=float(p), HAS_IDX=idx is not None,
             NEED_GRAD=need_grad, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps)
     loss = partial.sum() / (denom * (p if kind == _LP else 1.0))
@@ -297,8 +306,9 @@ def masked_jepa_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: torch
 
 def masked_l2_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
                    check_idx: bool = True) -> torch.Tensor:
-    """Masked-token L2-normalised loss (scalar, float32). pred ``[B, M, D]``; target ``[B, N, D]`` gathered
-    at idx ``[B, M]`` or ``[M]`` (None: target is ``[B, M, D]``). Triton on CUDA, the reference elsewhere.
+    """Masked-token L2-normalised loss (scalar, float32). pred ``[B, M, D]``; target ``[B_t, N, D]`` gathered
+    at idx ``[B, M]`` or ``[M]`` (None: target is ``[B_t, M, D]``), where ``B_t`` is ``B`` or divides it (pred
+    row ``b`` reads target sample ``b % B_t``). Triton on CUDA, the reference elsewhere.
 
     ``check_idx=False`` skips the index range check, the one host-device sync of the call: for indices
     the caller made itself. The kernel still never reads

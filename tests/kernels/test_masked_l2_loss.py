@@ -225,6 +225,51 @@ def test_public_functions_fall_back_beyond_the_kernel_width():
             ml.masked_jepa_loss_reference(pred, target, idx).item())
 
 
+# ---- a target batch that divides the prediction batch (I-JEPA's layout) ------------------------------------
+
+
+@pytest.mark.parametrize("B,Bt", [(6, 2), (4, 1), (3, 3)])
+@pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
+def test_broadcast_target_equals_the_repeated_target(name, reference, triton_fn, B, Bt):
+    """Row b of pred reads target sample b % Bt: the same loss and gradient as with the target repeated to
+    B samples, through the reference and the kernel, with and without idx."""
+    g = torch.Generator().manual_seed(B * 10 + Bt)
+    pred = torch.randn(B, 7, 24, generator=g).requires_grad_()
+    target = torch.randn(Bt, 11, 24, generator=g)
+    idx = torch.randint(0, 11, (B, 7), generator=g)
+    repeated = target.repeat(B // Bt, 1, 1)  # sample b % Bt at row b
+    for fn in (reference, triton_fn):
+        for idx_arg, tgt in ((idx, target), (idx[0], target), (None, target[:, :7])):
+            want_target = repeated if tgt is target else repeated[:, :7]
+            _assert_match(_loss_and_grad(reference, pred, want_target, idx_arg),
+                          _loss_and_grad(fn, pred, tgt, idx_arg), torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["reference", "triton"])
+def test_ijepa_drop_in_one_call(mode):
+    """I-JEPA's loss as its trainer computes it (targets layer-normalised, gathered per prediction mask,
+    masks stacked along the batch, repeated for each context mask, smooth L1 over all elements) equals one
+    call on the un-normalised target-encoder output with the indices stacked the same way."""
+    B, N, D, K, n_enc, n_pred = 3, 20, 16, 5, 2, 3
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(B, N, D, generator=g)
+    masks_pred = [torch.rand(B, N, generator=g).argsort(1)[:, :K] for _ in range(n_pred)]
+
+    def stack(per_mask: list[torch.Tensor]) -> torch.Tensor:  # mask-major, each mask's block once per context mask
+        return torch.cat([block for block in per_mask for _ in range(n_enc)])
+
+    h_norm = torch.nn.functional.layer_norm(h, (D,))
+    targets = stack([torch.gather(h_norm, 1, m[..., None].expand(B, K, D)) for m in masks_pred])
+    z = torch.randn(n_pred * n_enc * B, K, D, generator=g).requires_grad_()
+    want = torch.nn.functional.smooth_l1_loss(z, targets)
+    (want_grad,) = torch.autograd.grad(want, z)
+    with kernel_mode(mode):
+        got = ml.masked_jepa_loss(z, h, stack(masks_pred))
+    (got_grad,) = torch.autograd.grad(got, z)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-8)
+
+
 # ---- input checks -------------------------------------------------------------------------------------------
 
 
@@ -234,6 +279,8 @@ def test_public_functions_fall_back_beyond_the_kernel_width():
         (torch.randn(2, 3), torch.randn(2, 4, 3), None, r"pred must be \[B, M, D\]"),
         (torch.randn(2, 3, 5), torch.randn(4, 5), None, r"target must be \[B, N, D\]"),
         (torch.randn(2, 3, 5), torch.randn(2, 4, 6), torch.zeros(2, 3, dtype=torch.long), "does not match"),
+        (torch.randn(4, 3, 5), torch.randn(3, 4, 5), torch.zeros(4, 3, dtype=torch.long), "equal pred's or divide"),
+        (torch.randn(2, 3, 5), torch.randn(4, 4, 5), torch.zeros(2, 3, dtype=torch.long), "equal pred's or divide"),
         (torch.randn(2, 3, 5), torch.randn(2, 4, 5), None, r"without idx, target must be"),
         (torch.randn(2, 3, 0), torch.randn(2, 4, 0), None, "D >= 1"),
         (torch.randn(2, 3, 5), torch.randn(2, 4, 5), torch.tensor([[0, 1, 4], [0, 0, 0]]), "out of range"),
