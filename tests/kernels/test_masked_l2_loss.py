@@ -270,6 +270,29 @@ def test_ijepa_drop_in_one_call(mode):
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("mode", ["reference", "triton"])
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_vjepa_drop_in_per_mask(mode, p):
+    """V-JEPA's loss as its trainer computes it (targets layer-normalised and gathered per mask, the mean of
+    |z_i - h_i|^p / p summed over masks and divided by their number) equals one call per mask on the
+    un-normalised target-encoder output."""
+    B, N, D, K, n_masks = 2, 24, 16, 6, 2
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(B, N, D, generator=g)
+    masks = [torch.rand(B, N, generator=g).argsort(1)[:, :K] for _ in range(n_masks)]
+    z = [torch.randn(B, K, D, generator=g).requires_grad_() for _ in range(n_masks)]
+    h_norm = torch.nn.functional.layer_norm(h, (D,))
+    targets = [torch.gather(h_norm, 1, m[..., None].expand(B, K, D)) for m in masks]
+    want = sum(torch.mean(torch.abs(zi - hi) ** p) / p for zi, hi in zip(z, targets)) / n_masks
+    want_grads = torch.autograd.grad(want, z)
+    with kernel_mode(mode):
+        got = sum(ml.masked_jepa_loss(zi, h, mi, kind="lp", p=p) for zi, mi in zip(z, masks)) / n_masks
+    got_grads = torch.autograd.grad(got, z)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
 # ---- input checks -------------------------------------------------------------------------------------------
 
 
