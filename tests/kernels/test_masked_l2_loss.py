@@ -387,3 +387,16 @@ def test_gpu_public_functions_run_the_kernel_and_refuse_bad_idx():
         ml.masked_l2_loss_triton(pred, target, idx).item(), abs=0)
     with pytest.raises(ValueError, match="out of range"):
         ml.masked_jepa_loss(pred, target, idx + 60)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name,reference,triton_fn", LOSSES[:2], ids=LOSS_IDS[:2])
+def test_gpu_broadcast_target(name, reference, triton_fn):
+    """I-JEPA's layout at ViT-B width: 4 x 2 mask blocks of 32 images against 32 targets."""
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(256, 49, 768, generator=g).to(torch.bfloat16).cuda().requires_grad_()
+    target = torch.randn(32, 196, 768, generator=g).to(torch.bfloat16).cuda()
+    idx = torch.randint(0, 196, (256, 49), generator=g).cuda()
+    _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx),
+                  torch.bfloat16)
