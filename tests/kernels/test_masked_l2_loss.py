@@ -337,11 +337,13 @@ def test_bad_jepa_options_are_refused(fn, kwargs, message):
 
 
 @pytest.mark.parametrize("kind,layer_norm,p,idx_form", [(ml._L2, False, 1.0, "int32"), (ml._SMOOTH_L1, True, 1.0, None),
-                                                        (ml._LP, True, 1.5, "expanded")])
+                                                        (ml._LP, True, 1.5, "expanded"),
+                                                        (ml._L2, False, 1.0, "broadcast")])
 def test_custom_op_passes_opcheck(kind, layer_norm, p, idx_form):
     pred, target, idx = _inputs(2, 5, 9, 7, torch.float32, seed=6)
-    idx = {"int32": idx.int(), "expanded": idx[0].expand(2, 5), None: None}[idx_form]
+    idx = {"int32": idx.int(), "expanded": idx[0].expand(2, 5), None: None, "broadcast": idx}[idx_form]
     target = target if idx is not None else target[:, :5]
+    target = target[:1] if idx_form == "broadcast" else target  # one target sample for both prediction rows
     torch.library.opcheck(ml._masked_latent_loss_op, (pred, target, idx, kind, layer_norm, p, True))
 
 
