@@ -28,10 +28,10 @@ from benchmarks.harness import DEFAULT_OUT, device_info
 ROOT = Path(__file__).resolve().parent.parent
 # name -> (module, results file stem, weight of the time budget, takes --deadline)
 BENCHMARKS = {
-    "masked_loss": ("benchmarks.bench_masked_loss", "masked_loss", 2.0, False),
+    "masked_loss": ("benchmarks.bench_masked_loss", "masked_loss", 2.5, False),
     "ema": ("benchmarks.bench_ema", "ema", 1.0, False),
-    "temporal_pool": ("benchmarks.bench_temporal_pool", "temporal_pool", 1.5, False),
-    "train_step": ("benchmarks.bench_train_step", "train_step", 3.0, True),
+    "temporal_pool": ("benchmarks.bench_temporal_pool", "temporal_pool", 2.0, False),
+    "train_step": ("benchmarks.bench_train_step", "train_step", 2.0, True),
     "scaling": ("benchmarks.bench_scaling", "scaling", 2.5, True),
     "planning": ("benchmarks.bench_planning", "planning", 1.0, True),
     "host_overhead": ("benchmarks.bench_host_overhead", "host_overhead", 0.3, False),
