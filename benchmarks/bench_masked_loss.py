@@ -1,6 +1,9 @@
 """Forward + backward of the masked latent losses (``masked_l2_loss``, I-JEPA's ``masked_jepa_loss``) on
 ViT-B recipe shapes: the eager reference, ``torch.compile`` of the reference and (CUDA only) the fused
-Triton kernel.
+Triton kernel; then I-JEPA's own trainer pipeline (every target token layer-normalised, each mask gathered
+with an expanded int64 index, the blocks concatenated, smooth L1) against one ``masked_jepa_loss`` call on
+the un-gathered targets (a target batch dividing the prediction batch). Every row carries ``abs_err``, its
+loss value's distance from the eager baseline's.
 
 Bytes counted (the minimum any implementation must move, forward + backward): one read of the ``B*M``
 prediction rows and of the ``B*M`` gathered target rows, one read of ``idx`` and one write of the
@@ -23,8 +26,11 @@ medians swing 100-fold (*measured*).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, timings, write_results
 from hjepa_fast.kernels import masked_loss as ml
@@ -34,6 +40,9 @@ from hjepa_fast.kernels import masked_loss as ml
 SHAPES = [(128, 1176, 1568, 768), (128, 784, 1568, 96), (256, 147, 196, 768), (128, 784, 1568, 192),
           (128, 1176, 1568, 384)]
 QUICK_SHAPES = {"cpu": [(8, 147, 196, 96), (4, 147, 196, 384)], "cuda": [(64, 147, 196, 768), (128, 784, 1568, 96)]}
+# I-JEPA's own trainer at ViT-B/16 224 px: 128 images per GPU, 4 prediction masks of ~36 of the 196 tokens,
+# 1 context mask: (prediction rows B = 4 * 128, M, N, D, target batch)
+IJEPA_TRAINER = {"full": (512, 36, 196, 768, 128), "quick": (32, 36, 196, 96, 8)}
 # every path without the index range check (``check_idx=False``, as the model calls it): the check is one
 # host-device sync per call, which would put the host's launch latency into every path's time
 OPS = {
@@ -42,6 +51,51 @@ OPS = {
     "ijepa": (functools.partial(ml.masked_jepa_loss_reference, check_idx=False),
               functools.partial(ml.masked_jepa_loss_triton, check_idx=False)),
 }
+
+
+class Case(NamedTuple):
+    """One benchmarked loss at one shape: (B, M, N, D, target batch) and its eager baseline / Triton path."""
+
+    op: str
+    shape: tuple[int, int, int, int, int]
+    eager: Callable
+    triton: Callable
+
+
+def ijepa_trainer_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """I-JEPA's loss the way its trainer builds it (re-written here from its description): layer-normalise
+    every target token, gather each mask's tokens with an int64 index expanded to ``[B_t, K, D]``,
+    concatenate the mask blocks along the batch, smooth L1 over all elements. ``idx`` holds the blocks
+    stacked mask-major, ``[n_blocks * B_t, K]``."""
+    Bt, _, D = target.shape
+    h = F.layer_norm(target.detach(), (D,))
+    blocks = idx.view(-1, Bt, idx.shape[1])
+    gathered = torch.cat([torch.gather(h, 1, block.unsqueeze(-1).repeat(1, 1, D)) for block in blocks])
+    return F.smooth_l1_loss(pred, gathered)
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    """The two losses at each recipe shape, then the I-JEPA trainer's own pipeline against one call of
+    ``masked_jepa_loss`` on its un-gathered targets."""
+    shapes = QUICK_SHAPES[device.type] if quick else SHAPES
+    out = [Case(op, (B, M, N, D, B), eager, triton) for B, M, N, D in shapes for op, (eager, triton) in OPS.items()]
+    trainer_shape = IJEPA_TRAINER["quick" if quick or device.type == "cpu" else "full"]
+    return [*out, Case("ijepa trainer", trainer_shape, ijepa_trainer_loss, OPS["ijepa"][1])]
+
+
+def loss_errors(paths: dict[str, Callable], pred: torch.Tensor, target: torch.Tensor,
+                idx: torch.Tensor) -> dict[str, float]:
+    """Each path's loss value against the eager baseline's (a time means something only for a path that
+    agrees); grad mode stays on, so compiled paths trace the graph they are timed with. A path that fails
+    is left out (its timing records the error)."""
+    want = paths["eager"](pred, target, idx).detach().float()
+    err = {}
+    for name, fn in paths.items():
+        try:
+            err[name] = (fn(pred, target, idx).detach().float() - want).abs().item()
+        except Exception:
+            pass
+    return err
 
 
 def _fwd_bwd(fn, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor):
@@ -54,16 +108,21 @@ def min_bytes(B: int, M: int, D: int, pred: torch.Tensor, target: torch.Tensor, 
     return B * M * (D * (2 * pred.element_size() + target.element_size()) + idx.element_size())
 
 
-def row(op: str, path: str, shape: tuple[int, int, int, int], t: dict, nbytes: int, pred: torch.Tensor,
-        copy_gbps: float, eager_ms: float | None) -> dict:
+def row(case: Case, path: str, t: dict, nbytes: int, pred: torch.Tensor, copy_gbps: float,
+        eager_ms: float | None) -> dict:
     """One result row: time, GB/s on the minimum bytes and the fractions of copy on them and on the bytes
     a drop-in loss moves under autograd (two more passes over the gradient)."""
-    B, M, N, D = shape
+    B, M, N, D, Bt = case.shape
     gbps = nbytes / (t["ms"] * 1e-3) / 1e9
     autograd_gbps = (nbytes + 2 * pred.numel() * pred.element_size()) / (t["ms"] * 1e-3) / 1e9
-    return {"op": op, "path": path, "shape": f"{op} B{B} M{M} N{N} D{D}", "B": B, "M": M, "N": N, "D": D, **t,
-            "gbps": gbps, "frac_copy": gbps / copy_gbps, "frac_copy_autograd": autograd_gbps / copy_gbps,
+    return {"op": case.op, "path": path, "shape": label(case), "B": B, "M": M, "N": N, "D": D, "target_batch": Bt,
+            **t, "gbps": gbps, "frac_copy": gbps / copy_gbps, "frac_copy_autograd": autograd_gbps / copy_gbps,
             "speedup_vs_eager": None if eager_ms is None else eager_ms / t["ms"]}
+
+
+def label(case: Case) -> str:
+    B, M, N, D, Bt = case.shape
+    return f"{case.op} B{B} M{M} N{N} D{D}" + ("" if Bt == B else f" Bt{Bt}")
 
 
 def main() -> None:
@@ -72,39 +131,38 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shapes = QUICK_SHAPES[device.type] if args.quick else SHAPES
     info = device_info(device) | {"dtype": str(dtype), "copy_gbps": copy_bandwidth(device)}
     rows, errors = [], []
-    for B, M, N, D in shapes:
+    for case in cases(device, args.quick):
+        B, M, N, D, Bt = case.shape
         g = torch.Generator(device=device).manual_seed(0)
         pred = torch.randn(B, M, D, device=device, dtype=dtype, generator=g).requires_grad_()
-        target = torch.randn(B, N, D, device=device, dtype=dtype, generator=g)
-        idx = torch.rand(B, N, device=device, generator=g).argsort(1)[:, :M].contiguous()  # distinct per sample
+        target = torch.randn(Bt, N, D, device=device, dtype=dtype, generator=g)
+        idx = torch.rand(B, N, device=device, generator=g).argsort(1)[:, :M].contiguous()  # distinct per row
         nbytes = min_bytes(B, M, D, pred, target, idx)
-        for op, (reference, triton_fn) in OPS.items():
-            torch._dynamo.reset()  # one compilation per shape: 10 of them pass Dynamo's recompile limit (8)
-            paths = {"eager": reference, "compiled": torch.compile(reference, fullgraph=True, dynamic=False)}
-            if device.type == "cuda":
-                paths["triton"] = triton_fn
-            for graph in timings(device):
-                eager_ms = None  # the speedups of each timing are against eager under the same timing
-                for name, fn in paths.items():
-                    path = f"{name} graph" if graph else name
-                    try:
-                        t = measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=graph)
-                    except Exception as err:  # record and go on: one failing path must not hide the others
-                        errors.append(f"{op} B{B} M{M} N{N} D{D} {path}: {type(err).__name__}: {str(err)[:200]}")
-                        continue
-                    eager_ms = t["ms"] if name == "eager" else eager_ms
-                    rows.append(row(op, path, (B, M, N, D), t, nbytes, pred, info["copy_gbps"], eager_ms))
-                    r = rows[-1]
-                    print(f"{r['shape']:<34} {path:<14} {t['ms']:9.3f} ms {r['gbps']:8.1f} GB/s "
-                          f"{r['frac_copy']:6.1%} of copy ({r['frac_copy_autograd']:6.1%} counting the autograd "
-                          f"bytes)" + ("" if eager_ms is None else f"  x{r['speedup_vs_eager']:.2f} vs eager"))
-            del paths
-        del pred, target, idx
+        torch._dynamo.reset()  # one compilation per case: 10 of them pass Dynamo's recompile limit (8)
+        paths = {"eager": case.eager, "compiled": torch.compile(case.eager, fullgraph=True, dynamic=False)}
+        if device.type == "cuda":
+            paths["triton"] = case.triton
+        err = loss_errors(paths, pred, target, idx)
+        for graph in timings(device):
+            eager_ms = None  # the speedups of each timing are against eager under the same timing
+            for name, fn in paths.items():
+                path = f"{name} graph" if graph else name
+                try:
+                    t = measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=graph)
+                except Exception as err:  # record and go on: one failing path must not hide the others
+                    errors.append(f"{label(case)} {path}: {type(err).__name__}: {str(err)[:200]}")
+                    continue
+                eager_ms = t["ms"] if name == "eager" else eager_ms
+                rows.append(row(case, path, t, nbytes, pred, info["copy_gbps"], eager_ms) | {"abs_err": err.get(name)})
+                r = rows[-1]
+                print(f"{r['shape']:<40} {path:<14} {t['ms']:9.3f} ms {r['gbps']:8.1f} GB/s "
+                      f"{r['frac_copy']:6.1%} of copy ({r['frac_copy_autograd']:6.1%} counting the autograd "
+                      f"bytes)" + ("" if eager_ms is None else f"  x{r['speedup_vs_eager']:.2f} vs eager"))
+        del paths, pred, target, idx
         info["errors"] = errors
-        write_results("masked_loss", info, rows, args.out)  # after each shape: a timeout keeps what was measured
+        write_results("masked_loss", info, rows, args.out)  # after each case: a timeout keeps what was measured
     for e in errors:
         print("error:", e)
     print(f"copy bandwidth {info['copy_gbps']:.1f} GB/s; wrote {args.out / 'masked_loss.json'} and the plot")
