@@ -188,9 +188,11 @@ def _masked_loss_fwd_kernel(
             elem = tl.where(ax > 0, tl.exp2(P * log_ax), 0.0)
             grad = tl.where(ax > 0, tl.exp2((P - 1.0) * log_ax), 0.0) * sign
         row_loss = tl.sum(tl.where(p_mask, elem, 0.0), axis=1)
-    tl.store(partial_ptr + pid, tl.sum(tl.where(row_ok, row_loss, 0.0), axis=0))
+    inv_denom = 1.0 / denom.to(tl.float32)
+    loss_scale = inv_denom / P if KIND == 2 else inv_denom  # the mean, and V-JEPA's 1/p: the host only sums
+    tl.store(partial_ptr + pid, tl.sum(tl.where(row_ok, row_loss, 0.0), axis=0) * loss_scale)
     if NEED_GRAD:
-        grad = grad * (1.0 / denom.to(tl.float32))
+        grad = grad * inv_denom
         tl.store(grad_ptr + rows[:, None] * D + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=p_mask)
 
 
@@ -216,20 +218,20 @@ def _masked_latent_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Ten
     an empty tensor when ``need_grad`` is False). Inputs are validated by the caller."""
     B, M, D = pred.shape
     R = B * M
+    grad = _new_output(pred.shape if need_grad else (0,), pred.dtype, pred.device)
+    if not R:  # the mean over no tokens is NaN, as in the reference
+        return torch.full((), float("nan"), dtype=torch.float32, device=pred.device), grad
     block_r, block_d, num_warps = _launch_config(R, D, pred.device)
     programs = cdiv(R, block_r)
     partial = _new_output((programs,), torch.float32, pred.device)
-    grad = _new_output(pred.shape if need_grad else (0,), pred.dtype, pred.device)
-    denom = R if kind == _L2 else R * D
-    if R:
-        idx_arg = idx if idx is not None else target
-        s_ib, s_im = idx.stride() if idx is not None else (0, 0)
-        _masked_loss_fwd_kernel[(programs,)](
-            pred, target, idx_arg, grad, partial, R, M, target.shape[1], target.shape[0], D, denom, *pred.stride(),
-            *target.stride(), s_ib, s_im, KIND=kind, LAYER_NORM=layer_norm, P=float(p), HAS_IDX=idx is not None,
-            NEED_GRAD=need_grad, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps)
-    loss = partial.sum() / (denom * (p if kind == _LP else 1.0))
-    return loss, grad
+    idx_arg = idx if idx is not None else target
+    s_ib, s_im = idx.stride() if idx is not None else (0, 0)
+    _masked_loss_fwd_kernel[(programs,)](
+        pred, target, idx_arg, grad, partial, R, M, target.shape[1], target.shape[0], D,
+        R if kind == _L2 else R * D, *pred.stride(), *target.stride(), s_ib, s_im, KIND=kind, LAYER_NORM=layer_norm,
+        P=float(p), HAS_IDX=idx is not None, NEED_GRAD=need_grad, BLOCK_R=block_r, BLOCK_D=block_d,
+        num_warps=num_warps)
+    return partial.sum(), grad  # the partials are already divided by the mean's denominator (and by p)
 
 
 # Two doors to the same launch. Under torch.compile: a custom op (traceable). Eagerly: an autograd.Function,

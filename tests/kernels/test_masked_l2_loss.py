@@ -190,6 +190,16 @@ def test_triton_l2_zero_rows_match_the_normalize_clamp():
                   _loss_and_grad(ml.masked_l2_loss_triton, pred, target, idx), torch.float32)
 
 
+@pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
+def test_no_tokens_give_nan_like_the_reference(name, reference, triton_fn):
+    """M = 0: the mean over no tokens is NaN on both paths, and the gradient is empty."""
+    pred, target, idx = _inputs(2, 0, 5, 8, torch.float32, seed=0)
+    for fn in (reference, triton_fn):
+        loss = fn(pred, target, idx)
+        assert loss.shape == () and loss.dtype == torch.float32 and torch.isnan(loss)
+        assert torch.autograd.grad(loss, pred)[0].shape == (2, 0, 8)
+
+
 def test_triton_without_grad_skips_the_gradient_and_is_deterministic():
     pred, target, idx = _inputs(3, 37, 40, 96, torch.float32, seed=1)
     with torch.no_grad():
