@@ -189,7 +189,9 @@ def _masked_loss_fwd_kernel(
             grad = tl.where(ax > 0, tl.exp2((P - 1.0) * log_ax), 0.0) * sign
         row_loss = tl.sum(tl.where(p_mask, elem, 0.0), axis=1)
     inv_denom = 1.0 / denom.to(tl.float32)
-    loss_scale = inv_denom / P if KIND == 2 else inv_denom  # the mean, and V-JEPA's 1/p: the host only sums
+    loss_scale = inv_denom  # the mean (and below V-JEPA's 1/p) applied here: the host only sums the partials
+    if KIND == 2:
+        loss_scale = inv_denom / P
     tl.store(partial_ptr + pid, tl.sum(tl.where(row_ok, row_loss, 0.0), axis=0) * loss_scale)
     if NEED_GRAD:
         grad = grad * inv_denom
