@@ -188,7 +188,7 @@ def _masked_loss_fwd_kernel(
             elem = tl.where(ax > 0, tl.exp2(P * log_ax), 0.0)
             grad = tl.where(ax > 0, tl.exp2((P - 1.0) * log_ax), 0.0) * sign
         row_loss = tl.sum(tl.where(p_mask, elem, 0.0), axis=1)
-    inv_denom = 1.0 / denom.to(tl.float32)
+    inv_denom = 1.0 / denom  # not denom.to(): Triton passes an int argument equal to 1 as a constexpr (triton#2939)
     loss_scale = inv_denom  # the mean (and below V-JEPA's 1/p) applied here: the host only sums the partials
     if KIND == 2:
         loss_scale = inv_denom / P
