@@ -222,3 +222,17 @@ def test_mixed_dtypes_as_under_autocast():
     for a, b in zip(got, want):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("masked", [False, True])
+def test_gpu_integer_arguments_equal_to_one(masked):
+    """B, N, H, the window count and several strides equal to 1: Triton compiles such arguments as constants."""
+    q, k, v, visible = (t if t is None else t.cuda() for t in make_inputs(1, 2, 1, 1, 16, 2, masked, torch.float32))
+    if visible is not None:
+        visible[0, 1, 0] = True  # one visible key: the window pools it alone
+    got = pool_and_grads(temporal_attention_pool_triton, q, k, v, 2, visible)
+    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, 2, visible)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
