@@ -65,7 +65,7 @@ class PlanningAgent:
     @torch.no_grad()
     def act(self, frames: list[np.ndarray], actions: list[np.ndarray], generator: torch.Generator) -> np.ndarray:
         wm, A = self.wm, self.wm.action_dim
-        state = wm.observe(frames, actions)
+        state = self._observe(frames, actions)
         base = torch.zeros(wm.horizon, A, device=wm.device)
         subgoal = None
         for level in reversed(range(self.levels)):
@@ -83,6 +83,10 @@ class PlanningAgent:
                 subgoal = wm.predict(state, level, base[None], range(first, first + 1))[0, 0]
         return base[0].cpu().numpy()
 
+    def _observe(self, frames: list[np.ndarray], actions: list[np.ndarray]) -> State | None:
+        """What the costs start from: the world model's encoding of the episode so far."""
+        return self.wm.observe(frames, actions)
+
     def _cost(self, state: State, level: int, first: int, n: int, base: torch.Tensor, subgoal: torch.Tensor | None):
         wm = self.wm
 
@@ -96,7 +100,6 @@ class PlanningAgent:
             return latent_cost(wm.lift(state, level, pred, first), subgoal)
 
         return cost
-
 
     def _energy_step(self, level: int) -> int:
         """The step of ``level`` whose prediction the energy compares with the goal."""
@@ -125,16 +128,17 @@ class OracleAgent(PlanningAgent):
         super().reset(goal_frame)
         self.task_seed = task_seed
 
-    def act(self, frames: list[np.ndarray], actions: list[np.ndarray], generator: torch.Generator) -> np.ndarray:
+    def _observe(self, frames: list[np.ndarray], actions: list[np.ndarray]) -> None:
+        """The oracle replays the episode itself: no encoding of it by the world model."""
         self.episode = (frames, actions)
-        return super().act(frames, actions, generator)
 
     def _play(self, future: np.ndarray) -> np.ndarray:
         """The real clip ``[frames, C, H, W]`` of the history followed by ``future`` ``[horizon, A]``."""
         frames, actions = self.episode
         return np.stack(self.wm.history_frames(frames) + replay(self.env, self.task_seed, actions, future)[0])
 
-    def _cost(self, state: State, level: int, first: int, n: int, base: torch.Tensor, subgoal: torch.Tensor | None):
+    def _cost(self, state: State | None, level: int, first: int, n: int, base: torch.Tensor,
+              subgoal: torch.Tensor | None):
         wm = self.wm
 
         def cost(variables: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,20 @@ def test_oracle_scores_each_candidate_by_its_real_outcome(world):
             assert float(cost) == pytest.approx(float((real[first + 1] - agent.goal[0]).abs().mean()), rel=1e-5)
 
 
+def test_oracle_acts_without_the_world_models_encoding_and_counts_only_its_replays(world, monkeypatch):
+    """The oracle scores real outcomes: it never encodes the episode with the world model, and its FLOPs are
+    one target encoding of each candidate's replayed clip."""
+    wm, env = world
+    monkeypatch.setattr(wm, "observe", lambda *a: pytest.fail("the oracle encoded the episode"))
+    agent = OracleAgent(wm, CEM(samples=4, iterations=2, elites=2), make_env("panworld", view=16, world=48,
+                                                                          goal_range=(4.0, 12.0)))
+    agent.reset(env.goal_observation(), 2)
+    wm.flops = 0
+    action = agent.act([env.reset(2)], [], torch.Generator().manual_seed(0))
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+    assert wm.flops == 4 * 2 * wm.encode_flops(online=False)
+
+
 def test_every_candidate_in_one_batched_forward(world, monkeypatch):
     wm, env = world
     calls = []
