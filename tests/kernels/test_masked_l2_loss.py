@@ -377,7 +377,7 @@ def test_compile_fullgraph_matches_eager(mode, backend):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,M,N,D", [(64, 147, 196, 768), (32, 1176, 1568, 384), (128, 784, 1568, 96),
-                                     (16, 300, 400, 1000), (1, 1, 3, 1)])  # last: integer arguments equal to 1
+                                     (16, 300, 400, 1000), (1, 1, 3, 2)])  # last: integer arguments equal to 1
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
 def test_gpu_triton_matches_reference_and_is_deterministic(name, reference, triton_fn, dtype, B, M, N, D):
     pred, target, idx = (t.cuda() for t in _inputs(B, M, N, D, dtype, seed=D))
