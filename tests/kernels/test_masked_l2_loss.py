@@ -377,7 +377,7 @@ def test_compile_fullgraph_matches_eager(mode, backend):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,M,N,D", [(64, 147, 196, 768), (32, 1176, 1568, 384), (128, 784, 1568, 96),
-                                     (16, 300, 400, 1000), (1, 1, 3, 2)])  # last: integer arguments equal to 1
+                                     (16, 300, 400, 1000)])
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
 def test_gpu_triton_matches_reference_and_is_deterministic(name, reference, triton_fn, dtype, B, M, N, D):
     pred, target, idx = (t.cuda() for t in _inputs(B, M, N, D, dtype, seed=D))
@@ -412,3 +412,15 @@ def test_gpu_broadcast_target(name, reference, triton_fn):
     idx = torch.randint(0, 196, (256, 49), generator=g).cuda()
     _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx),
                   torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_single_token(dtype):
+    """One token (B = M = 1): the L2 loss's denominator, the batch and the target batch are integer arguments
+    equal to 1, which Triton compiles as constants (``.to()`` on one fails, triton#2939)."""
+    pred, target, idx = (t.cuda() for t in _inputs(1, 1, 3, 2, dtype, seed=0))
+    pred = pred.detach().requires_grad_()
+    _assert_match(_loss_and_grad(ml.masked_l2_loss_reference, pred, target, idx),
+                  _loss_and_grad(ml.masked_l2_loss_triton, pred, target, idx), dtype)
