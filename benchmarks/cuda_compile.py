@@ -8,8 +8,10 @@ replaced by a recorder, the CUDA launch settings forced, CPU tensors standing in
 specialised as Triton's runtime would: an integer argument equal to 1 becomes a constant (``.to()`` on it
 fails to compile, triton#2939), pointers and integers divisible by 16 carry that hint.
 
-``python -m benchmarks.cuda_compile [--arch 90] [--out DIR]`` prints and writes ``cuda_compile.json``: every
-kernel variant at its default CUDA launch setting, at the recipe's shapes and with sizes of 1.
+``python -m benchmarks.cuda_compile [--arch 90] [--settings] [--out DIR]`` prints and writes
+``cuda_compile.json``: every kernel variant at its default CUDA launch setting, at the recipe's shapes and
+with sizes of 1; ``--settings`` adds the loss kernel at D 768 under each launch setting the sweep times
+(``benchmarks.sweep_launch``): registers per thread bound how many rows a streaming kernel keeps in flight.
 """
 from __future__ import annotations
 
@@ -203,21 +205,35 @@ def all_launches() -> dict[str, Launch]:
     return {f"{group} {name}": launch for group, launches in groups.items() for name, launch in launches.items()}
 
 
+def masked_loss_setting_launches() -> dict[str, Launch]:
+    """The L2 loss at D 768 under each of the sweep's launch settings."""
+    from benchmarks.sweep_launch import MASKED_LOSS_SETTINGS
+
+    out = {}
+    for setting in MASKED_LOSS_SETTINGS:
+        with mock.patch.multiple(masked_loss, **setting):
+            label = " ".join(f"{k.lower()}={v}" for k, v in setting.items())
+            out[f"masked_loss l2 D768 {label}"] = masked_loss_launches()["l2"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     cli = parser(__doc__.splitlines()[0])
     cli.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200, 80: A100)")
+    cli.add_argument("--settings", action="store_true", help="also the loss kernel under the sweep's settings")
     args = cli.parse_args(argv)
     rows = []
-    for name, launch in all_launches().items():
+    launches = all_launches() | (masked_loss_setting_launches() if args.settings else {})
+    for name, launch in launches.items():
         try:
             compiled = compile_launch(launch, args.arch)
         except Exception as err:  # a row, not a crash: every launch gets checked
             rows.append({"launch": name, "num_warps": launch.num_warps, "error": f"{type(err).__name__}: {err}"})
-            print(f"{name:<52} FAILS: {rows[-1]['error'].splitlines()[-1][:200]}")
+            print(f"{name:<64} FAILS: {rows[-1]['error'].splitlines()[-1][:200]}")
             continue
         report = resources(compiled, args.arch)
         rows.append({"launch": name, "num_warps": launch.num_warps, **report})
-        print(f"{name:<52} warps {launch.num_warps:>2}  " + "  ".join(f"{k} {v}" for k, v in report.items()))
+        print(f"{name:<64} warps {launch.num_warps:>2}  " + "  ".join(f"{k} {v}" for k, v in report.items()))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cuda_compile.json").write_text(json.dumps({"arch": args.arch, "rows": rows}, indent=2))
     return 1 if any("error" in r for r in rows) else 0
