@@ -14,9 +14,12 @@ by ``grad_output`` (one read, one write), so its ceiling on this metric is 3/5 o
 ``frac_copy_autograd`` counts those bytes too (what any loss that is a drop-in under autograd moves).
 
 Paths: ``eager`` (the reference), ``compiled`` (``torch.compile`` of it) and on CUDA ``triton`` (the fused
-kernel), each timed as a caller sees it (``do_bench``: host launch work included where the device waits
-for it); on CUDA each once more as ``<path> graph``: the same calls captured in a CUDA graph and replayed,
-the device's time alone (speedups of those rows are against ``eager graph``).
+kernel at its default launch setting), each timed as a caller sees it (``do_bench``: host launch work
+included where the device waits for it); on CUDA each once more as ``<path> graph``: the same calls
+captured in a CUDA graph and replayed, the device's time alone (speedups of those rows are against
+``eager graph``). At D >= 768 the kernel is also timed under the sweep's other candidate launch settings
+(``triton 1024/1w``: 1,024-element tiles, 1 warp), so that one run both picks the default and measures it
+through autograd.
 
 On CPU (reference paths only) it runs one thread: on a shared machine two spinning OpenMP threads made the
 medians swing 100-fold (*measured*).
@@ -28,6 +31,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import NamedTuple
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +55,11 @@ OPS = {
     "ijepa": (functools.partial(ml.masked_jepa_loss_reference, check_idx=False),
               functools.partial(ml.masked_jepa_loss_triton, check_idx=False)),
 }
+
+# the loss kernel's launch settings timed beside the default at D >= 768 (CUDA): the sweep's bare-kernel
+# candidates (``benchmarks.sweep_launch``), here inside the whole op
+CANDIDATE_SETTINGS = [{"CUDA_TILE_ELEMENTS": 1024, "CUDA_WARPS": 1}, {"CUDA_TILE_ELEMENTS": 1024, "CUDA_WARPS": 2},
+                      {"CUDA_TILE_ELEMENTS": 2048, "CUDA_WARPS": 2}]
 
 
 class Case(NamedTuple):
@@ -98,6 +107,60 @@ def loss_errors(paths: dict[str, Callable], pred: torch.Tensor, target: torch.Te
     return err
 
 
+def default_setting() -> dict[str, object]:
+    """The loss kernel's launch setting now (the attributes ``CANDIDATE_SETTINGS`` vary)."""
+    return {attr: getattr(ml, attr) for attr in CANDIDATE_SETTINGS[0]}
+
+
+def under_setting(fn: Callable, setting: dict[str, object]) -> Callable:
+    """``fn`` with the loss kernel's launch attributes set to ``setting`` for the call (a CUDA graph captures
+    the launch made under it)."""
+    def call(*args):
+        with mock.patch.multiple(ml, **setting):
+            return fn(*args)
+    return call
+
+
+def paths_of(case: Case, device: torch.device) -> dict[str, Callable]:
+    """The paths timed for ``case``: eager, compiled and on CUDA the Triton kernel, at D >= 768 also under each
+    candidate launch setting other than the default (``triton <elements>/<warps>w``)."""
+    paths = {"eager": case.eager, "compiled": torch.compile(case.eager, fullgraph=True, dynamic=False)}
+    if device.type == "cuda":
+        paths["triton"] = case.triton
+        for setting in CANDIDATE_SETTINGS if case.shape[3] >= 768 else []:
+            if setting != default_setting():
+                name = f"triton {setting['CUDA_TILE_ELEMENTS']}/{setting['CUDA_WARPS']}w"
+                paths[name] = under_setting(case.triton, setting)
+    return paths
+
+
+def time_paths(case: Case, paths: dict[str, Callable], pred: torch.Tensor, target: torch.Tensor,
+               idx: torch.Tensor, device: torch.device, copy_gbps: float, errors: list[str]) -> list[dict]:
+    """One row per path and timing (on CUDA also ``<path> graph``), each with its loss value's distance from
+    eager (``abs_err``). A path that fails is appended to ``errors`` and left out: it must not hide the
+    others."""
+    B, M, N, D, Bt = case.shape
+    nbytes = min_bytes(B, M, D, pred, target, idx)
+    err = loss_errors(paths, pred, target, idx)
+    rows = []
+    for graph in timings(device):
+        eager_ms = None  # the speedups of each timing are against eager under the same timing
+        for name, fn in paths.items():
+            path = f"{name} graph" if graph else name
+            try:
+                t = measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=graph)
+            except Exception as exc:
+                errors.append(f"{label(case)} {path}: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            eager_ms = t["ms"] if name == "eager" else eager_ms
+            r = row(case, path, t, nbytes, pred, copy_gbps, eager_ms) | {"abs_err": err.get(name)}
+            rows.append(r)
+            print(f"{r['shape']:<40} {path:<20} {t['ms']:9.3f} ms {r['gbps']:8.1f} GB/s "
+                  f"{r['frac_copy']:6.1%} of copy ({r['frac_copy_autograd']:6.1%} counting the autograd "
+                  f"bytes)" + ("" if eager_ms is None else f"  x{r['speedup_vs_eager']:.2f} vs eager"))
+    return rows
+
+
 def _fwd_bwd(fn, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor):
     def run():
         return torch.autograd.grad(fn(pred, target, idx), pred)
@@ -133,34 +196,16 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     info = device_info(device) | {"dtype": str(dtype), "copy_gbps": copy_bandwidth(device)}
     rows, errors = [], []
+    info["triton_launch"] = default_setting()  # what the plain ``triton`` rows ran with
     for case in cases(device, args.quick):
         B, M, N, D, Bt = case.shape
         g = torch.Generator(device=device).manual_seed(0)
         pred = torch.randn(B, M, D, device=device, dtype=dtype, generator=g).requires_grad_()
         target = torch.randn(Bt, N, D, device=device, dtype=dtype, generator=g)
         idx = torch.rand(B, N, device=device, generator=g).argsort(1)[:, :M].contiguous()  # distinct per row
-        nbytes = min_bytes(B, M, D, pred, target, idx)
         torch._dynamo.reset()  # one compilation per case: 10 of them pass Dynamo's recompile limit (8)
-        paths = {"eager": case.eager, "compiled": torch.compile(case.eager, fullgraph=True, dynamic=False)}
-        if device.type == "cuda":
-            paths["triton"] = case.triton
-        err = loss_errors(paths, pred, target, idx)
-        for graph in timings(device):
-            eager_ms = None  # the speedups of each timing are against eager under the same timing
-            for name, fn in paths.items():
-                path = f"{name} graph" if graph else name
-                try:
-                    t = measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=graph)
-                except Exception as err:  # record and go on: one failing path must not hide the others
-                    errors.append(f"{label(case)} {path}: {type(err).__name__}: {str(err)[:200]}")
-                    continue
-                eager_ms = t["ms"] if name == "eager" else eager_ms
-                rows.append(row(case, path, t, nbytes, pred, info["copy_gbps"], eager_ms) | {"abs_err": err.get(name)})
-                r = rows[-1]
-                print(f"{r['shape']:<40} {path:<14} {t['ms']:9.3f} ms {r['gbps']:8.1f} GB/s "
-                      f"{r['frac_copy']:6.1%} of copy ({r['frac_copy_autograd']:6.1%} counting the autograd "
-                      f"bytes)" + ("" if eager_ms is None else f"  x{r['speedup_vs_eager']:.2f} vs eager"))
-        del paths, pred, target, idx
+        rows += time_paths(case, paths_of(case, device), pred, target, idx, device, info["copy_gbps"], errors)
+        del pred, target, idx
         info["errors"] = errors
         write_results("masked_loss", info, rows, args.out)  # after each case: a timeout keeps what was measured
     for e in errors:

@@ -21,8 +21,10 @@ if ! { python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 
   export PYTHONPATH=$PWD
 fi
 # a 200 s benchmark budget keeps the call near 7.5 minutes: with a machine's start, a 15-minute device
-# allowance then leaves room for a second, shorter call (BENCH_BUDGET / BENCH_ARGS override)
-BENCH_BUDGET=${BENCH_BUDGET:-200} PYTHON=python3 timeout 540 scripts/gpu_suite.sh "$R" > "$R/suite.txt" 2>&1
+# allowance then leaves room for a second, shorter call. The budget goes to the benchmarks of the kernels
+# still waiting for GPU numbers (BENCH_BUDGET / BENCH_ARGS override; gpu_suite.sh's own default runs more)
+BENCH_BUDGET=${BENCH_BUDGET:-200} BENCH_ARGS=${BENCH_ARGS:---only masked_loss temporal_pool host_overhead} \
+  PYTHON=python3 timeout 540 scripts/gpu_suite.sh "$R" > "$R/suite.txt" 2>&1
 status=$?
 tail -n 1 "$R/suite.txt"
 if [ -n "${OUT:-}" ]; then

@@ -27,3 +27,49 @@ def test_cases_end_with_the_trainer_against_a_broadcast_target():
     last = cases[-1]
     assert last.op == "ijepa trainer" and last.eager is bench.ijepa_trainer_loss
     assert last.shape[0] % last.shape[4] == 0 and last.shape[4] < last.shape[0]
+
+
+def _inputs(B=2, M=5, N=9, D=8):
+    g = torch.Generator().manual_seed(1)
+    pred = torch.randn(B, M, D, generator=g).requires_grad_()
+    return pred, torch.randn(B, N, D, generator=g), torch.rand(B, N, generator=g).argsort(1)[:, :M]
+
+
+def test_a_failing_path_is_recorded_and_the_others_still_timed():
+    pred, target, idx = _inputs()
+    case = bench.Case("l2", (2, 5, 9, 8, 2), ml.masked_l2_loss_reference, ml.masked_l2_loss_reference)
+
+    def broken(*args):
+        raise RuntimeError("no kernel image")
+
+    paths = {"eager": ml.masked_l2_loss_reference, "broken": broken, "again": ml.masked_l2_loss_reference}
+    errors = []
+    rows = bench.time_paths(case, paths, pred, target, idx, torch.device("cpu"), 1.0, errors)
+    assert [r["path"] for r in rows] == ["eager", "again"]
+    assert len(errors) == 1 and "broken" in errors[0] and "no kernel image" in errors[0]
+    assert [r["abs_err"] for r in rows] == [0.0, 0.0]
+    assert rows[1]["speedup_vs_eager"] == rows[0]["ms"] / rows[1]["ms"]
+
+
+def test_candidate_launch_settings_are_timed_beside_the_default_at_vit_b_width():
+    seen = []
+
+    def triton_path(*args):
+        seen.append((ml.CUDA_TILE_ELEMENTS, ml.CUDA_WARPS))
+        return torch.zeros(())
+
+    before = bench.default_setting()
+    cuda = torch.device("cuda")  # only names the device: nothing runs on it
+    wide = bench.paths_of(bench.Case("l2", (2, 5, 9, 768, 2), None, triton_path), cuda)
+    candidates = [s for s in bench.CANDIDATE_SETTINGS if s != before]
+    assert list(wide) == ["eager", "compiled", "triton"] + [
+        f"triton {s['CUDA_TILE_ELEMENTS']}/{s['CUDA_WARPS']}w" for s in candidates]
+    assert len(candidates) == len(bench.CANDIDATE_SETTINGS) - (before in bench.CANDIDATE_SETTINGS)
+    for name in list(wide)[2:]:
+        wide[name]()
+    assert seen == [tuple(before.values())] + [(s["CUDA_TILE_ELEMENTS"], s["CUDA_WARPS"]) for s in candidates]
+    assert bench.default_setting() == before  # restored after each call
+    narrow = bench.paths_of(bench.Case("l2", (2, 5, 9, 96, 2), None, triton_path), cuda)
+    assert list(narrow) == ["eager", "compiled", "triton"]
+    assert list(bench.paths_of(bench.Case("l2", (2, 5, 9, 768, 2), None, triton_path), torch.device("cpu"))) == [
+        "eager", "compiled"]
