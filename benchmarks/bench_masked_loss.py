@@ -18,8 +18,8 @@ kernel at its default launch setting), each timed as a caller sees it (``do_benc
 included where the device waits for it); on CUDA each once more as ``<path> graph``: the same calls
 captured in a CUDA graph and replayed, the device's time alone (speedups of those rows are against
 ``eager graph``). At D >= 768 the kernel is also timed under the sweep's other candidate launch settings
-(``triton 1024/1w``: 1,024-element tiles, 1 warp), so that one run both picks the default and measures it
-through autograd.
+(``triton 1024/2w x8 s3``: 1,024-element tiles, 2 warps, 8 tiles per program, 3 pipelining stages; see
+``setting_label``), so that one run both picks the default and measures it through autograd.
 
 On CPU (reference paths only) it runs one thread: on a shared machine two spinning OpenMP threads made the
 medians swing 100-fold (*measured*).
@@ -56,10 +56,11 @@ OPS = {
               functools.partial(ml.masked_jepa_loss_triton, check_idx=False)),
 }
 
-# the loss kernel's launch settings timed beside the default at D >= 768 (CUDA): the sweep's bare-kernel
-# candidates (``benchmarks.sweep_launch``), here inside the whole op
-CANDIDATE_SETTINGS = [{"CUDA_TILE_ELEMENTS": 1024, "CUDA_WARPS": 1}, {"CUDA_TILE_ELEMENTS": 1024, "CUDA_WARPS": 2},
-                      {"CUDA_TILE_ELEMENTS": 2048, "CUDA_WARPS": 2}]
+# the loss kernel's launch settings timed beside the default at D >= 768 (CUDA): the sweep's likeliest
+# bare-kernel candidates (``benchmarks.sweep_launch``), here inside the whole op; (tile elements, warps,
+# tiles per program, pipelining stages)
+CANDIDATE_SETTINGS = [{"CUDA_TILE_ELEMENTS": e, "CUDA_WARPS": w, "CUDA_TILES_PER_PROGRAM": t, "CUDA_STAGES": s}
+                      for e, w, t, s in [(2048, None, 1, 1), (1024, 1, 1, 1), (1024, 2, 8, 3), (1024, 4, 8, 4)]]
 
 
 class Case(NamedTuple):
@@ -112,6 +113,13 @@ def default_setting() -> dict[str, object]:
     return {attr: getattr(ml, attr) for attr in CANDIDATE_SETTINGS[0]}
 
 
+def setting_label(setting: dict[str, object]) -> str:
+    """``1024/2w x8 s3``: 1,024-element tiles, 2 warps, 8 tiles per program, 3 pipelining stages."""
+    elements, warps, tiles, stages = setting.values()
+    pipelined = ("" if tiles == 1 else f" x{tiles}") + ("" if stages == 1 else f" s{stages}")
+    return f"{elements}/{warps or 'auto '}w{pipelined}"
+
+
 def under_setting(fn: Callable, setting: dict[str, object]) -> Callable:
     """``fn`` with the loss kernel's launch attributes set to ``setting`` for the call (a CUDA graph captures
     the launch made under it)."""
@@ -129,8 +137,7 @@ def paths_of(case: Case, device: torch.device) -> dict[str, Callable]:
         paths["triton"] = case.triton
         for setting in CANDIDATE_SETTINGS if case.shape[3] >= 768 else []:
             if setting != default_setting():
-                name = f"triton {setting['CUDA_TILE_ELEMENTS']}/{setting['CUDA_WARPS']}w"
-                paths[name] = under_setting(case.triton, setting)
+                paths[f"triton {setting_label(setting)}"] = under_setting(case.triton, setting)
     return paths
 
 

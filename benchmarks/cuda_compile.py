@@ -139,10 +139,15 @@ def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[
     out = {key: int(m.group(1)) for key, m in numbers.items() if m}
     out["spill_bytes"] = out.pop("spill_stores", 0) + out.pop("spill_loads", 0)
     out["shared_bytes"] = compiled.metadata.shared
+    out["async_copies"] = len(re.findall(r"\bcp\.async\.c[ag]\b", compiled.asm["ptx"]))  # software-pipelined loads
     return out
 
 
 # ---- the launches of each public function -------------------------------------------------------------------
+
+
+# a software-pipelined launch setting of the loss kernel (one of the sweep's candidates): compiled by default
+PIPELINED_LOSS = {"CUDA_TILE_ELEMENTS": 1024, "CUDA_WARPS": 2, "CUDA_TILES_PER_PROGRAM": 8, "CUDA_STAGES": 3}
 
 
 def masked_loss_launches(B: int = 8, M: int = 147, N: int = 196, D: int = 768, Bt: int | None = None,
@@ -195,8 +200,13 @@ def ema_launches(n: int = 1 << 20, levels: int = 3) -> dict[str, Launch]:
 
 
 def all_launches() -> dict[str, Launch]:
-    """The recipe's shapes, and the same kernels with sizes and strides of 1 (constants after specialisation)."""
+    """The recipe's shapes, and the same kernels with sizes and strides of 1 (constants after specialisation);
+    the loss kernel also software-pipelined (``PIPELINED_LOSS``)."""
+    with mock.patch.multiple(masked_loss, **PIPELINED_LOSS):
+        pipelined = {"masked_loss pipelined": masked_loss_launches(),
+                     "masked_loss pipelined ones": masked_loss_launches(1, 1, 3, 2, 1)}
     groups = {"masked_loss": masked_loss_launches(), "masked_loss ones": masked_loss_launches(1, 1, 3, 2, 1),
+              **pipelined,
               "masked_loss broadcast": {"l2": masked_loss_launches(B=8, Bt=2)["l2"]},
               "temporal_pool": temporal_pool_launches(),
               "temporal_pool ones": temporal_pool_launches(1, 2, 1, 1, 16, 2),

@@ -97,10 +97,19 @@ class Case(NamedTuple):
     reset: Callable[[], object] = lambda: None
 
 
-# run 2 (H200): fewer warps per tile were faster at D 768 (2048/2 best); one-row tiles and 1 warp extend that trend
-MASKED_LOSS_SETTINGS = (grid(CUDA_TILE_ELEMENTS=[2048, 4096, 8192], CUDA_WARPS=[2, 4, 8])
-                        + grid(CUDA_TILE_ELEMENTS=[1024], CUDA_WARPS=[1, 2, 4])
-                        + [{"CUDA_TILE_ELEMENTS": 2048, "CUDA_WARPS": 1}])
+def _loss_setting(elements: int, warps: int, tiles: int = 1, stages: int = 1) -> Setting:
+    return {"CUDA_TILE_ELEMENTS": elements, "CUDA_WARPS": warps, "CUDA_TILES_PER_PROGRAM": tiles,
+            "CUDA_STAGES": stages}
+
+
+# run 2 (H200, one tile per program): fewer warps per tile were faster at D 768 (2048/2 best; 8192-element
+# tiles and 8 warps lost, 46-57% of copy: dropped); one-row tiles extend that trend. Then software-pipelined
+# programs (8 tiles each, 3-4 stages: compiled for sm_90 on the CPU, ~2x the rows in flight of 2048/2)
+MASKED_LOSS_SETTINGS = ([_loss_setting(e, w) for e, w in [(2048, 1), (2048, 2), (2048, 4), (4096, 2), (4096, 4),
+                                                          (1024, 1), (1024, 2), (1024, 4)]]
+                        + [_loss_setting(e, w, t, s) for e, w, t, s in [(1024, 1, 4, 2), (1024, 2, 8, 3),
+                                                                        (1024, 2, 8, 4), (1024, 4, 8, 3),
+                                                                        (1024, 4, 8, 4), (2048, 2, 8, 3)]])
 
 
 def masked_loss_cases(device: torch.device, quick: bool) -> Iterator[Case]:

@@ -13,12 +13,15 @@ Eager PyTorch spends a pass over memory on the gather, each normalisation, the d
 reduction, and as many again backward. The Triton kernel reads each prediction row and its gathered
 target row once and, in the same pass, writes the per-program partial loss and the gradient wrt
 ``pred`` (Liger-Kernel's cross-entropy trick); backward only scales that gradient by ``grad_output``.
-A *row* is one token: a program owns ``BLOCK_R`` rows as a ``[BLOCK_R, BLOCK_D]`` tile (whole rows in
-registers, the tail of D masked). Partial sums per program plus a fixed-shape ``sum`` keep the loss
-deterministic (no atomics). ``torch.compile`` reaches the kernel through a ``torch.library.custom_op``,
+A *row* is one token: a tile is ``BLOCK_R`` rows as ``[BLOCK_R, BLOCK_D]`` (whole rows in registers, the
+tail of D masked); a program takes ``TILES`` consecutive tiles, software-pipelined when ``STAGES`` > 1
+(the next tiles' loads in flight, through shared memory, while one is computed). Partial sums per program
+plus a fixed-shape ``sum`` keep the loss deterministic (no atomics). ``torch.compile`` reaches the kernel through a ``torch.library.custom_op``,
 eager calls through an ``autograd.Function`` (less host time per call).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +38,10 @@ POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwri
 # ``benchmarks.sweep_launch`` on an H200 (bf16 forward, 150k rows): at D 768 fewer warps per tile are faster
 # (2048 elements: 0.225 / 0.271 / 0.328 ms with 2 / 4 / 8 warps); at D 96 the settings lie within noise.
 CUDA_TILE_ELEMENTS, CUDA_WARPS = 2048, None
+# CUDA software pipelining: a program takes CUDA_TILES_PER_PROGRAM consecutive tiles and Triton's pipeliner
+# keeps CUDA_STAGES - 1 of them loading while it computes one (1, 1: one tile per program, no pipelining).
+# Candidates in the sweep; on the CPU, compiled for sm_90, loads become cp.async into shared memory.
+CUDA_TILES_PER_PROGRAM, CUDA_STAGES = 1, 1
 _L2, _SMOOTH_L1, _LP = 0, 1, 2  # kernel loss kinds
 _JEPA_KINDS = {"smooth_l1": _SMOOTH_L1, "lp": _LP}
 
@@ -133,11 +140,38 @@ def _masked_loss_fwd_kernel(
     R, M, N, BT, D, denom,
     s_pb, s_pm, s_pd, s_tb, s_tn, s_td, s_ib, s_im,
     KIND: tl.constexpr, LAYER_NORM: tl.constexpr, P: tl.constexpr, HAS_IDX: tl.constexpr,
+    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, TILES: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """Program ``pid`` takes ``TILES`` consecutive tiles of ``BLOCK_R`` rows: their partial loss sum ->
+    partial[pid]; d(loss)/d(pred) -> grad (contiguous). ``STAGES`` > 1 lets Triton's software pipeliner
+    load the next tiles (cp.async, into shared memory) while one is computed: rows in flight no longer
+    bounded by registers."""
+    pid = tl.program_id(0)
+    inv_denom = 1.0 / denom  # not denom.to(): Triton passes an int argument equal to 1 as a constexpr (triton#2939)
+    first = pid.to(tl.int64) * TILES
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for i in tl.range(0, TILES, num_stages=STAGES):
+        acc += _tile_loss(pred_ptr, target_ptr, idx_ptr, grad_ptr, first + i, inv_denom, R, M, N, BT, D,
+                          s_pb, s_pm, s_pd, s_tb, s_tn, s_td, s_ib, s_im,
+                          KIND, LAYER_NORM, P, HAS_IDX, NEED_GRAD, BLOCK_R, BLOCK_D)
+    loss_scale = inv_denom  # the mean (and below V-JEPA's 1/p) applied here: the host only sums the partials
+    if KIND == 2:
+        loss_scale = inv_denom / P
+    tl.store(partial_ptr + pid, tl.sum(acc, axis=0) * loss_scale)
+
+
+@triton.jit
+def _tile_loss(
+    pred_ptr, target_ptr, idx_ptr, grad_ptr, tile, inv_denom,
+    R, M, N, BT, D,
+    s_pb, s_pm, s_pd, s_tb, s_tn, s_td, s_ib, s_im,
+    KIND: tl.constexpr, LAYER_NORM: tl.constexpr, P: tl.constexpr, HAS_IDX: tl.constexpr,
     NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Rows ``[pid*BLOCK_R, +BLOCK_R)``: partial loss sum -> partial[pid]; d(loss)/d(pred) -> grad (contiguous)."""
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    """Rows ``[tile*BLOCK_R, +BLOCK_R)``: their losses ``[BLOCK_R]`` (0 past ``R``, before the mean's
+    scaling); writes their gradient (already divided by the mean's denominator)."""
+    rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)  # tile: int64
     row_ok = rows < R
     b = rows // M
     m = rows % M
@@ -188,24 +222,29 @@ def _masked_loss_fwd_kernel(
             elem = tl.where(ax > 0, tl.exp2(P * log_ax), 0.0)
             grad = tl.where(ax > 0, tl.exp2((P - 1.0) * log_ax), 0.0) * sign
         row_loss = tl.sum(tl.where(p_mask, elem, 0.0), axis=1)
-    inv_denom = 1.0 / denom  # not denom.to(): Triton passes an int argument equal to 1 as a constexpr (triton#2939)
-    loss_scale = inv_denom  # the mean (and below V-JEPA's 1/p) applied here: the host only sums the partials
-    if KIND == 2:
-        loss_scale = inv_denom / P
-    tl.store(partial_ptr + pid, tl.sum(tl.where(row_ok, row_loss, 0.0), axis=0) * loss_scale)
     if NEED_GRAD:
         grad = grad * inv_denom
         tl.store(grad_ptr + rows[:, None] * D + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=p_mask)
+    return tl.where(row_ok, row_loss, 0.0)
 
 
-def _launch_config(R: int, D: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_D, num_warps). CUDA: ``CUDA_TILE_ELEMENTS`` per tile; interpreter: many rows per
-    program (each program instance costs ~3 ms there)."""
+class _LaunchConfig(NamedTuple):
+    block_r: int  # rows per tile
+    block_d: int  # D rounded up to a power of two (the tail masked)
+    num_warps: int
+    tiles: int  # consecutive tiles per program
+    stages: int  # software pipelining depth (1: none)
+
+
+def _launch_config(R: int, D: int, device: torch.device) -> _LaunchConfig:
+    """CUDA: ``CUDA_TILE_ELEMENTS`` per tile, ``CUDA_TILES_PER_PROGRAM`` tiles per program; interpreter: many
+    rows per program, one tile each (each program instance costs ~3 ms there)."""
     block_d = next_power_of_2(D)
     if device.type == "cuda":
         block_r = max(1, min(64, CUDA_TILE_ELEMENTS // block_d))
-        return block_r, block_d, CUDA_WARPS or min(16, max(2, block_r * block_d // 1024))
-    return max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4
+        warps = CUDA_WARPS or min(16, max(2, block_r * block_d // 1024))
+        return _LaunchConfig(block_r, block_d, warps, CUDA_TILES_PER_PROGRAM, CUDA_STAGES)
+    return _LaunchConfig(max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4, 1, 1)
 
 
 def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -223,16 +262,16 @@ def _masked_latent_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Ten
     grad = _new_output(pred.shape if need_grad else (0,), pred.dtype, pred.device)
     if not R:  # the mean over no tokens is NaN, as in the reference
         return torch.full((), float("nan"), dtype=torch.float32, device=pred.device), grad
-    block_r, block_d, num_warps = _launch_config(R, D, pred.device)
-    programs = cdiv(R, block_r)
+    launch = _launch_config(R, D, pred.device)
+    programs = cdiv(cdiv(R, launch.block_r), launch.tiles)
     partial = _new_output((programs,), torch.float32, pred.device)
     idx_arg = idx if idx is not None else target
     s_ib, s_im = idx.stride() if idx is not None else (0, 0)
     _masked_loss_fwd_kernel[(programs,)](
         pred, target, idx_arg, grad, partial, R, M, target.shape[1], target.shape[0], D,
         R if kind == _L2 else R * D, *pred.stride(), *target.stride(), s_ib, s_im, KIND=kind, LAYER_NORM=layer_norm,
-        P=float(p), HAS_IDX=idx is not None, NEED_GRAD=need_grad, BLOCK_R=block_r, BLOCK_D=block_d,
-        num_warps=num_warps)
+        P=float(p), HAS_IDX=idx is not None, NEED_GRAD=need_grad, BLOCK_R=launch.block_r, BLOCK_D=launch.block_d,
+        TILES=launch.tiles, STAGES=launch.stages, num_warps=launch.num_warps)
     return partial.sum(), grad  # the partials are already divided by the mean's denominator (and by p)
 
 

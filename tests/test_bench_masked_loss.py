@@ -55,19 +55,18 @@ def test_candidate_launch_settings_are_timed_beside_the_default_at_vit_b_width()
     seen = []
 
     def triton_path(*args):
-        seen.append((ml.CUDA_TILE_ELEMENTS, ml.CUDA_WARPS))
+        seen.append(bench.default_setting())  # the setting in effect during the call
         return torch.zeros(())
 
     before = bench.default_setting()
     cuda = torch.device("cuda")  # only names the device: nothing runs on it
     wide = bench.paths_of(bench.Case("l2", (2, 5, 9, 768, 2), None, triton_path), cuda)
     candidates = [s for s in bench.CANDIDATE_SETTINGS if s != before]
-    assert list(wide) == ["eager", "compiled", "triton"] + [
-        f"triton {s['CUDA_TILE_ELEMENTS']}/{s['CUDA_WARPS']}w" for s in candidates]
+    assert list(wide) == ["eager", "compiled", "triton"] + [f"triton {bench.setting_label(s)}" for s in candidates]
     assert len(candidates) == len(bench.CANDIDATE_SETTINGS) - (before in bench.CANDIDATE_SETTINGS)
     for name in list(wide)[2:]:
         wide[name]()
-    assert seen == [tuple(before.values())] + [(s["CUDA_TILE_ELEMENTS"], s["CUDA_WARPS"]) for s in candidates]
+    assert seen == [before, *candidates]
     assert bench.default_setting() == before  # restored after each call
     narrow = bench.paths_of(bench.Case("l2", (2, 5, 9, 96, 2), None, triton_path), cuda)
     assert list(narrow) == ["eager", "compiled", "triton"]

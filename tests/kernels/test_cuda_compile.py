@@ -1,6 +1,7 @@
 """Every kernel launch the public functions make on CUDA compiles for a GPU on this CPU-only machine
 (``benchmarks.cuda_compile``: Triton's compiler and its wheel's ptxas), at the recipe's shapes and with sizes
-of 1, without register spills at the default launch settings. The interpreter the other kernel tests use
+of 1, without register spills at the default launch settings (the loss kernel also software-pipelined, its
+loads then asynchronous copies into shared memory). The interpreter the other kernel tests use
 never runs the compiler: a kernel can pass them all and still fail to build for a GPU."""
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def test_every_launch_compiles_without_spills(tmp_path, arch):
     if "registers" not in rows[0]:
         pytest.skip("the Triton wheel ships no ptxas here")
     assert all(r["spill_bytes"] == 0 and 0 < r["registers"] <= 255 for r in rows), rows
+    by_name = {r["launch"]: r for r in rows}  # the pipelined loss loads through cp.async, the default does not
+    assert all(by_name[f"masked_loss pipelined {kind}"]["async_copies"] > 0 for kind in ("l2", "ijepa", "vjepa p1.5"))
+    assert by_name["masked_loss l2"]["async_copies"] == 0
 
 
 def test_sizes_of_one_are_compiled_as_constants():

@@ -65,7 +65,7 @@ def _lp_kinks(name, pred, target, idx, width=2e-3):
     About 0.1% of the elements: the comparison still covers the rest."""
     if not name.startswith("vjepa") or "p2.0" in name:
         return None
-    t = target.double()[torch.arange(target.shape[0])[:, None], idx]
+    t = target.double()[torch.arange(pred.shape[0])[:, None] % target.shape[0], idx]  # row b: sample b % B_t
     if name.endswith("_layer"):
         t = torch.nn.functional.layer_norm(t, (t.shape[-1],), eps=1e-5)
     kinks = (pred.detach().double().cpu() - t.cpu()).abs() < width
@@ -138,15 +138,20 @@ def test_triton_matches_reference(name, reference, triton_fn, dtype, B, M, N, D)
                   _lp_kinks(name, pred, target, idx))
 
 
+@pytest.mark.parametrize("tiles,stages", [(1, 1), (4, 3)], ids=["one tile", "4 tiles pipelined"])
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
-def test_triton_with_the_cuda_tiling_many_programs(monkeypatch, name, reference, triton_fn):
-    """The CUDA launch settings (few rows per program, a ragged last program) under the interpreter."""
+def test_triton_with_the_cuda_tiling_many_programs(monkeypatch, name, reference, triton_fn, tiles, stages):
+    """The CUDA launch settings under the interpreter: few rows per tile, a ragged last tile; with several
+    tiles per program also a last program whose last tiles lie wholly past the rows."""
+    monkeypatch.setattr(ml, "CUDA_TILES_PER_PROGRAM", tiles)
+    monkeypatch.setattr(ml, "CUDA_STAGES", stages)
     cuda_config = functools.partial(ml._launch_config, device=torch.device("cuda"))
     monkeypatch.setattr(ml, "_launch_config", lambda R, D, device: cuda_config(R, D))
-    assert ml._launch_config(200, 300, torch.device("cpu"))[0] == ml.CUDA_TILE_ELEMENTS // 512  # the CUDA rows
-    pred, target, idx = _inputs(3, 23, 30, 300, torch.float32, seed=7)  # 69 rows: 18 programs, the last ragged
+    launch = ml._launch_config(200, 300, torch.device("cpu"))
+    assert launch.block_r == ml.CUDA_TILE_ELEMENTS // 512 == 4 and (launch.tiles, launch.stages) == (tiles, stages)
+    pred, target, idx = _inputs(3, 23, 30, 300, torch.float32, seed=7)  # 69 rows: 18 tiles, the last ragged
     _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx),
-                  torch.float32)
+                  torch.float32)  # 4 tiles a program: 5 programs, tiles 18 and 19 past the end
 
 
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
@@ -424,3 +429,22 @@ def test_gpu_single_token(dtype):
     pred = pred.detach().requires_grad_()
     _assert_match(_loss_and_grad(ml.masked_l2_loss_reference, pred, target, idx),
                   _loss_and_grad(ml.masked_l2_loss_triton, pred, target, idx), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("tiles,stages", [(4, 2), (8, 3), (8, 4)])
+@pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
+def test_gpu_software_pipelined_programs(monkeypatch, name, reference, triton_fn, tiles, stages):
+    """The sweep's pipelined launch settings (loads as asynchronous copies into shared memory) against the
+    reference: rows not a multiple of a program's tiles, odd D, a target batch dividing the prediction's."""
+    monkeypatch.setattr(ml, "CUDA_TILE_ELEMENTS", 1024)
+    monkeypatch.setattr(ml, "CUDA_TILES_PER_PROGRAM", tiles)
+    monkeypatch.setattr(ml, "CUDA_STAGES", stages)
+    for B, M, N, D, Bt in [(24, 147, 196, 768, 24), (16, 301, 400, 1000, 4)]:
+        g = torch.Generator().manual_seed(D + tiles)
+        pred = torch.randn(B, M, D, generator=g).to(torch.bfloat16).cuda().requires_grad_()
+        target = torch.randn(Bt, N, D, generator=g).to(torch.bfloat16).cuda()
+        idx = torch.randint(0, N, (B, M), generator=g).cuda()
+        _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx),
+                      torch.bfloat16, _lp_kinks(name, pred, target, idx))
