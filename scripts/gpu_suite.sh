@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU suite in one command, about 9.5 minutes on one GPU: the tests marked `gpu`, the launch-setting
+# The whole GPU suite in one command, about 10 minutes on one GPU: the tests marked `gpu`, the launch-setting
 # sweep of the Triton kernels, then the kernel microbenchmarks at full size, the end-to-end training step and
 # planning speed, spread over a fixed time budget (each writes its rows as it goes: a benchmark stopped at its
 # share keeps what it measured). Everything lands in one folder:
@@ -9,7 +9,7 @@
 #   *.json, *.png    each benchmark's results and plot; summary.md / summary.json: the one table
 #
 #   scripts/gpu_suite.sh [OUT_DIR]        (default benchmarks/results/gpu-<date>)
-# Budget: tests <= 150 s, sweep <= 90 s, benchmarks <= 300 s (+ start-up); PYTHON picks the interpreter;
+# Budget: tests <= 150 s, sweep <= 120 s, benchmarks <= 300 s (+ start-up); PYTHON picks the interpreter;
 # BENCH_ARGS replaces the benchmark selection (default: the loss and pooling kernels, their host overhead, the
 # EMA, the training step and planning speed, in that order; all but scaling), BENCH_BUDGET their seconds
 # (default 300).
@@ -37,7 +37,7 @@ EOF
 timeout 150 "$PY" -m pytest -m gpu --continue-on-collection-errors -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml" 2>&1 | tee "$OUT/pytest_gpu.txt"
 tests=${PIPESTATUS[0]}
 
-timeout 90 "$PY" -m benchmarks.sweep_launch --out "$OUT" 2>&1 | tee "$OUT/sweep_launch.txt"
+timeout 120 "$PY" -m benchmarks.sweep_launch --out "$OUT" 2>&1 | tee "$OUT/sweep_launch.txt"
 sweep=${PIPESTATUS[0]}
 
 # shellcheck disable=SC2086
