@@ -202,12 +202,15 @@ def ema_launches(n: int = 1 << 20, levels: int = 3) -> dict[str, Launch]:
 def all_launches() -> dict[str, Launch]:
     """The recipe's shapes, and the same kernels with sizes and strides of 1 (constants after specialisation);
     the loss kernel also software-pipelined (``PIPELINED_LOSS``)."""
+    widest = functools.partial(masked_loss_launches, B=2, M=5, N=7, D=masked_loss.MAX_D, dtype=torch.float32)
     with mock.patch.multiple(masked_loss, **PIPELINED_LOSS):
         pipelined = {"masked_loss pipelined": masked_loss_launches(),
-                     "masked_loss pipelined ones": masked_loss_launches(1, 1, 3, 2, 1)}
+                     "masked_loss pipelined ones": masked_loss_launches(1, 1, 3, 2, 1),
+                     "masked_loss pipelined widest fp32": {"l2": widest()["l2"]}}
     groups = {"masked_loss": masked_loss_launches(), "masked_loss ones": masked_loss_launches(1, 1, 3, 2, 1),
               **pipelined,
               "masked_loss broadcast": {"l2": masked_loss_launches(B=8, Bt=2)["l2"]},
+              "masked_loss widest fp32": {"l2": widest()["l2"]},
               "temporal_pool": temporal_pool_launches(),
               "temporal_pool ones": temporal_pool_launches(1, 2, 1, 1, 16, 2),
               "temporal_pool fp32 window 16 Dh 128": temporal_pool_launches(1, 16, 5, 2, 128, 16, torch.float32),

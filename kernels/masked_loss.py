@@ -16,8 +16,8 @@ target row once and, in the same pass, writes the per-program partial loss and t
 A *row* is one token: a tile is ``BLOCK_R`` rows as ``[BLOCK_R, BLOCK_D]`` (whole rows in registers, the
 tail of D masked); a program takes ``TILES`` consecutive tiles, software-pipelined when ``STAGES`` > 1
 (the next tiles' loads in flight, through shared memory, while one is computed). Partial sums per program
-plus a fixed-shape ``sum`` keep the loss deterministic (no atomics). ``torch.compile`` reaches the kernel through a ``torch.library.custom_op``,
-eager calls through an ``autograd.Function`` (less host time per call).
+plus a fixed-shape ``sum`` keep the loss deterministic (no atomics). ``torch.compile`` reaches the kernel
+through a ``torch.library.custom_op``, eager calls through an ``autograd.Function`` (less host time).
 """
 from __future__ import annotations
 
@@ -237,14 +237,18 @@ class _LaunchConfig(NamedTuple):
 
 
 def _launch_config(R: int, D: int, device: torch.device) -> _LaunchConfig:
-    """CUDA: ``CUDA_TILE_ELEMENTS`` per tile, ``CUDA_TILES_PER_PROGRAM`` tiles per program; interpreter: many
-    rows per program, one tile each (each program instance costs ~3 ms there)."""
+    """CUDA: ``CUDA_TILE_ELEMENTS`` per tile, ``CUDA_TILES_PER_PROGRAM`` tiles per program; a row longer than
+    a tile gets a program of its own, a warp per 1,024 elements and no pipelining (the tuned settings would
+    spill registers or overflow shared memory there). Interpreter: many rows per program, one tile each
+    (each program instance costs ~3 ms there)."""
     block_d = next_power_of_2(D)
-    if device.type == "cuda":
-        block_r = max(1, min(64, CUDA_TILE_ELEMENTS // block_d))
-        warps = CUDA_WARPS or min(16, max(2, block_r * block_d // 1024))
-        return _LaunchConfig(block_r, block_d, warps, CUDA_TILES_PER_PROGRAM, CUDA_STAGES)
-    return _LaunchConfig(max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4, 1, 1)
+    if device.type != "cuda":
+        return _LaunchConfig(max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4, 1, 1)
+    if block_d > CUDA_TILE_ELEMENTS:
+        return _LaunchConfig(1, block_d, min(16, block_d // 1024), 1, 1)
+    block_r = min(64, CUDA_TILE_ELEMENTS // block_d)
+    warps = CUDA_WARPS or min(16, max(2, block_r * block_d // 1024))
+    return _LaunchConfig(block_r, block_d, warps, CUDA_TILES_PER_PROGRAM, CUDA_STAGES)
 
 
 def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -154,6 +154,19 @@ def test_triton_with_the_cuda_tiling_many_programs(monkeypatch, name, reference,
                   torch.float32)  # 4 tiles a program: 5 programs, tiles 18 and 19 past the end
 
 
+def test_cuda_rows_wider_than_a_tile_get_a_program_each_and_no_pipelining(monkeypatch):
+    """Tuned tiles, warps and pipelining apply to rows that fit a tile; a longer row would spill registers
+    (2 warps for 16k elements) or overflow shared memory (3 stages of 16k fp32 elements are 256 KB)."""
+    for attr, value in [("CUDA_TILE_ELEMENTS", 1024), ("CUDA_WARPS", 2), ("CUDA_TILES_PER_PROGRAM", 8),
+                        ("CUDA_STAGES", 3)]:
+        monkeypatch.setattr(ml, attr, value)
+    cuda = torch.device("cuda")  # only names the device
+    assert ml._launch_config(1000, 768, cuda) == (1, 1024, 2, 8, 3)
+    assert ml._launch_config(1000, 96, cuda) == (8, 128, 2, 8, 3)
+    assert ml._launch_config(1000, 1025, cuda) == (1, 2048, 2, 1, 1)
+    assert ml._launch_config(1000, ml.MAX_D, cuda) == (1, ml.MAX_D, 16, 1, 1)
+
+
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
 def test_triton_layouts_idx_forms_and_stride0_grad(name, reference, triton_fn):
     """Non-contiguous pred/target/idx, int32 and [M] idx, no idx, all-equal idx, an expanded grad_output."""
