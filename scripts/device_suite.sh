@@ -26,6 +26,7 @@ fi
 BENCH_BUDGET=${BENCH_BUDGET:-200} BENCH_ARGS=${BENCH_ARGS:---only masked_loss temporal_pool host_overhead} \
   PYTHON=python3 timeout 540 scripts/gpu_suite.sh "$R" > "$R/suite.txt" 2>&1
 status=$?
+cat "$R/goals.md" 2>/dev/null  # what the session needs first, in the command's output
 tail -n 1 "$R/suite.txt"
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/results.tgz" "$R"

@@ -7,6 +7,7 @@
 #   pytest_gpu.txt   the GPU tests' output (pytest_gpu.xml: JUnit)
 #   sweep_launch.*   time and GB/s of each kernel under each launch setting
 #   *.json, *.png    each benchmark's results and plot; summary.md / summary.json: the one table
+#   goals.md         the kernels' rows against their goals, the fastest launch settings (benchmarks.goals)
 #
 #   scripts/gpu_suite.sh [OUT_DIR]        (default benchmarks/results/gpu-<date>)
 # Budget: tests <= 150 s, sweep <= 120 s, benchmarks <= 300 s (+ start-up); PYTHON picks the interpreter;
@@ -46,6 +47,7 @@ timeout $((BUDGET + 20)) "$PY" -m benchmarks.run --out "$OUT" --budget "$BUDGET"
   ${BENCH_ARGS:---only masked_loss temporal_pool host_overhead ema train_step planning} \
   2>&1 | tee "$OUT/benchmarks.txt"
 bench=${PIPESTATUS[0]}
+"$PY" -m benchmarks.goals "$OUT" > /dev/null  # goals.md: each Triton row against its goal, fastest settings
 
 echo "gpu suite: tests exit $tests, sweep exit $sweep, benchmarks exit $bench; results in $OUT ($(head -n 2 "$OUT/device.txt" | tail -n 1))"
 [ "$tests" -eq 0 ] && [ "$sweep" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -1,0 +1,103 @@
+"""The kernels' GPU goals read off a results folder: each Triton row of the masked-loss and temporal-pool
+benchmarks against its goal (issue 3, the loss: 3x the eager reference and 85% of the copy bandwidth on
+the bytes it moves under autograd; issue 5, the pooling: 3x eager and 70% of copy), and which launch
+setting was fastest, in the loss benchmark (through autograd) and in the sweep (bare kernels).
+
+Speedups compare paths under the same timing (``<path> graph`` rows against ``eager graph``). It states
+what was measured; it does not decide what a goal means (which shapes count, caller's or device time).
+
+``python -m benchmarks.goals RESULTS_DIR`` prints the table and writes ``RESULTS_DIR/goals.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# benchmark -> (goal name, row field, target), each checked on every Triton row
+GOALS = {
+    "masked_loss": [("3x eager", "speedup_vs_eager", 3.0),
+                    ("85% of copy (autograd bytes)", "frac_copy_autograd", 0.85)],
+    "temporal_pool": [("3x eager", "speedup_vs_eager", 3.0), ("70% of copy", "frac_copy", 0.70)],
+}
+
+
+def _rows(folder: Path, name: str) -> list[dict]:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
+def _is_triton(path: str) -> bool:
+    return path == "triton" or path.startswith("triton ")
+
+
+def goal_lines(folder: Path) -> list[str]:
+    """One line per Triton row and goal: case, path, measured value, target, met or not."""
+    lines = []
+    for bench, goals in GOALS.items():
+        for row in _rows(folder, bench):
+            if not _is_triton(row["path"]):
+                continue
+            case = row.get("case") or row["shape"]
+            for goal, field, target in goals:
+                value = row.get(field)
+                if value is not None:
+                    verdict = "met" if value >= target else "missed"
+                    lines.append(f"| {bench} | {case} | {row['path']} | {goal} | {value:.2f} | {target:.2f} "
+                                 f"| {verdict} |")
+    return lines
+
+
+def fastest_launch_lines(folder: Path) -> list[str]:
+    """Per loss case and timing, the fastest Triton path (the default is plain ``triton``); per swept kernel,
+    the fastest setting against the default."""
+    lines, best = [], {}
+    for row in _rows(folder, "masked_loss"):
+        if _is_triton(row["path"]):
+            timing = "graph" if row["path"].endswith(" graph") else "caller"
+            key = (row["shape"], timing)
+            best.setdefault(key, {})[row["path"]] = row["ms"]
+    for (case, timing), times in best.items():
+        path, ms = min(times.items(), key=lambda item: item[1])
+        default = _ms(times.get("triton graph" if timing == "graph" else "triton"))
+        lines.append(f"| masked_loss | {case} ({timing} time) | {path} | {ms:.3f} ms | {default} |")
+    sweeps = {}
+    for row in _rows(folder, "sweep_launch"):
+        sweeps.setdefault(row["kernel"], []).append(row)
+    for kernel, rows in sweeps.items():
+        fastest = min(rows, key=lambda r: r["ms"])
+        default = _ms(next((r["ms"] for r in rows if r.get("default")), None))
+        lines.append(f"| sweep | {kernel} | {fastest['path']} | {fastest['ms']:.3f} ms ({fastest['frac_copy']:.0%} "
+                     f"of copy) | {default} |")
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def report(folder: Path) -> str:
+    goals = goal_lines(folder)
+    launches = fastest_launch_lines(folder)
+    return "\n".join([
+        f"Goals of the Triton rows in {folder}", "",
+        "| benchmark | case | path | goal | measured | target | |", "|---|---|---|---|---:|---:|---|",
+        *(goals or ["| (no Triton rows) | | | | | | |"]), "",
+        "Fastest launch settings", "", "| where | case | fastest | time | default |", "|---|---|---|---|---|",
+        *(launches or ["| (no rows) | | | | |"]), ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("folder", type=Path, help="a results folder (benchmarks.run --out, scripts/gpu_suite.sh)")
+    args = cli.parse_args(argv)
+    if not args.folder.is_dir():
+        raise SystemExit(f"no results folder {args.folder}")
+    text = report(args.folder)
+    (args.folder / "goals.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
