@@ -11,13 +11,13 @@ Kernels and bytes (what the kernel reads and writes, once each):
 - EMA: read target and source, write target; the ViT-B 3-level recipe's ~100 M parameters as one fp32
   flat buffer (what ``MultiLevelEMA`` launches);
 - temporal pool forward (read k, v, write the output) and backward (read k, v, output gradient, write
-  dk, dv); ViT-B level 1 -> 2 (N 196, 12 heads x 64, window 4), B 32, T 32, bf16.
+  dk, dv), without and with the ``visible`` mask of the model's masked pool; ViT-B level 1 -> 2 (N 196,
+  12 heads x 64, window 4), B 32, T 32, bf16.
 
 ``python -m benchmarks.sweep_launch [--out DIR] [--quick] [--kernels masked_loss ema temporal_pool]``
 """
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 from unittest import mock
@@ -74,10 +74,6 @@ def measure_device_time(run: Callable[[], object], device: torch.device) -> dict
     except Exception as err:
         print(f"CUDA graph timing failed ({type(err).__name__}: {str(err)[:120]}); timing launches instead")
         return measure(run, device) | {"timing": "launch"}
-
-
-def grid(**options: list) -> list[Setting]:
-    return [dict(zip(options, values)) for values in itertools.product(*options.values())]
 
 
 def with_default(module, settings: list[Setting]) -> list[Setting]:
@@ -137,7 +133,7 @@ def ema_cases(device: torch.device, quick: bool) -> Iterator[Case]:
         ema.ema_flat_triton_(target, source, starts, weights)
         return (target,)
 
-    launches = [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16)]
+    launches = [(1024, 4), (2048, 4), (4096, 8)]  # run 2 (H200): 104-105% of copy; larger blocks lost (78-99%)
     settings = with_default(ema, [{"CUDA_BLOCK": b, "CUDA_WARPS": w} for b, w in launches])
     yield Case(f"ema {n / 1e6:.1f}M fp32", ema, settings, run, 12 * n, reset=lambda: target.copy_(start))
 
@@ -149,15 +145,25 @@ def temporal_pool_cases(device: torch.device, quick: bool) -> Iterator[Case]:
     q = torch.randn(H, Dh, device=device, dtype=torch.bfloat16, generator=g) * Dh**-0.5
     grad = torch.randn(B, T // window, 196, H, Dh, device=device, dtype=torch.bfloat16, generator=g)
 
-    def settings(tiles: list[int], warps: list[int]) -> list[Setting]:
-        return with_default(temporal_pool, [{"TILE_ELEMENTS": {**temporal_pool.TILE_ELEMENTS, "cuda": (t, t)},
-                                             "CUDA_WARPS": (w, w)} for t, w in itertools.product(tiles, warps)])
+    visible = torch.rand(B, T, 196, device=device, generator=g) > 0.3  # the model's masked pool (context only)
 
+    def settings(launches: list[tuple[int, int]]) -> list[Setting]:
+        return with_default(temporal_pool, [{"TILE_ELEMENTS": {**temporal_pool.TILE_ELEMENTS, "cuda": (t, t)},
+                                             "CUDA_WARPS": (w, w)} for t, w in launches])
+
+    # run 2 (H200, unmasked): the forward at copy bandwidth but with 8 warps at 4096 elements (39%); the
+    # backward at 88-94% with 4096-8192 elements and 4-8 warps, 2-6x slower with 2048 elements or 16 warps
+    fwd_settings, bwd_settings = settings([(4096, 4), (8192, 4), (8192, 8)]), settings([(4096, 4), (8192, 4), (8192, 8),
+                                                                                       (16384, 4)])
     elt = k.element_size()
-    yield Case(f"temporal_pool fwd B{B} T{T}", temporal_pool, settings([4096, 8192], [4, 8]),
-               lambda: (temporal_pool._forward(q, k, v, window, None),), (2 * k.numel() + grad.numel()) * elt)
-    yield Case(f"temporal_pool bwd B{B} T{T}", temporal_pool, settings([2048, 4096, 8192, 16384], [4, 8, 16]),
-               lambda: temporal_pool._backward(q, k, v, window, None, grad), (4 * k.numel() + grad.numel()) * elt)
+    for tag, vis in [("", None), (" masked", visible)]:
+        vis_bytes = 0 if vis is None else vis.numel()
+        yield Case(f"temporal_pool fwd{tag} B{B} T{T}", temporal_pool, fwd_settings,
+                   lambda vis=vis: (temporal_pool._forward(q, k, v, window, vis),),
+                   (2 * k.numel() + grad.numel()) * elt + vis_bytes)
+        yield Case(f"temporal_pool bwd{tag} B{B} T{T}", temporal_pool, bwd_settings,
+                   lambda vis=vis: temporal_pool._backward(q, k, v, window, vis, grad),
+                   (4 * k.numel() + grad.numel()) * elt + vis_bytes)
 
 
 # the order they run in: the EMA (settled, at copy bandwidth) last, where a time limit cuts first

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.sweep_launch import grid, sweep, with_default
+from benchmarks import sweep_launch
+from benchmarks.sweep_launch import sweep, with_default
 
 
 def test_sweep_restores_settings_flags_the_default_and_measures_the_difference():
@@ -20,7 +21,7 @@ def test_sweep_restores_settings_flags_the_default_and_measures_the_difference()
             raise RuntimeError("out of resources")  # a setting the compiler refuses
         return (x * (1 if module.TILE == 4 else 2),)
 
-    settings = with_default(module, grid(TILE=[8, 4, 16], WARPS=[2]))
+    settings = with_default(module, [{"TILE": tile, "WARPS": 2} for tile in (8, 4, 16)])
     assert settings[0] == {"TILE": 4, "WARPS": 2} and len(settings) == 3
     rows = sweep("toy", module, settings, run, nbytes=64, copy_gbps=1.0, device=torch.device("cpu"))
     assert (module.TILE, module.WARPS) == (4, 2)  # restored
@@ -30,3 +31,16 @@ def test_sweep_restores_settings_flags_the_default_and_measures_the_difference()
     assert all(r["ms"] > 0 and r["gbps"] > 0 for r in rows)
     assert all(r["timing"] == "launch" for r in rows)  # no CUDA graph on a CPU: timed as launches, and said so
     assert (16, 2) in seen
+
+
+def test_every_case_sweeps_launch_attributes_its_module_has_default_first():
+    """A misspelt attribute would fail every setting on the GPU (``mock.patch.multiple`` creates none)."""
+    for make_cases in sweep_launch.CASES.values():
+        for case in make_cases(torch.device("cpu"), quick=True):
+            default = {attr: getattr(case.module, attr) for attr in case.settings[0]}
+            assert case.settings[0] == default, case.name
+            assert all(set(s) == set(default) for s in case.settings), case.name
+            assert len(case.settings) > 1 and case.nbytes > 0
+    names = [c.name for c in sweep_launch.temporal_pool_cases(torch.device("cpu"), quick=True)]
+    assert names == ["temporal_pool fwd B4 T32", "temporal_pool bwd B4 T32", "temporal_pool fwd masked B4 T32",
+                     "temporal_pool bwd masked B4 T32"]
