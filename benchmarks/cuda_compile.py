@@ -120,9 +120,21 @@ def _ptxas() -> str | None:
     return path if os.access(path, os.X_OK) else None
 
 
+# per SM: registers, threads, resident blocks, shared memory in bytes (CUDA occupancy tables)
+_SM_LIMITS = {90: (65536, 2048, 32, 228 * 1024), 80: (65536, 2048, 32, 164 * 1024)}
+
+
+def blocks_per_sm(registers: int, num_warps: int, shared_bytes: int, arch: int = 90) -> int:
+    """Programs resident on one SM (theoretical occupancy): registers are allocated 8 per thread at a
+    time. A streaming kernel keeps that many programs' loads in flight per SM."""
+    regs, threads, blocks, smem = _SM_LIMITS[arch]
+    per_block = -(-registers // 8) * 8 * 32 * num_warps
+    return min(blocks, regs // per_block, threads // (32 * num_warps), smem // max(shared_bytes, 1))
+
+
 def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[str, int]:
-    """Registers per thread, spill bytes (stores + loads) and static shared memory, as ``ptxas -v`` reports
-    them for the compiled PTX (empty without the wheel's ptxas)."""
+    """Registers per thread, spill bytes (stores + loads), static shared memory, asynchronous copies and
+    programs per SM, as ``ptxas -v`` reports them for the compiled PTX (empty without the wheel's ptxas)."""
     ptxas = _ptxas()
     if ptxas is None:
         return {}
@@ -140,6 +152,8 @@ def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[
     out["spill_bytes"] = out.pop("spill_stores", 0) + out.pop("spill_loads", 0)
     out["shared_bytes"] = compiled.metadata.shared
     out["async_copies"] = len(re.findall(r"\bcp\.async\.c[ag]\b", compiled.asm["ptx"]))  # software-pipelined loads
+    if arch in _SM_LIMITS and "registers" in out:
+        out["blocks_per_sm"] = blocks_per_sm(out["registers"], compiled.metadata.num_warps, out["shared_bytes"], arch)
     return out
 
 

@@ -68,3 +68,12 @@ def test_the_check_catches_what_only_a_gpu_build_sees():
     cc.compile_launch(cc.Launch(kernel, {"x_ptr": x, "n": 5, "denom": 3, "BLOCK": 16}, 1))
     with pytest.raises(triton.CompilationError):
         cc.compile_launch(cc.Launch(kernel, {"x_ptr": x, "n": 5, "denom": 1, "BLOCK": 16}, 1))
+
+
+def test_programs_per_sm_follow_the_first_limit_reached():
+    assert cc.blocks_per_sm(88, 2, 16) == 11  # registers: 88 -> 88 per thread, 5,632 a program, 65,536 an SM
+    assert cc.blocks_per_sm(81, 2, 16) == 11  # allocated 8 at a time: 81 counts as 88
+    assert cc.blocks_per_sm(80, 1, 0) == 25
+    assert cc.blocks_per_sm(16, 1, 0) == 32  # resident programs
+    assert cc.blocks_per_sm(32, 16, 0) == 4  # threads
+    assert cc.blocks_per_sm(32, 1, 100 * 1024) == 2 and cc.blocks_per_sm(32, 1, 100 * 1024, arch=80) == 1  # shared
