@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, timings, write_results
+from benchmarks.sweep_launch import loss_setting
 from hjepa_fast.kernels import masked_loss as ml
 
 # (B, M, N, D): image I-JEPA (196 tokens, ~75 % predicted) and video (1568 tokens) at the level widths
@@ -59,8 +60,8 @@ OPS = {
 # the loss kernel's launch settings timed beside the default at D >= 768 (CUDA): the sweep's likeliest
 # bare-kernel candidates (``benchmarks.sweep_launch``), here inside the whole op; (tile elements, warps,
 # tiles per program, pipelining stages)
-CANDIDATE_SETTINGS = [{"CUDA_TILE_ELEMENTS": e, "CUDA_WARPS": w, "CUDA_TILES_PER_PROGRAM": t, "CUDA_STAGES": s}
-                      for e, w, t, s in [(2048, None, 1, 1), (1024, 1, 1, 1), (1024, 2, 8, 3), (1024, 4, 8, 4)]]
+CANDIDATE_SETTINGS = [loss_setting(2048, None), loss_setting(1024, 1), loss_setting(1024, 2, 8, 3),
+                      loss_setting(1024, 4, 8, 4)]
 
 
 class Case(NamedTuple):
@@ -132,7 +133,7 @@ def under_setting(fn: Callable, setting: dict[str, object]) -> Callable:
 
 def paths_of(case: Case, device: torch.device) -> dict[str, Callable]:
     """The paths timed for ``case``: eager, compiled and on CUDA the Triton kernel, at D >= 768 also under each
-    candidate launch setting other than the default (``triton <elements>/<warps>w``)."""
+    candidate launch setting other than the default (``triton <setting_label>``)."""
     paths = {"eager": case.eager, "compiled": torch.compile(case.eager, fullgraph=True, dynamic=False)}
     if device.type == "cuda":
         paths["triton"] = case.triton

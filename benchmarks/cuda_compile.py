@@ -32,6 +32,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from benchmarks.harness import parser
+from benchmarks.sweep_launch import MASKED_LOSS_SETTINGS, loss_setting
 from hjepa_fast.kernels import ema, masked_loss, temporal_pool
 
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int64: "*i64",
@@ -161,7 +162,7 @@ def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[
 
 
 # a software-pipelined launch setting of the loss kernel (one of the sweep's candidates): compiled by default
-PIPELINED_LOSS = {"CUDA_TILE_ELEMENTS": 1024, "CUDA_WARPS": 2, "CUDA_TILES_PER_PROGRAM": 8, "CUDA_STAGES": 3}
+PIPELINED_LOSS = loss_setting(1024, 2, tiles=8, stages=3)
 
 
 def masked_loss_launches(B: int = 8, M: int = 147, N: int = 196, D: int = 768, Bt: int | None = None,
@@ -234,8 +235,6 @@ def all_launches() -> dict[str, Launch]:
 
 def masked_loss_setting_launches() -> dict[str, Launch]:
     """The L2 loss at D 768 under each of the sweep's launch settings."""
-    from benchmarks.sweep_launch import MASKED_LOSS_SETTINGS
-
     out = {}
     for setting in MASKED_LOSS_SETTINGS:
         with mock.patch.multiple(masked_loss, **setting):
