@@ -47,15 +47,36 @@ def _ablate(args: argparse.Namespace) -> None:
     print(f"results: {report['out_dir']} (ablate.md, ablate.json, ablate.png)")
 
 
+# the optional packages a run may use, by distribution name (read from the installed metadata, not imported)
+OPTIONAL_PACKAGES = ("flash-attn", "xformers", "deepspeed", "tensorboard", "av")
+
+
+def _installed(distribution: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def _info(args: argparse.Namespace) -> None:
     import torch
 
     import hjepa_fast
     from hjepa_fast.model.attention import resolve_backend
 
-    print(f"hjepa_fast {hjepa_fast.__version__}, torch {torch.__version__}")
-    print(f"cuda: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
+    print(f"hjepa_fast {hjepa_fast.__version__}, torch {torch.__version__}, triton {_installed('triton')}")
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        print(f"cuda: {torch.cuda.device_count()} x {torch.cuda.get_device_name()} (sm_{major}{minor}), "
+              f"CUDA {torch.version.cuda}")
+    else:
+        print("cuda: not available (the Triton kernels run on CUDA tensors only; CPU runs use the PyTorch paths)")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("TRITON_INTERPRET=1: Triton kernels run in the interpreter (slow; for tests)")
     print(f"attention backend (auto, unmasked CUDA attention): {resolve_backend('auto')}")
+    print("optional: " + ", ".join(f"{name} {_installed(name)}" for name in OPTIONAL_PACKAGES))
     print(f"CPU threads: {torch.get_num_threads()}")
 
 
@@ -163,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default benchmarks/results/<date>-<device>)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--budget", type=float, help="seconds for all benchmarks together")
-    p.add_argument("--only", nargs="+", help="masked_loss, ema, temporal_pool, train_step, scaling")
+    p.add_argument("--only", nargs="+", help="masked_loss, ema, temporal_pool, train_step, scaling, planning, "
+                                             "host_overhead")
     p.set_defaults(func=_bench)
     return parser
 

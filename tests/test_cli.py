@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hjepa_fast.cli import main
 
@@ -52,6 +53,12 @@ def test_user_errors_exit_2_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_info_runs(capsys):
+def test_info_names_versions_device_and_optional_packages(capsys):
+    import triton
+
     assert main(["info"]) == 0
-    assert "attention backend" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"triton {triton.__version__}" in out and "attention backend" in out
+    optional = next(line for line in out.splitlines() if line.startswith("optional: "))
+    assert all(f"{name} " in optional for name in ("flash-attn", "xformers", "deepspeed", "tensorboard", "av"))
+    assert ("not available" in out) != torch.cuda.is_available()
