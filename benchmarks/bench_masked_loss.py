@@ -18,8 +18,9 @@ kernel at its default launch setting), each timed as a caller sees it (``do_benc
 included where the device waits for it); on CUDA each once more as ``<path> graph``: the same calls
 captured in a CUDA graph and replayed, the device's time alone (speedups of those rows are against
 ``eager graph``). At D >= 768 the kernel is also timed under the sweep's other candidate launch settings
-(``triton 1024/2w x8 s3``: 1,024-element tiles, 2 warps, 8 tiles per program, 3 pipelining stages; see
-``setting_label``), so that one run both picks the default and measures it through autograd.
+(``triton 1024/2w x8 s3``: 1,024-element tiles, 2 warps, 8 tiles per program, 3 pipelining stages;
+``split``: rows in two power-of-two chunks; see ``setting_label``), so that one run both picks the
+default and measures it through autograd.
 
 On CPU (reference paths only) it runs one thread: on a shared machine two spinning OpenMP threads made the
 medians swing 100-fold (*measured*).
@@ -60,8 +61,8 @@ OPS = {
 # the loss kernel's launch settings timed beside the default at D >= 768 (CUDA): the sweep's likeliest
 # bare-kernel candidates (``benchmarks.sweep_launch``), here inside the whole op; (tile elements, warps,
 # tiles per program, pipelining stages)
-CANDIDATE_SETTINGS = [loss_setting(2048, None), loss_setting(1024, 1), loss_setting(1024, 2, 8, 3),
-                      loss_setting(1024, 4, 8, 4)]
+CANDIDATE_SETTINGS = [loss_setting(2048, None), loss_setting(2048, None, split=True), loss_setting(1024, 1),
+                      loss_setting(1024, 2, 8, 3), loss_setting(1024, 1, 4, 2, split=True)]
 
 
 class Case(NamedTuple):
@@ -116,10 +117,11 @@ def default_setting() -> dict[str, object]:
 
 
 def setting_label(setting: dict[str, object]) -> str:
-    """``1024/2w x8 s3``: 1,024-element tiles, 2 warps, 8 tiles per program, 3 pipelining stages."""
-    elements, warps, tiles, stages = setting.values()
-    pipelined = ("" if tiles == 1 else f" x{tiles}") + ("" if stages == 1 else f" s{stages}")
-    return f"{elements}/{warps or 'auto '}w{pipelined}"
+    """``1024/2w x8 s3 split``: 1,024-element tiles, 2 warps, 8 tiles per program, 3 pipelining stages, rows
+    in two chunks."""
+    elements, warps, tiles, stages, split = setting.values()
+    extras = ("" if tiles == 1 else f" x{tiles}") + ("" if stages == 1 else f" s{stages}") + (" split" if split else "")
+    return f"{elements}/{warps or 'auto '}w{extras}"
 
 
 def under_setting(fn: Callable, setting: dict[str, object]) -> Callable:

@@ -161,8 +161,9 @@ def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[
 # ---- the launches of each public function -------------------------------------------------------------------
 
 
-# a software-pipelined launch setting of the loss kernel (one of the sweep's candidates): compiled by default
+# launch settings of the loss kernel among the sweep's candidates, compiled by default
 PIPELINED_LOSS = loss_setting(1024, 2, tiles=8, stages=3)
+SPLIT_LOSS = loss_setting(1024, 1, tiles=4, stages=2, split=True)  # rows in two chunks, pipelined too
 
 
 def masked_loss_launches(B: int = 8, M: int = 147, N: int = 196, D: int = 768, Bt: int | None = None,
@@ -216,12 +217,15 @@ def ema_launches(n: int = 1 << 20, levels: int = 3) -> dict[str, Launch]:
 
 def all_launches() -> dict[str, Launch]:
     """The recipe's shapes, and the same kernels with sizes and strides of 1 (constants after specialisation);
-    the loss kernel also software-pipelined (``PIPELINED_LOSS``)."""
+    the loss kernel also software-pipelined (``PIPELINED_LOSS``) and with split rows (``SPLIT_LOSS``)."""
     widest = functools.partial(masked_loss_launches, B=2, M=5, N=7, D=masked_loss.MAX_D, dtype=torch.float32)
     with mock.patch.multiple(masked_loss, **PIPELINED_LOSS):
         pipelined = {"masked_loss pipelined": masked_loss_launches(),
                      "masked_loss pipelined ones": masked_loss_launches(1, 1, 3, 2, 1),
                      "masked_loss pipelined widest fp32": {"l2": widest()["l2"]}}
+    with mock.patch.multiple(masked_loss, **SPLIT_LOSS):
+        pipelined |= {"masked_loss split": masked_loss_launches(), "masked_loss split odd D": masked_loss_launches(
+            B=2, M=5, N=7, D=300, dtype=torch.float32)}
     groups = {"masked_loss": masked_loss_launches(), "masked_loss ones": masked_loss_launches(1, 1, 3, 2, 1),
               **pipelined,
               "masked_loss broadcast": {"l2": masked_loss_launches(B=8, Bt=2)["l2"]},

@@ -93,21 +93,25 @@ class Case(NamedTuple):
     reset: Callable[[], object] = lambda: None
 
 
-def loss_setting(elements: int, warps: int | None, tiles: int = 1, stages: int = 1) -> Setting:
+def loss_setting(elements: int, warps: int | None, tiles: int = 1, stages: int = 1, split: bool = False) -> Setting:
     """A launch setting of the loss kernel: tile elements, warps (None: by tile size), tiles per program,
-    software-pipelining stages."""
+    software-pipelining stages, rows split in two power-of-two chunks."""
     return {"CUDA_TILE_ELEMENTS": elements, "CUDA_WARPS": warps, "CUDA_TILES_PER_PROGRAM": tiles,
-            "CUDA_STAGES": stages}
+            "CUDA_STAGES": stages, "SPLIT_ROWS": split}
 
 
 # run 2 (H200, one tile per program): fewer warps per tile were faster at D 768 (2048/2 best; 8192-element
 # tiles and 8 warps lost, 46-57% of copy: dropped); one-row tiles extend that trend. Then software-pipelined
-# programs (4-8 tiles each, 2-4 stages): the next tiles load into shared memory while one is computed
+# programs (4-8 tiles each, 2-4 stages): the next tiles load into shared memory while one is computed; and
+# split rows (768 = 512 + 256 columns, no padding): fewer registers, more programs an SM
 MASKED_LOSS_SETTINGS = ([loss_setting(e, w) for e, w in [(2048, 1), (2048, 2), (2048, 4), (4096, 2), (4096, 4),
-                                                          (1024, 1), (1024, 2), (1024, 4)]]
+                                                         (1024, 1), (1024, 2), (1024, 4)]]
                         + [loss_setting(e, w, t, s) for e, w, t, s in [(1024, 1, 4, 2), (1024, 2, 8, 3),
-                                                                        (1024, 2, 8, 4), (1024, 4, 8, 3),
-                                                                        (1024, 4, 8, 4), (2048, 2, 8, 3)]])
+                                                                       (1024, 2, 8, 4), (1024, 4, 8, 3),
+                                                                       (1024, 4, 8, 4), (2048, 2, 8, 3)]]
+                        + [loss_setting(e, w, t, s, split=True) for e, w, t, s in [(2048, 2, 1, 1), (2048, 1, 1, 1),
+                                                                                   (1024, 1, 1, 1), (4096, 4, 1, 1),
+                                                                                   (1024, 1, 4, 2)]])
 
 
 def masked_loss_cases(device: torch.device, quick: bool) -> Iterator[Case]:

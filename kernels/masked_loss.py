@@ -13,11 +13,12 @@ Eager PyTorch spends a pass over memory on the gather, each normalisation, the d
 reduction, and as many again backward. The Triton kernel reads each prediction row and its gathered
 target row once and, in the same pass, writes the per-program partial loss and the gradient wrt
 ``pred`` (Liger-Kernel's cross-entropy trick); backward only scales that gradient by ``grad_output``.
-A *row* is one token: a tile is ``BLOCK_R`` rows as ``[BLOCK_R, BLOCK_D]`` (whole rows in registers, the
-tail of D masked); a program takes ``TILES`` consecutive tiles, software-pipelined when ``STAGES`` > 1
-(the next tiles' loads in flight, through shared memory, while one is computed). Partial sums per program
-plus a fixed-shape ``sum`` keep the loss deterministic (no atomics). ``torch.compile`` reaches the kernel
-through a ``torch.library.custom_op``, eager calls through an ``autograd.Function`` (less host time).
+A *row* is one token: a tile is ``BLOCK_R`` whole rows in registers, each one power-of-two chunk (the
+tail of D masked) or, with ``SPLIT_ROWS``, two; a program takes ``TILES`` consecutive tiles,
+software-pipelined when ``STAGES`` > 1 (the next tiles' loads in flight, through shared memory, while one
+is computed). Partial sums per program plus a fixed-shape ``sum`` keep the loss deterministic (no
+atomics). ``torch.compile`` reaches the kernel through a ``torch.library.custom_op``, eager calls through
+an ``autograd.Function`` (less host time).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from .launch import cdiv, next_power_of_2
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_D = 16384  # whole rows live in registers; beyond it the public functions run the reference
 POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwritten element fails
-# CUDA launch: elements per [BLOCK_R, BLOCK_D] tile and warps (None: one warp per 1024 elements, 2 to 16).
+# CUDA launch: elements per tile (rows of D rounded up to a power of two) and warps (None: one warp per 1024
+# elements, 2 to 16).
 # ``benchmarks.sweep_launch`` on an H200 (bf16 forward, 150k rows): at D 768 fewer warps per tile are faster
 # (2048 elements: 0.225 / 0.271 / 0.328 ms with 2 / 4 / 8 warps); at D 96 the settings lie within noise.
 CUDA_TILE_ELEMENTS, CUDA_WARPS = 2048, None
@@ -42,6 +44,9 @@ CUDA_TILE_ELEMENTS, CUDA_WARPS = 2048, None
 # keeps CUDA_STAGES - 1 of them loading while it computes one (1, 1: one tile per program, no pipelining).
 # Candidates in the sweep; on the CPU, compiled for sm_90, loads become cp.async into shared memory.
 CUDA_TILES_PER_PROGRAM, CUDA_STAGES = 1, 1
+# A row held as two power-of-two chunks where one would pad (the recipe's widths are 3 x 2^k: 768 = 512 + 256,
+# not 1,024): fewer registers per row. Any device (the tests run it under the interpreter); a sweep candidate.
+SPLIT_ROWS = False
 _L2, _SMOOTH_L1, _LP = 0, 1, 2  # kernel loss kinds
 _JEPA_KINDS = {"smooth_l1": _SMOOTH_L1, "lp": _LP}
 
@@ -140,7 +145,7 @@ def _masked_loss_fwd_kernel(
     R, M, N, BT, D, denom,
     s_pb, s_pm, s_pd, s_tb, s_tn, s_td, s_ib, s_im,
     KIND: tl.constexpr, LAYER_NORM: tl.constexpr, P: tl.constexpr, HAS_IDX: tl.constexpr,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, TILES: tl.constexpr,
+    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, HI: tl.constexpr, LO: tl.constexpr, TILES: tl.constexpr,
     STAGES: tl.constexpr,
 ):
     """Program ``pid`` takes ``TILES`` consecutive tiles of ``BLOCK_R`` rows: their partial loss sum ->
@@ -154,11 +159,39 @@ def _masked_loss_fwd_kernel(
     for i in tl.range(0, TILES, num_stages=STAGES):
         acc += _tile_loss(pred_ptr, target_ptr, idx_ptr, grad_ptr, first + i, inv_denom, R, M, N, BT, D,
                           s_pb, s_pm, s_pd, s_tb, s_tn, s_td, s_ib, s_im,
-                          KIND, LAYER_NORM, P, HAS_IDX, NEED_GRAD, BLOCK_R, BLOCK_D)
+                          KIND, LAYER_NORM, P, HAS_IDX, NEED_GRAD, BLOCK_R, HI, LO)
     loss_scale = inv_denom  # the mean (and below V-JEPA's 1/p) applied here: the host only sums the partials
     if KIND == 2:
         loss_scale = inv_denom / P
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0) * loss_scale)
+
+
+@triton.jit
+def _load_f32(ptr, row_offsets, cols, col_stride, mask):
+    """A ``[rows, len(cols)]`` block of rows starting at ``ptr + row_offsets``, in fp32 (0 where masked)."""
+    return tl.load(ptr + row_offsets[:, None] + cols[None, :] * col_stride, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pointwise(x, KIND: tl.constexpr, P: tl.constexpr):
+    """Each element's loss and its derivative in ``x = pred - target``: smooth L1 (beta 1, ``KIND`` 1) or
+    ``|x|^P`` (``KIND`` 2; the 1/P is applied to the sum)."""
+    ax = tl.abs(x)
+    sign = tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+    if KIND == 1:
+        elem = tl.where(ax < 1.0, 0.5 * x * x, ax - 0.5)
+        grad = tl.where(ax < 1.0, x, sign)
+    elif P == 1.0:  # d/dx |x|^p / p = |x|^(p-1) sign(x)
+        elem = ax
+        grad = sign
+    elif P == 2.0:
+        elem = x * x
+        grad = x
+    else:
+        log_ax = tl.log2(tl.where(ax > 0, ax, 1.0))
+        elem = tl.where(ax > 0, tl.exp2(P * log_ax), 0.0)
+        grad = tl.where(ax > 0, tl.exp2((P - 1.0) * log_ax), 0.0) * sign
+    return elem, grad
 
 
 @triton.jit
@@ -167,10 +200,12 @@ def _tile_loss(
     R, M, N, BT, D,
     s_pb, s_pm, s_pd, s_tb, s_tn, s_td, s_ib, s_im,
     KIND: tl.constexpr, LAYER_NORM: tl.constexpr, P: tl.constexpr, HAS_IDX: tl.constexpr,
-    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    NEED_GRAD: tl.constexpr, BLOCK_R: tl.constexpr, HI: tl.constexpr, LO: tl.constexpr,
 ):
     """Rows ``[tile*BLOCK_R, +BLOCK_R)``: their losses ``[BLOCK_R]`` (0 past ``R``, before the mean's
-    scaling); writes their gradient (already divided by the mean's denominator)."""
+    scaling); writes their gradient (already divided by the mean's denominator). A row is held as columns
+    ``[0, HI)`` and, when ``LO`` > 0, ``[HI, HI + LO)``: two power-of-two chunks (768 = 512 + 256) where one
+    would pad (to 1,024), so fewer registers per row. Every row sum adds the two chunks."""
     rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)  # tile: int64
     row_ok = rows < R
     b = rows // M
@@ -182,73 +217,103 @@ def _tile_loss(
     else:
         n = m
         t_row_ok = row_ok
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    p_mask = row_ok[:, None] & col_ok[None, :]
-    t_mask = t_row_ok[:, None] & col_ok[None, :]
-    p = tl.load(pred_ptr + (b * s_pb + m * s_pm)[:, None] + cols[None, :] * s_pd, mask=p_mask, other=0.0)
-    t = tl.load(target_ptr + (bt * s_tb + n * s_tn)[:, None] + cols[None, :] * s_td, mask=t_mask, other=0.0)
-    p = p.to(tl.float32)
-    t = t.to(tl.float32)
+    p_rows, t_rows = b * s_pb + m * s_pm, bt * s_tb + n * s_tn
+    cols = tl.arange(0, HI)
+    p_mask = row_ok[:, None] & (cols < D)[None, :]
+    t_mask = t_row_ok[:, None] & (cols < D)[None, :]
+    p = _load_f32(pred_ptr, p_rows, cols, s_pd, p_mask)
+    t = _load_f32(target_ptr, t_rows, cols, s_td, t_mask)
+    if LO > 0:  # the second chunk: names ending in 2
+        cols2 = HI + tl.arange(0, LO)
+        p_mask2 = row_ok[:, None] & (cols2 < D)[None, :]
+        t_mask2 = t_row_ok[:, None] & (cols2 < D)[None, :]
+        p2 = _load_f32(pred_ptr, p_rows, cols2, s_pd, p_mask2)
+        t2 = _load_f32(target_ptr, t_rows, cols2, s_td, t_mask2)
     if KIND == 0:  # || p/max(|p|, eps) - t/max(|t|, eps) ||^2, eps = 1e-12 as F.normalize
-        p_norm = tl.sqrt_rn(tl.sum(p * p, axis=1))
+        p_sq, t_sq = tl.sum(p * p, axis=1), tl.sum(t * t, axis=1)
+        if LO > 0:
+            p_sq += tl.sum(p2 * p2, axis=1)
+            t_sq += tl.sum(t2 * t2, axis=1)
+        p_norm = tl.sqrt_rn(p_sq)
         inv_p = tl.div_rn(1.0, tl.maximum(p_norm, 1e-12))
-        inv_t = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(tl.sum(t * t, axis=1)), 1e-12))
+        inv_t = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(t_sq), 1e-12))
         u = p * inv_p[:, None]
         diff = u - t * inv_t[:, None]
-        row_loss = tl.sum(diff * diff, axis=1)
+        row_loss, radial = tl.sum(diff * diff, axis=1), tl.sum(2.0 * diff * u, axis=1)
+        if LO > 0:
+            u2 = p2 * inv_p[:, None]
+            diff2 = u2 - t2 * inv_t[:, None]
+            row_loss += tl.sum(diff2 * diff2, axis=1)
+            radial += tl.sum(2.0 * diff2 * u2, axis=1)
         # g = 2(u - v); dL/dp = g/max(|p|,eps) - (g.u) u/|p| (the radial term only where the clamp is off)
-        radial = tl.where(p_norm > 1e-12, tl.sum(2.0 * diff * u, axis=1) * inv_p, 0.0)
+        radial = tl.where(p_norm > 1e-12, radial * inv_p, 0.0)
         grad = 2.0 * diff * inv_p[:, None] - u * radial[:, None]
+        if LO > 0:
+            grad2 = 2.0 * diff2 * inv_p[:, None] - u2 * radial[:, None]
     else:
         if LAYER_NORM:  # F.layer_norm over D without affine, eps 1e-5
-            mean = tl.sum(t, axis=1) / D
-            tc = tl.where(t_mask, t - mean[:, None], 0.0)
-            t = tc * tl.rsqrt(tl.sum(tc * tc, axis=1) / D + 1e-5)[:, None]
-        x = p - t
-        ax = tl.abs(x)
-        sign = tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
-        if KIND == 1:  # smooth L1, beta 1
-            elem = tl.where(ax < 1.0, 0.5 * x * x, ax - 0.5)
-            grad = tl.where(ax < 1.0, x, sign)
-        elif P == 1.0:  # |x|^p (the 1/p is applied to the sum); d/dx |x|^p / p = |x|^(p-1) sign(x)
-            elem = ax
-            grad = sign
-        elif P == 2.0:
-            elem = x * x
-            grad = x
-        else:
-            log_ax = tl.log2(tl.where(ax > 0, ax, 1.0))
-            elem = tl.where(ax > 0, tl.exp2(P * log_ax), 0.0)
-            grad = tl.where(ax > 0, tl.exp2((P - 1.0) * log_ax), 0.0) * sign
+            t_sum = tl.sum(t, axis=1)
+            if LO > 0:
+                t_sum += tl.sum(t2, axis=1)
+            mean = t_sum / D
+            t = tl.where(t_mask, t - mean[:, None], 0.0)
+            t_sq = tl.sum(t * t, axis=1)
+            if LO > 0:
+                t2 = tl.where(t_mask2, t2 - mean[:, None], 0.0)
+                t_sq += tl.sum(t2 * t2, axis=1)
+            rstd = tl.rsqrt(t_sq / D + 1e-5)
+            t = t * rstd[:, None]
+            if LO > 0:
+                t2 = t2 * rstd[:, None]
+        elem, grad = _pointwise(p - t, KIND, P)
         row_loss = tl.sum(tl.where(p_mask, elem, 0.0), axis=1)
+        if LO > 0:
+            elem2, grad2 = _pointwise(p2 - t2, KIND, P)
+            row_loss += tl.sum(tl.where(p_mask2, elem2, 0.0), axis=1)
     if NEED_GRAD:
-        grad = grad * inv_denom
-        tl.store(grad_ptr + rows[:, None] * D + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=p_mask)
+        g_rows = rows[:, None] * D
+        tl.store(grad_ptr + g_rows + cols[None, :], (grad * inv_denom).to(grad_ptr.dtype.element_ty), mask=p_mask)
+        if LO > 0:
+            tl.store(grad_ptr + g_rows + cols2[None, :], (grad2 * inv_denom).to(grad_ptr.dtype.element_ty),
+                     mask=p_mask2)
     return tl.where(row_ok, row_loss, 0.0)
 
 
 class _LaunchConfig(NamedTuple):
     block_r: int  # rows per tile
-    block_d: int  # D rounded up to a power of two (the tail masked)
+    hi: int  # a row's first chunk: D rounded up to a power of two, or the largest power of two below D
+    lo: int  # its second chunk (0: none): D - hi rounded up to a power of two
     num_warps: int
     tiles: int  # consecutive tiles per program
     stages: int  # software pipelining depth (1: none)
 
 
+def _row_chunks(D: int) -> tuple[int, int]:
+    """(hi, lo): a row as one power-of-two chunk, padded; with ``SPLIT_ROWS``, as two where that pads less
+    (768: 512 + 256 instead of 1,024; 1,000 stays 1,024)."""
+    whole = next_power_of_2(D)
+    if SPLIT_ROWS and whole > D:
+        hi = whole // 2
+        lo = next_power_of_2(D - hi)
+        if hi + lo < whole:
+            return hi, lo
+    return whole, 0
+
+
 def _launch_config(R: int, D: int, device: torch.device) -> _LaunchConfig:
-    """CUDA: ``CUDA_TILE_ELEMENTS`` per tile, ``CUDA_TILES_PER_PROGRAM`` tiles per program; a row longer than
-    a tile gets a program of its own, a warp per 1,024 elements and no pipelining (the tuned settings would
-    spill registers or overflow shared memory there). Interpreter: many rows per program, one tile each
-    (each program instance costs ~3 ms there)."""
+    """CUDA: ``CUDA_TILE_ELEMENTS`` per tile (rows of D rounded up to a power of two), ``CUDA_TILES_PER_PROGRAM``
+    tiles per program; a row longer than a tile gets a program of its own, a warp per 1,024 elements and no
+    pipelining (the tuned settings would spill registers or overflow shared memory there). Interpreter:
+    many rows per program, one tile each (each program instance costs ~3 ms there)."""
     block_d = next_power_of_2(D)
+    hi, lo = _row_chunks(D)
     if device.type != "cuda":
-        return _LaunchConfig(max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d)), block_d, 4, 1, 1)
+        return _LaunchConfig(max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d)), hi, lo, 4, 1, 1)
     if block_d > CUDA_TILE_ELEMENTS:
-        return _LaunchConfig(1, block_d, min(16, block_d // 1024), 1, 1)
+        return _LaunchConfig(1, hi, lo, min(16, block_d // 1024), 1, 1)
     block_r = min(64, CUDA_TILE_ELEMENTS // block_d)
     warps = CUDA_WARPS or min(16, max(2, block_r * block_d // 1024))
-    return _LaunchConfig(block_r, block_d, warps, CUDA_TILES_PER_PROGRAM, CUDA_STAGES)
+    return _LaunchConfig(block_r, hi, lo, warps, CUDA_TILES_PER_PROGRAM, CUDA_STAGES)
 
 
 def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -274,8 +339,8 @@ def _masked_latent_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Ten
     _masked_loss_fwd_kernel[(programs,)](
         pred, target, idx_arg, grad, partial, R, M, target.shape[1], target.shape[0], D,
         R if kind == _L2 else R * D, *pred.stride(), *target.stride(), s_ib, s_im, KIND=kind, LAYER_NORM=layer_norm,
-        P=float(p), HAS_IDX=idx is not None, NEED_GRAD=need_grad, BLOCK_R=launch.block_r, BLOCK_D=launch.block_d,
-        TILES=launch.tiles, STAGES=launch.stages, num_warps=launch.num_warps)
+        P=float(p), HAS_IDX=idx is not None, NEED_GRAD=need_grad, BLOCK_R=launch.block_r, HI=launch.hi,
+        LO=launch.lo, TILES=launch.tiles, STAGES=launch.stages, num_warps=launch.num_warps)
     return partial.sum(), grad  # the partials are already divided by the mean's denominator (and by p)
 
 

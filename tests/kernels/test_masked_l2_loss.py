@@ -138,17 +138,34 @@ def test_triton_matches_reference(name, reference, triton_fn, dtype, B, M, N, D)
                   _lp_kinks(name, pred, target, idx))
 
 
-@pytest.mark.parametrize("tiles,stages", [(1, 1), (4, 3)], ids=["one tile", "4 tiles pipelined"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,M,N,D", [(2, 5, 9, 3), (3, 11, 14, 40), (2, 13, 20, 96)])
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
-def test_triton_with_the_cuda_tiling_many_programs(monkeypatch, name, reference, triton_fn, tiles, stages):
+def test_triton_split_rows_match_reference(monkeypatch, name, reference, triton_fn, dtype, B, M, N, D):
+    """Rows held as two power-of-two chunks (``SPLIT_ROWS``; 3 = 2 + 1, 40 = 32 + 8, 96 = 64 + 32): the
+    same losses and gradients; every row sum spans both chunks."""
+    monkeypatch.setattr(ml, "SPLIT_ROWS", True)
+    assert ml._row_chunks(D)[1] > 0
+    pred, target, idx = _inputs(B, M, N, D, dtype, seed=D + B)
+    _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx), dtype,
+                  _lp_kinks(name, pred, target, idx))
+
+
+@pytest.mark.parametrize("tiles,stages,split", [(1, 1, False), (4, 3, False), (4, 3, True)],
+                         ids=["one tile", "4 tiles pipelined", "4 tiles pipelined split rows"])
+@pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
+def test_triton_with_the_cuda_tiling_many_programs(monkeypatch, name, reference, triton_fn, tiles, stages, split):
     """The CUDA launch settings under the interpreter: few rows per tile, a ragged last tile; with several
-    tiles per program also a last program whose last tiles lie wholly past the rows."""
+    tiles per program also a last program whose last tiles lie wholly past the rows (D 300: split rows are
+    256 + 64 columns)."""
     monkeypatch.setattr(ml, "CUDA_TILES_PER_PROGRAM", tiles)
     monkeypatch.setattr(ml, "CUDA_STAGES", stages)
+    monkeypatch.setattr(ml, "SPLIT_ROWS", split)
     cuda_config = functools.partial(ml._launch_config, device=torch.device("cuda"))
     monkeypatch.setattr(ml, "_launch_config", lambda R, D, device: cuda_config(R, D))
     launch = ml._launch_config(200, 300, torch.device("cpu"))
     assert launch.block_r == ml.CUDA_TILE_ELEMENTS // 512 == 4 and (launch.tiles, launch.stages) == (tiles, stages)
+    assert (launch.hi, launch.lo) == ((256, 64) if split else (512, 0))
     pred, target, idx = _inputs(3, 23, 30, 300, torch.float32, seed=7)  # 69 rows: 18 tiles, the last ragged
     _assert_match(_loss_and_grad(reference, pred, target, idx), _loss_and_grad(triton_fn, pred, target, idx),
                   torch.float32)  # 4 tiles a program: 5 programs, tiles 18 and 19 past the end
@@ -161,10 +178,19 @@ def test_cuda_rows_wider_than_a_tile_get_a_program_each_and_no_pipelining(monkey
                         ("CUDA_STAGES", 3)]:
         monkeypatch.setattr(ml, attr, value)
     cuda = torch.device("cuda")  # only names the device
-    assert ml._launch_config(1000, 768, cuda) == (1, 1024, 2, 8, 3)
-    assert ml._launch_config(1000, 96, cuda) == (8, 128, 2, 8, 3)
-    assert ml._launch_config(1000, 1025, cuda) == (1, 2048, 2, 1, 1)
-    assert ml._launch_config(1000, ml.MAX_D, cuda) == (1, ml.MAX_D, 16, 1, 1)
+    assert ml._launch_config(1000, 768, cuda) == (1, 1024, 0, 2, 8, 3)
+    assert ml._launch_config(1000, 96, cuda) == (8, 128, 0, 2, 8, 3)
+    assert ml._launch_config(1000, 1025, cuda) == (1, 2048, 0, 2, 1, 1)
+    assert ml._launch_config(1000, ml.MAX_D, cuda) == (1, ml.MAX_D, 0, 16, 1, 1)
+
+
+def test_split_rows_take_two_chunks_only_where_one_would_pad_more(monkeypatch):
+    monkeypatch.setattr(ml, "SPLIT_ROWS", True)
+    assert [ml._row_chunks(D) for D in (768, 96, 3, 300, 1000, 200, 512, 1)] == [
+        (512, 256), (64, 32), (2, 1), (256, 64), (1024, 0), (256, 0), (512, 0), (1, 0)]
+    assert ml._launch_config(1000, 768, torch.device("cuda")).block_r == ml.CUDA_TILE_ELEMENTS // 1024  # rows kept
+    monkeypatch.setattr(ml, "SPLIT_ROWS", False)
+    assert ml._row_chunks(768) == (1024, 0)
 
 
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
