@@ -472,14 +472,18 @@ def test_gpu_single_token(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("tiles,stages", [(4, 2), (8, 3), (8, 4)])
+@pytest.mark.parametrize("tiles,stages,split", [(4, 2, False), (8, 3, False), (8, 4, False), (1, 1, True),
+                                                (4, 2, True)])
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
-def test_gpu_software_pipelined_programs(monkeypatch, name, reference, triton_fn, tiles, stages):
-    """The sweep's pipelined launch settings (loads as asynchronous copies into shared memory) against the
-    reference: rows not a multiple of a program's tiles, odd D, a target batch dividing the prediction's."""
+def test_gpu_software_pipelined_programs_and_split_rows(monkeypatch, name, reference, triton_fn, tiles, stages,
+                                                        split):
+    """The sweep's pipelined launch settings (loads as asynchronous copies into shared memory) and split rows
+    (768 = 512 + 256 columns) against the reference: rows not a multiple of a program's tiles, odd D, a
+    target batch dividing the prediction's."""
     monkeypatch.setattr(ml, "CUDA_TILE_ELEMENTS", 1024)
     monkeypatch.setattr(ml, "CUDA_TILES_PER_PROGRAM", tiles)
     monkeypatch.setattr(ml, "CUDA_STAGES", stages)
+    monkeypatch.setattr(ml, "SPLIT_ROWS", split)
     for B, M, N, D, Bt in [(24, 147, 196, 768, 24), (16, 301, 400, 1000, 4)]:
         g = torch.Generator().manual_seed(D + tiles)
         pred = torch.randn(B, M, D, generator=g).to(torch.bfloat16).cuda().requires_grad_()
