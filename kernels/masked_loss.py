@@ -150,8 +150,8 @@ def _masked_loss_fwd_kernel(
 ):
     """Program ``pid`` takes ``TILES`` consecutive tiles of ``BLOCK_R`` rows: their partial loss sum ->
     partial[pid]; d(loss)/d(pred) -> grad (contiguous). ``STAGES`` > 1 lets Triton's software pipeliner
-    load the next tiles (cp.async, into shared memory) while one is computed: rows in flight no longer
-    bounded by registers."""
+    load the next ``STAGES - 1`` tiles (cp.async, into shared memory) while one is computed. ``HI``, ``LO``:
+    a row's column chunks (see ``_tile_loss``)."""
     pid = tl.program_id(0)
     inv_denom = 1.0 / denom  # not denom.to(): Triton passes an int argument equal to 1 as a constexpr (triton#2939)
     first = pid.to(tl.int64) * TILES
