@@ -2,7 +2,7 @@
 # The whole device check in one call on a lent GPU machine (bare: python3 with torch, triton and timm, no
 # network): install the package without fetching anything (or fall back to PYTHONPATH), run
 # scripts/gpu_suite.sh into benchmarks/results/NAME, record the commit that was sent, and pack the folder as
-# $OUT/results.tgz (the device tool returns at most 8 files). About 8 minutes.
+# $OUT/results.tgz (the device tool returns at most 8 files). About 8.5 minutes.
 #
 #   HJEPA_COMMIT=<hash of the committed tree sent> scripts/device_suite.sh NAME
 #
@@ -20,12 +20,13 @@ if ! { python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 
   ln -sfn ../kernels hjepa_fast/kernels
   export PYTHONPATH=$PWD
 fi
-# a 200 s benchmark budget keeps the call near 8 minutes: with a machine's start, a 15-minute device
-# allowance then leaves room for a second, shorter call. The budget goes to the benchmarks of the kernels
-# still waiting for GPU numbers (BENCH_BUDGET / BENCH_ARGS override; gpu_suite.sh's own default runs more)
-BENCH_BUDGET=${BENCH_BUDGET:-200} BENCH_ARGS=${BENCH_ARGS:---only masked_loss temporal_pool host_overhead} \
+# a 180 s benchmark budget keeps the call near 8.5 minutes (tests <= 180 s, sweep <= 120 s): with a machine's
+# start it fits a 15-minute device allowance. The budget goes to the benchmarks of the kernels still waiting
+# for GPU numbers (BENCH_BUDGET / BENCH_ARGS override; gpu_suite.sh's own default runs more)
+BENCH_BUDGET=${BENCH_BUDGET:-180} BENCH_ARGS=${BENCH_ARGS:---only masked_loss temporal_pool host_overhead} \
   PYTHON=python3 timeout 540 scripts/gpu_suite.sh "$R" > "$R/suite.txt" 2>&1
 status=$?
+python3 -m benchmarks.goals "$R" > /dev/null 2>&1  # again: the suite may have been stopped before its own call
 cat "$R/goals.md" 2>/dev/null  # what the session needs first, in the command's output
 tail -n 1 "$R/suite.txt"
 if [ -n "${OUT:-}" ]; then
