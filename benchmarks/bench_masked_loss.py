@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, timings, write_results
-from benchmarks.sweep_launch import loss_setting
+from benchmarks.sweep_launch import current_setting, loss_setting
 from hjepa_fast.kernels import masked_loss as ml
 
 # (B, M, N, D): image I-JEPA (196 tokens, ~75 % predicted) and video (1568 tokens) at the level widths
@@ -113,7 +113,7 @@ def loss_errors(paths: dict[str, Callable], pred: torch.Tensor, target: torch.Te
 
 def default_setting() -> dict[str, object]:
     """The loss kernel's launch setting now (the attributes ``CANDIDATE_SETTINGS`` vary)."""
-    return {attr: getattr(ml, attr) for attr in CANDIDATE_SETTINGS[0]}
+    return current_setting(ml, CANDIDATE_SETTINGS[0])
 
 
 def setting_label(setting: dict[str, object]) -> str:

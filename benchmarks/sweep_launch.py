@@ -43,7 +43,7 @@ def sweep(name: str, module, settings: list[Setting], run: Callable[[], tuple[to
     """Time ``run`` (the bare launch, returning its outputs) under each setting of ``module``'s launch
     attributes (restored afterwards); ``reset`` restores the inputs of an in-place kernel before each output
     comparison (not timed)."""
-    defaults = {attr: getattr(module, attr) for attr in settings[0]}
+    defaults = current_setting(module, settings[0])
     reset()
     want = tuple(t.clone() for t in run())
     rows = []
@@ -76,9 +76,14 @@ def measure_device_time(run: Callable[[], object], device: torch.device) -> dict
         return measure(run, device) | {"timing": "launch"}
 
 
+def current_setting(module, like: Setting) -> Setting:
+    """``module``'s values now of the launch attributes ``like`` names."""
+    return {attr: getattr(module, attr) for attr in like}
+
+
 def with_default(module, settings: list[Setting]) -> list[Setting]:
     """The module's current setting first (the reference output), then the others."""
-    default = {attr: getattr(module, attr) for attr in settings[0]}
+    default = current_setting(module, settings[0])
     return [default, *[s for s in settings if s != default]]
 
 

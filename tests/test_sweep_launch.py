@@ -37,7 +37,7 @@ def test_every_case_sweeps_launch_attributes_its_module_has_default_first():
     """A misspelt attribute would fail every setting on the GPU (``mock.patch.multiple`` creates none)."""
     for make_cases in sweep_launch.CASES.values():
         for case in make_cases(torch.device("cpu"), quick=True):
-            default = {attr: getattr(case.module, attr) for attr in case.settings[0]}
+            default = sweep_launch.current_setting(case.module, case.settings[0])
             assert case.settings[0] == default, case.name
             assert all(set(s) == set(default) for s in case.settings), case.name
             assert len(case.settings) > 1 and case.nbytes > 0
