@@ -38,7 +38,7 @@ def test_every_launch_compiles_without_spills(tmp_path, arch):
     if "registers" not in rows[0]:
         pytest.skip("the Triton wheel ships no ptxas here")
     assert all(r["spill_bytes"] == 0 and 0 < r["registers"] <= 255 for r in rows), rows
-    assert all(r["shared_bytes"] <= 96 * 1024 for r in rows), rows  # launches on any GPU since Volta
+    assert all(r["shared_bytes"] <= 96 * 1024 for r in rows), rows  # well within A100 (164 KB) and H100 (227 KB)
     by_name = {r["launch"]: r for r in rows}  # the pipelined loss loads through cp.async, the default does not
     assert all(by_name[f"masked_loss pipelined {kind}"]["async_copies"] > 0 for kind in ("l2", "ijepa", "vjepa p1.5"))
     assert by_name["masked_loss l2"]["async_copies"] == 0
