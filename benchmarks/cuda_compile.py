@@ -32,7 +32,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from benchmarks.harness import parser
-from benchmarks.sweep_launch import MASKED_LOSS_SETTINGS, loss_setting
+from benchmarks.sweep_launch import MASKED_LOSS_SETTINGS, loss_setting, setting_text
 from hjepa_fast.kernels import ema, masked_loss, temporal_pool
 
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int64: "*i64",
@@ -224,10 +224,10 @@ def all_launches() -> dict[str, Launch]:
                      "masked_loss pipelined ones": masked_loss_launches(1, 1, 3, 2, 1),
                      "masked_loss pipelined widest fp32": {"l2": widest()["l2"]}}
     with mock.patch.multiple(masked_loss, **SPLIT_LOSS):
-        pipelined |= {"masked_loss split": masked_loss_launches(), "masked_loss split odd D": masked_loss_launches(
-            B=2, M=5, N=7, D=300, dtype=torch.float32)}
+        split = {"masked_loss split": masked_loss_launches(),
+                 "masked_loss split odd D": masked_loss_launches(B=2, M=5, N=7, D=300, dtype=torch.float32)}
     groups = {"masked_loss": masked_loss_launches(), "masked_loss ones": masked_loss_launches(1, 1, 3, 2, 1),
-              **pipelined,
+              **pipelined, **split,
               "masked_loss broadcast": {"l2": masked_loss_launches(B=8, Bt=2)["l2"]},
               "masked_loss widest fp32": {"l2": widest()["l2"]},
               "temporal_pool": temporal_pool_launches(),
@@ -242,8 +242,7 @@ def masked_loss_setting_launches() -> dict[str, Launch]:
     out = {}
     for setting in MASKED_LOSS_SETTINGS:
         with mock.patch.multiple(masked_loss, **setting):
-            label = " ".join(f"{k.lower()}={v}" for k, v in setting.items())
-            out[f"masked_loss l2 D768 {label}"] = masked_loss_launches()["l2"]
+            out[f"masked_loss l2 D768 {setting_text(setting)}"] = masked_loss_launches()["l2"]
     return out
 
 

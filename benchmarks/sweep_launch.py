@@ -30,8 +30,11 @@ from hjepa_fast.kernels import ema, masked_loss, temporal_pool
 Setting = dict[str, object]  # module attribute -> value
 
 
-def _show(value: object) -> object:
-    return value["cuda"] if isinstance(value, dict) else value
+def setting_text(setting: Setting) -> str:
+    """``cuda_tile_elements=2048 cuda_warps=2``: a setting as its rows and reports name it (of a per-device
+    dict, the CUDA value)."""
+    return " ".join(f"{attr.lower()}={value['cuda'] if isinstance(value, dict) else value}"
+                    for attr, value in setting.items())
 
 
 def _max_diff(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> float:
@@ -57,7 +60,7 @@ def sweep(name: str, module, settings: list[Setting], run: Callable[[], tuple[to
             print(f"{name} {setting}: {type(err).__name__}: {str(err)[:160]}")
             continue
         gbps = nbytes / (t["ms"] * 1e-3) / 1e9
-        label = " ".join(f"{a.lower()}={_show(v)}" for a, v in setting.items())
+        label = setting_text(setting)
         rows.append({"kernel": name, "path": label, "shape": name, **t, "gbps": gbps,
                      "frac_copy": gbps / copy_gbps, "max_abs_diff": diff, "default": setting == defaults})
         print(f"{name:<28} {label:<44} {t['ms']:8.3f} ms {gbps:8.1f} GB/s {gbps / copy_gbps:6.1%} of copy"
