@@ -37,7 +37,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, timings, write_results
+from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, time_against_eager, write_results
 from benchmarks.sweep_launch import current_setting, loss_setting
 from hjepa_fast.kernels import masked_loss as ml
 
@@ -154,21 +154,14 @@ def time_paths(case: Case, paths: dict[str, Callable], pred: torch.Tensor, targe
     nbytes = min_bytes(B, M, D, pred, target, idx)
     err = loss_errors(paths, pred, target, idx)
     rows = []
-    for graph in timings(device):
-        eager_ms = None  # the speedups of each timing are against eager under the same timing
-        for name, fn in paths.items():
-            path = f"{name} graph" if graph else name
-            try:
-                t = measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=graph)
-            except Exception as exc:
-                errors.append(f"{label(case)} {path}: {type(exc).__name__}: {str(exc)[:200]}")
-                continue
-            eager_ms = t["ms"] if name == "eager" else eager_ms
-            r = row(case, path, t, nbytes, pred, copy_gbps, eager_ms) | {"abs_err": err.get(name)}
-            rows.append(r)
-            print(f"{r['shape']:<40} {path:<20} {t['ms']:9.3f} ms {r['gbps']:8.1f} GB/s "
-                  f"{r['frac_copy']:6.1%} of copy ({r['frac_copy_autograd']:6.1%} counting the autograd "
-                  f"bytes)" + ("" if eager_ms is None else f"  x{r['speedup_vs_eager']:.2f} vs eager"))
+    for name, path, t, speedup in time_against_eager(
+            paths, lambda fn, graph: measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=graph), device,
+            errors, label(case)):
+        r = row(case, path, t, nbytes, pred, copy_gbps, speedup) | {"abs_err": err.get(name)}
+        rows.append(r)
+        print(f"{r['shape']:<40} {path:<20} {t['ms']:9.3f} ms {r['gbps']:8.1f} GB/s "
+              f"{r['frac_copy']:6.1%} of copy ({r['frac_copy_autograd']:6.1%} counting the autograd "
+              f"bytes)" + ("" if speedup is None else f"  x{speedup:.2f} vs eager"))
     return rows
 
 
@@ -183,7 +176,7 @@ def min_bytes(B: int, M: int, D: int, pred: torch.Tensor, target: torch.Tensor, 
 
 
 def row(case: Case, path: str, t: dict, nbytes: int, pred: torch.Tensor, copy_gbps: float,
-        eager_ms: float | None) -> dict:
+        speedup_vs_eager: float | None) -> dict:
     """One result row: time, GB/s on the minimum bytes and the fractions of copy on them and on the bytes
     a drop-in loss moves under autograd (two more passes over the gradient)."""
     B, M, N, D, Bt = case.shape
@@ -191,7 +184,7 @@ def row(case: Case, path: str, t: dict, nbytes: int, pred: torch.Tensor, copy_gb
     autograd_gbps = (nbytes + 2 * pred.numel() * pred.element_size()) / (t["ms"] * 1e-3) / 1e9
     return {"op": case.op, "path": path, "shape": label(case), "B": B, "M": M, "N": N, "D": D, "target_batch": Bt,
             **t, "gbps": gbps, "frac_copy": gbps / copy_gbps, "frac_copy_autograd": autograd_gbps / copy_gbps,
-            "speedup_vs_eager": None if eager_ms is None else eager_ms / t["ms"]}
+            "speedup_vs_eager": speedup_vs_eager}
 
 
 def label(case: Case) -> str:

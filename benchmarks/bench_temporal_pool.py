@@ -18,12 +18,12 @@ chunks of at most 65,535 (SDPA's CUDA kernels fail at batch >= 65,536: pytorch #
 """
 from __future__ import annotations
 
-import itertools
+import functools
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, timings, write_results
+from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, time_against_eager, write_results
 from hjepa_fast.kernels.temporal_pool import temporal_attention_pool_reference, temporal_attention_pool_triton
 
 N, HEADS, DH, WINDOW = 196, 12, 64, 4
@@ -109,24 +109,17 @@ def main() -> None:
                 except Exception:  # the timing loop below records the error
                     pass
         shape = f"B{B} T{T} {str(dtype).removeprefix('torch.')}{' masked' if masked else ''}"
-        for mode, graph in itertools.product(("fwd", "fwd+bwd"), timings(device)):
-            eager_ms = None
-            for name, fn in paths.items():
-                path = f"{name} graph" if graph else name
-                try:
-                    t = time_path(fn, q, k, v, visible, grad, mode, device, args.quick, graph=graph)
-                except Exception as exc:  # record and go on: one failing baseline must not hide the others
-                    errors.append(f"{shape} {mode} {path}: {type(exc).__name__}: {str(exc)[:200]}")
-                    continue
-                eager_ms = t["ms"] if name == "eager" else eager_ms
-                speedup = None if eager_ms is None else eager_ms / t["ms"]
+        for mode in ("fwd", "fwd+bwd"):
+            time_one = functools.partial(time_path, q=q, k=k, v=v, visible=visible, grad=grad, mode=mode,
+                                         device=device, quick=args.quick)
+            for name, path, t, speedup in time_against_eager(paths, time_one, device, errors, f"{shape} {mode}"):
                 gbps = bytes_by_mode[mode] / (t["ms"] * 1e-3) / 1e9
                 rows.append({"case": f"{shape} {mode}", "shape": shape, "mode": mode, "path": path, **t,
                              "max_abs_err": err.get(name), "bytes": bytes_by_mode[mode], "GBps": gbps,
                              "frac_copy": gbps / info["copy_GBps"], "speedup_vs_eager": speedup})
                 print(f"{shape:>26} {mode:>8} {path:>15}: {t['ms']:9.3f} ms {gbps:8.1f} GB/s "
                       f"({gbps / info['copy_GBps']:5.1%} of copy)" + ("" if speedup is None else f"  x{speedup:.2f}"))
-        del k, v, q, grad, visible
+        del k, v, q, grad, visible, time_one  # time_one holds them too
         if device.type == "cuda":
             torch.cuda.empty_cache()
         info["errors"] = errors  # written after each case: a timeout keeps what was measured

@@ -9,7 +9,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -65,6 +65,25 @@ def timings(device: torch.device) -> tuple[bool, ...]:
     """The ``graph`` values of ``measure`` a benchmark runs on ``device``: as a caller sees it, and on CUDA
     also from a CUDA graph (device time alone)."""
     return (False, True) if device.type == "cuda" else (False,)
+
+
+def time_against_eager(paths: dict[str, object], time_one: Callable[[object, bool], dict], device: torch.device,
+                       errors: list[str], where: str) -> Iterator[tuple[str, str, dict, float | None]]:
+    """Each timing of ``device`` (``timings``), each path in turn: ``time_one(fn, graph=...)``, yielded as (name,
+    path label: ``<name>`` or ``<name> graph``, the timing, speedup over the ``eager`` path under the same
+    timing or None). A path that raises goes to ``errors`` (after ``where``) and is left out: one failing
+    path must not hide the others."""
+    for graph in timings(device):
+        eager_ms = None
+        for name, fn in paths.items():
+            path = f"{name} graph" if graph else name
+            try:
+                t = time_one(fn, graph=graph)
+            except Exception as exc:
+                errors.append(f"{where} {path}: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            eager_ms = t["ms"] if name == "eager" else eager_ms
+            yield name, path, t, None if eager_ms is None else eager_ms / t["ms"]
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) -> float:
