@@ -1,12 +1,19 @@
 """Host time of the Triton ops: what one forward + backward costs the CPU, through each of the two doors
 every op has (``torch.library.custom_op``, which ``torch.compile`` traces, and the public ``*_triton``
 function eager code calls, which takes an ``autograd.Function``). On a GPU the device waits for this time
-whenever the op's kernels are shorter than it (the H200 runs measured ~0.3 ms of such gaps per forward +
-backward at the benchmark shapes).
+whenever the op's kernels are shorter than it: in the H200 runs a loss forward + backward at a shape whose
+kernels take ~25 us cost a caller ~0.55-0.65 ms (D 96 rows), and the large shapes ~0.3 ms more than their
+kernels.
 
 Tiny tensors, the doors timed round-robin so that a shared machine's load hits them alike. On CPU the
 kernel launches are stubbed out (the interpreter's launch is not Triton's); on CUDA they are real, and
 each round ends with a synchronisation: with kernels this small the time per call is the host's.
+
+Two more rows tell where such a gap comes from: the public function with the backward run on the calling
+thread (``torch.autograd.set_multithreading_enabled(False)``; on CUDA the autograd engine otherwise hands
+the backward to a device thread and waits for it: a gap any op pays, once per backward call, not per op),
+and an ``autograd floor``: a forward + backward of one torch multiply, the least any op costs the host,
+both ways. On CPU the engine keeps the backward on the calling thread anyway.
 
 ``python -m benchmarks.bench_host_overhead [--out DIR] [--rounds N] [--quick] [--device cpu|cuda]``
 """
@@ -46,20 +53,40 @@ def cases(device: torch.device) -> dict[str, dict[str, Callable[[], object]]]:
     def pool_op():
         return torch.autograd.grad(tp._pool_op(q, k, v, 4, None), (q, k, v), pooled_grad)
 
+    def loss_function():
+        return torch.autograd.grad(ml.masked_l2_loss_triton(pred, target, idx, check_idx=False), pred)
+
+    def pool_function():
+        return torch.autograd.grad(tp.temporal_attention_pool_triton(q, k, v, 4), (q, k, v), pooled_grad)
+
+    def multiply():
+        return torch.autograd.grad((pred * 2.0).sum(), pred)
+
     return {
-        "masked_l2_loss": {"custom op": loss_op,
-                           "public function": lambda: torch.autograd.grad(
-                               ml.masked_l2_loss_triton(pred, target, idx, check_idx=False), pred)},
-        "temporal_attention_pool": {"custom op": pool_op,
-                                    "public function": lambda: torch.autograd.grad(
-                                        tp.temporal_attention_pool_triton(q, k, v, 4), (q, k, v), pooled_grad)},
+        "masked_l2_loss": {"custom op": loss_op, "public function": loss_function,
+                           CALLING_THREAD: on_calling_thread(loss_function)},
+        "temporal_attention_pool": {"custom op": pool_op, "public function": pool_function,
+                                    CALLING_THREAD: on_calling_thread(pool_function)},
+        "autograd floor": {"torch multiply": multiply, "torch multiply, calling thread": on_calling_thread(multiply)},
     }
+
+
+CALLING_THREAD = "public function, calling thread"
+
+
+def on_calling_thread(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the autograd engine running the backward on the calling thread."""
+    def call():
+        with torch.autograd.set_multithreading_enabled(False):
+            return fn()
+    return call
 
 
 def stubbed_launches() -> contextlib.ExitStack:
     """Every kernel of the two ops replaced by a no-op for the duration (CPU runs)."""
     stack = contextlib.ExitStack()
-    for module, name in ((ml, "_masked_loss_fwd_kernel"), (tp, "_pool_fwd_kernel"), (tp, "_pool_bwd_kernel")):
+    for module, name in ((ml, "_masked_loss_fwd_kernel"), (ml, "_scale_kernel"), (tp, "_pool_fwd_kernel"),
+                         (tp, "_pool_bwd_kernel")):
         stack.enter_context(mock.patch.object(module, name, _NoLaunch()))
     return stack
 
@@ -96,13 +123,13 @@ def main() -> None:
     with stubbed_launches() if device.type == "cpu" else contextlib.nullcontext():
         for op, doors in cases(device).items():
             times = time_doors(doors, rounds, 200, device)
-            base = statistics.median(times["custom op"])
+            base = statistics.median(next(iter(times.values())))  # speedups against the op's first door
             for door, ts in times.items():
                 q25, _, q75 = statistics.quantiles(ts, n=4)
                 ms = statistics.median(ts)
                 rows.append({"shape": op, "path": door, "ms": ms, "ms_q25": q25, "ms_q75": q75,
                              "speedup": base / ms})
-                print(f"{op:<24} {door:<16} {ms * 1e3:7.1f} us host per forward + backward  x{base / ms:.2f}"
+                print(f"{op:<24} {door:<32} {ms * 1e3:7.1f} us host per forward + backward  x{base / ms:.2f}"
                       f" ({info['launches']} launches)")
     write_results("host_overhead", info, rows, args.out)
 

@@ -66,21 +66,26 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def recording(module, kernel_names: list[str]) -> Iterator[list[Launch]]:
+def recording(module, kernel_names: list[str], config_names: tuple[str, ...] = ("_launch_config",)
+              ) -> Iterator[list[Launch]]:
     """Within the block, launches of ``module``'s kernels are recorded instead of run, with the CUDA launch
-    settings whatever the tensors' device (``_launch_config`` called for a CUDA device)."""
+    settings whatever the tensors' device (each launch-setting function of ``config_names`` called for a
+    CUDA device)."""
     launches: list[Launch] = []
-    config = module._launch_config
     with contextlib.ExitStack() as stack:
         for name in kernel_names:
             stack.enter_context(mock.patch.object(module, name, _Recorder(getattr(module, name), launches)))
-
-        def cuda_config(*args, **kwargs):
-            args = tuple(CUDA if isinstance(a, torch.device) else a for a in args)
-            return config(*args, **{k: CUDA if isinstance(v, torch.device) else v for k, v in kwargs.items()})
-
-        stack.enter_context(mock.patch.object(module, "_launch_config", cuda_config))
+        for name in config_names:
+            stack.enter_context(mock.patch.object(module, name, _on_cuda(getattr(module, name))))
         yield launches
+
+
+def _on_cuda(config: Callable) -> Callable:
+    """``config`` with every device argument replaced by a CUDA device."""
+    def cuda_config(*args, **kwargs):
+        args = tuple(CUDA if isinstance(a, torch.device) else a for a in args)
+        return config(*args, **{k: CUDA if isinstance(v, torch.device) else v for k, v in kwargs.items()})
+    return cuda_config
 
 
 def specialise(launch: Launch) -> tuple[dict[str, str], dict[str, object], dict[tuple[int], list]]:
@@ -134,8 +139,9 @@ def blocks_per_sm(registers: int, num_warps: int, shared_bytes: int, arch: int =
 
 
 def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[str, int]:
-    """Registers per thread, spill bytes (stores + loads), static shared memory, asynchronous copies and
-    programs per SM, as ``ptxas -v`` reports them for the compiled PTX (empty without the wheel's ptxas)."""
+    """Registers per thread, spill bytes (stores + loads), static shared memory, asynchronous copies, vector
+    loads from global memory and programs per SM, as ``ptxas -v`` reports them for the compiled PTX (empty
+    without the wheel's ptxas)."""
     ptxas = _ptxas()
     if ptxas is None:
         return {}
@@ -153,6 +159,7 @@ def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[
     out["spill_bytes"] = out.pop("spill_stores", 0) + out.pop("spill_loads", 0)
     out["shared_bytes"] = compiled.metadata.shared
     out["async_copies"] = len(re.findall(r"\bcp\.async\.c[ag]\b", compiled.asm["ptx"]))  # software-pipelined loads
+    out["vector_loads"] = len(re.findall(r"\bld\.global(?:\.\w+)*\.v[24]\.", compiled.asm["ptx"]))  # 8-16 B a thread
     if arch in _SM_LIMITS and "registers" in out:
         out["blocks_per_sm"] = blocks_per_sm(out["registers"], compiled.metadata.num_warps, out["shared_bytes"], arch)
     return out
@@ -188,6 +195,13 @@ def masked_loss_launches(B: int = 8, M: int = 147, N: int = 196, D: int = 768, B
         masked_loss._masked_latent_loss(pred.detach(), target, idx, masked_loss._L2, False, 1.0, False)
         out["l2 no grad"] = launches[-1]
     return out
+
+
+def masked_loss_backward_launch(dtype: torch.dtype = torch.bfloat16, n: int = 8 * 147 * 768) -> dict[str, Launch]:
+    """The eager backward's product of the forward's gradient and ``grad_output``."""
+    with recording(masked_loss, ["_scale_kernel"], ("_scale_launch_config",)) as launches:
+        masked_loss._scaled_gradient(torch.zeros(n, dtype=dtype), torch.tensor(2.0))
+    return {"backward scale": launches[-1]}
 
 
 def temporal_pool_launches(B: int = 2, T: int = 8, N: int = 196, H: int = 12, Dh: int = 64, window: int = 4,
@@ -226,7 +240,8 @@ def all_launches() -> dict[str, Launch]:
     with mock.patch.multiple(masked_loss, **SPLIT_LOSS):
         split = {"masked_loss split": masked_loss_launches(),
                  "masked_loss split odd D": masked_loss_launches(B=2, M=5, N=7, D=300, dtype=torch.float32)}
-    groups = {"masked_loss": masked_loss_launches(), "masked_loss ones": masked_loss_launches(1, 1, 3, 2, 1),
+    groups = {"masked_loss": masked_loss_launches() | masked_loss_backward_launch(),
+              "masked_loss ones": masked_loss_launches(1, 1, 3, 2, 1) | masked_loss_backward_launch(torch.float32, 1),
               **pipelined, **split,
               "masked_loss broadcast": {"l2": masked_loss_launches(B=8, Bt=2)["l2"]},
               "masked_loss widest fp32": {"l2": widest()["l2"]},

@@ -8,6 +8,8 @@ setting shows.
 Kernels and bytes (what the kernel reads and writes, once each):
 - masked loss forward (the gradient is computed there): read the prediction and gathered target rows and
   ``idx``, write the gradient; ViT-B video shapes, bf16;
+- masked loss backward (that gradient times ``grad_output``): read it, write the product; the Triton kernel
+  against torch's product;
 - EMA: read target and source, write target; the ViT-B 3-level recipe's ~100 M parameters as one fp32
   flat buffer (what ``MultiLevelEMA`` launches);
 - temporal pool forward (read k, v, write the output) and backward (read k, v, output gradient, write
@@ -134,6 +136,22 @@ def masked_loss_cases(device: torch.device, quick: bool) -> Iterator[Case]:
             return masked_loss._masked_latent_loss(pred, target, idx, masked_loss._L2, False, 1.0, True)
 
         yield Case(f"masked_loss fwd D{D}", masked_loss, settings, run, B * M * (3 * D * 2 + idx.element_size()))
+        if D == 768:
+            yield backward_scale_case(torch.randn(B, M, D, device=device, dtype=torch.bfloat16, generator=g))
+
+
+# the backward's product (the forward's gradient times grad_output): the Triton kernel at the EMA kernel's
+# settings and around them, against torch's ``grad * grad_output`` (TRITON_GRAD_SCALE False)
+SCALE_SETTINGS = [{"TRITON_GRAD_SCALE": triton, "CUDA_SCALE_BLOCK": b, "CUDA_SCALE_WARPS": w}
+                  for triton, b, w in [(True, 4096, 8), (True, 2048, 4), (True, 8192, 8), (False, 4096, 8)]]
+
+
+def backward_scale_case(grad: torch.Tensor) -> Case:
+    """The loss backward's launch on the forward's gradient ``grad`` (bf16): read it, write the product."""
+    grad_loss = torch.tensor(0.5, device=grad.device)
+    return Case(f"masked_loss bwd scale {grad.numel() / 1e6:.0f}M", masked_loss,
+                with_default(masked_loss, SCALE_SETTINGS), lambda: (masked_loss._scaled_gradient(grad, grad_loss),),
+                2 * grad.numel() * grad.element_size())
 
 
 def ema_cases(device: torch.device, quick: bool) -> Iterator[Case]:

@@ -42,6 +42,9 @@ def test_every_launch_compiles_without_spills(tmp_path, arch):
     by_name = {r["launch"]: r for r in rows}  # the pipelined loss loads through cp.async, the default does not
     assert all(by_name[f"masked_loss pipelined {kind}"]["async_copies"] > 0 for kind in ("l2", "ijepa", "vjepa p1.5"))
     assert by_name["masked_loss l2"]["async_copies"] == 0
+    # the streaming kernels read 16 bytes a thread at the recipe's widths (contiguous rows, aligned)
+    assert all(by_name[name]["vector_loads"] > 0 for name in ("masked_loss l2", "masked_loss backward scale",
+                                                              "temporal_pool forward", "ema 3 levels update"))
 
 
 def test_sizes_of_one_are_compiled_as_constants():

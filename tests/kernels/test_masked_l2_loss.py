@@ -244,6 +244,33 @@ def test_no_tokens_give_nan_like_the_reference(name, reference, triton_fn):
         assert torch.autograd.grad(loss, pred)[0].shape == (2, 0, 8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,scale", [(2**17 + 37, -2.5), (5, 0.0), (0, 3.0)])
+def test_backward_scale_kernel_matches_torch_product(dtype, n, scale):
+    """The eager backward's Triton product against torch's ``grad * grad_output`` over several programs with a
+    ragged last one (2^16 elements a program here): fp32 exactly; half types within one rounding (the
+    interpreter truncates on the cast to them, a GPU rounds to nearest: the GPU test asserts equality)."""
+    grad = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(dtype)
+    grad_loss = torch.tensor(scale)
+    got, want = ml._scaled_gradient(grad, grad_loss), grad * grad_loss
+    assert got.dtype == dtype and got.shape == grad.shape
+    torch.testing.assert_close(got, want, rtol=torch.finfo(dtype).eps if dtype != torch.float32 else 0, atol=0)
+
+
+def test_backward_keeps_a_graph_when_asked_and_can_use_torch(monkeypatch):
+    """``create_graph`` with a differentiable ``grad_output`` takes torch's product, so the gradient stays
+    differentiable in it; ``TRITON_GRAD_SCALE`` off gives the same gradient."""
+    pred, target, idx = _inputs(2, 7, 9, 12, torch.float32, seed=3)
+    weight = torch.tensor(2.0, requires_grad=True)
+    (grad,) = torch.autograd.grad(ml.masked_l2_loss_triton(pred, target, idx) * weight, pred, create_graph=True)
+    (d_weight,) = torch.autograd.grad(grad.sum(), weight)
+    _, unit_grad = _loss_and_grad(ml.masked_l2_loss_triton, pred, target, idx, scale=1.0)
+    torch.testing.assert_close(d_weight, unit_grad.sum())
+    monkeypatch.setattr(ml, "TRITON_GRAD_SCALE", False)
+    monkeypatch.setattr(ml, "_scale_kernel", None)  # would raise if launched
+    torch.testing.assert_close(_loss_and_grad(ml.masked_l2_loss_triton, pred, target, idx, scale=2.0)[1], grad)
+
+
 def test_triton_without_grad_skips_the_gradient_and_is_deterministic():
     pred, target, idx = _inputs(3, 37, 40, 96, torch.float32, seed=1)
     with torch.no_grad():
@@ -468,6 +495,16 @@ def test_gpu_single_token(dtype):
     pred = pred.detach().requires_grad_()
     _assert_match(_loss_and_grad(ml.masked_l2_loss_reference, pred, target, idx),
                   _loss_and_grad(ml.masked_l2_loss_triton, pred, target, idx), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_backward_scale_kernel_equals_torch_product(dtype):
+    """On a GPU the Triton product rounds like torch's: equal bit for bit, ragged last block included."""
+    grad = torch.randn(3 * ml.CUDA_SCALE_BLOCK + 37, device="cuda").to(dtype)
+    grad_loss = torch.tensor(-2.5, device="cuda")
+    assert torch.equal(ml._scaled_gradient(grad, grad_loss), grad * grad_loss)
 
 
 @pytest.mark.gpu
