@@ -131,7 +131,7 @@ def main() -> None:
                              "speedup": base / ms})
                 print(f"{op:<24} {door:<32} {ms * 1e3:7.1f} us host per forward + backward  x{base / ms:.2f}"
                       f" ({info['launches']} launches)")
-    write_results("host_overhead", info, rows, args.out)
+            write_results("host_overhead", info, rows, args.out)  # after each op: a time limit keeps these
 
 
 if __name__ == "__main__":
