@@ -49,9 +49,10 @@ CUDA_TILES_PER_PROGRAM, CUDA_STAGES = 1, 1
 # not 1,024): fewer registers per row. Any device (the tests run it under the interpreter); a sweep candidate.
 SPLIT_ROWS = False
 # Backward: the forward's gradient times ``grad_output`` (a 0-dim device tensor) in a Triton kernel (one
-# vectorised read and write) instead of torch's ``grad * grad_output``, whose fp32 0-dim operand beside a
-# bf16 tensor takes PyTorch's unvectorised dynamic-casting loop (a sweep row times both). CUDA block, warps:
-# the EMA kernel's (the same streaming shape; 104% of copy on an H200).
+# vectorised read and write) instead of torch's ``grad * grad_output``, whose fp32 0-dim CUDA operand beside
+# a bf16 tensor sends it, by our reading of PyTorch's CUDA elementwise loop, down the unvectorised,
+# dynamically casting path (not measured: a sweep row times both). CUDA block, warps: the EMA kernel's (the
+# same streaming shape; 104% of copy on an H200).
 TRITON_GRAD_SCALE = True
 CUDA_SCALE_BLOCK, CUDA_SCALE_WARPS = 4096, 8
 _L2, _SMOOTH_L1, _LP = 0, 1, 2  # kernel loss kinds
