@@ -501,7 +501,8 @@ def test_gpu_single_token(dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_gpu_backward_scale_kernel_equals_torch_product(dtype):
-    """On a GPU the Triton product rounds like torch's: equal bit for bit, ragged last block included."""
+    """On a GPU the Triton product rounds like torch's: equal bit for bit, ragged last block included (-2.5 is
+    exact in every dtype, so it holds whether or not torch first rounds the scale to the tensor's dtype)."""
     grad = torch.randn(3 * ml.CUDA_SCALE_BLOCK + 37, device="cuda").to(dtype)
     grad_loss = torch.tensor(-2.5, device="cuda")
     assert torch.equal(ml._scaled_gradient(grad, grad_loss), grad * grad_loss)
