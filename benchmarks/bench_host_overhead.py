@@ -39,6 +39,9 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
+CALLING_THREAD = "public function, calling thread"  # the door that keeps the backward on the calling thread
+
+
 def cases(device: torch.device) -> dict[str, dict[str, Callable[[], object]]]:
     """op -> door -> one forward + backward."""
     pred, target = torch.randn(2, 3, 8, device=device, requires_grad=True), torch.randn(2, 5, 8, device=device)
@@ -69,9 +72,6 @@ def cases(device: torch.device) -> dict[str, dict[str, Callable[[], object]]]:
                                     CALLING_THREAD: on_calling_thread(pool_function)},
         "autograd floor": {"torch multiply": multiply, "torch multiply, calling thread": on_calling_thread(multiply)},
     }
-
-
-CALLING_THREAD = "public function, calling thread"
 
 
 def on_calling_thread(fn: Callable[[], object]) -> Callable[[], object]:
