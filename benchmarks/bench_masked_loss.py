@@ -17,7 +17,9 @@ Paths: ``eager`` (the reference), ``compiled`` (``torch.compile`` of it) and on 
 kernel at its default launch setting), each timed as a caller sees it (``do_bench``: host launch work
 included where the device waits for it); on CUDA each once more as ``<path> graph``: the same calls
 captured in a CUDA graph and replayed, the device's time alone (speedups of those rows are against
-``eager graph``). At D >= 768 the kernel is also timed under the sweep's other candidate launch settings
+``eager graph``). The timed calls take turns over copies of the inputs, enough that a graph's calls read
+cold memory as the caller-timed ones do (``harness.cold_copies``: 3 copies at D 96, whose ~97 MB forward +
+backward would otherwise partly stay in an H200's 50 MB L2 cache). At D >= 768 the kernel is also timed under the sweep's other candidate launch settings
 (``triton 1024/2w x8 s3``: 1,024-element tiles, 2 warps, 8 tiles per program, 3 pipelining stages;
 ``split``: rows in two power-of-two chunks; see ``setting_label``), so that one run both picks the
 default and measures it through autograd.
@@ -37,8 +39,17 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import copy_bandwidth, device_info, measure, parse_args, time_against_eager, write_results
-from benchmarks.sweep_launch import current_setting, loss_setting
+from benchmarks.harness import (
+    Cycling,
+    cold_copies,
+    copy_bandwidth,
+    device_info,
+    measure,
+    parse_args,
+    time_against_eager,
+    write_results,
+)
+from benchmarks.sweep_launch import current_setting, loss_inputs, loss_setting
 from hjepa_fast.kernels import masked_loss as ml
 
 # (B, M, N, D): image I-JEPA (196 tokens, ~75 % predicted) and video (1568 tokens) at the level widths
@@ -145,17 +156,19 @@ def paths_of(case: Case, device: torch.device) -> dict[str, Callable]:
     return paths
 
 
-def time_paths(case: Case, paths: dict[str, Callable], pred: torch.Tensor, target: torch.Tensor,
-               idx: torch.Tensor, device: torch.device, copy_gbps: float, errors: list[str]) -> list[dict]:
+def time_paths(case: Case, paths: dict[str, Callable], inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+               device: torch.device, copy_gbps: float, errors: list[str]) -> list[dict]:
     """One row per path and timing (on CUDA also ``<path> graph``), each with its loss value's distance from
-    eager (``abs_err``). A path that fails is appended to ``errors`` and left out: it must not hide the
-    others."""
+    eager (``abs_err``). ``inputs``: copies of ``(pred, target, idx)``, the timed calls cycling through them
+    (``harness.Cycling``: a CUDA graph's calls then read cold memory). A path that fails is appended to
+    ``errors`` and left out: it must not hide the others."""
     B, M, N, D, Bt = case.shape
+    pred, target, idx = inputs[0]
     nbytes = min_bytes(B, M, D, pred, target, idx)
     err = loss_errors(paths, pred, target, idx)
     rows = []
     for name, path, t, speedup in time_against_eager(
-            paths, lambda fn, graph: measure(_fwd_bwd(fn, pred, target, idx), device, reps=30, graph=graph), device,
+            paths, lambda fn, graph: measure(Cycling(_fwd_bwd(fn), inputs), device, reps=30, graph=graph), device,
             errors, label(case)):
         r = row(case, path, t, nbytes, pred, copy_gbps, speedup) | {"abs_err": err.get(name)}
         rows.append(r)
@@ -165,10 +178,22 @@ def time_paths(case: Case, paths: dict[str, Callable], pred: torch.Tensor, targe
     return rows
 
 
-def _fwd_bwd(fn, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor):
-    def run():
+def _fwd_bwd(fn: Callable) -> Callable:
+    """A forward + backward of the loss ``fn`` on given inputs: the gradient wrt ``pred``."""
+    def run(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor):
         return torch.autograd.grad(fn(pred, target, idx), pred)
     return run
+
+
+def loss_inputs_copies(case: Case, dtype: torch.dtype, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+    """Seeded ``(pred, target, idx)`` for ``case``, ``pred`` requiring its gradient, in as many copies as a cold
+    timing needs (``harness.cold_copies`` on the bytes a forward + backward touches under autograd)."""
+    B, M, N, D, Bt = case.shape
+    g = torch.Generator(device=device).manual_seed(0)
+    elt = torch.finfo(dtype).bits // 8
+    touched = B * M * (5 * D * elt + 8)  # rows read, gradient written, then read and scaled in the backward
+    copies = [loss_inputs(case.shape, dtype, device, g) for _ in range(cold_copies(touched, device))]
+    return [(pred.requires_grad_(), target, idx) for pred, target, idx in copies]
 
 
 def min_bytes(B: int, M: int, D: int, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> int:
@@ -202,14 +227,10 @@ def main() -> None:
     rows, errors = [], []
     info["triton_launch"] = default_setting()  # what the plain ``triton`` rows ran with
     for case in cases(device, args.quick):
-        B, M, N, D, Bt = case.shape
-        g = torch.Generator(device=device).manual_seed(0)
-        pred = torch.randn(B, M, D, device=device, dtype=dtype, generator=g).requires_grad_()
-        target = torch.randn(Bt, N, D, device=device, dtype=dtype, generator=g)
-        idx = torch.rand(B, N, device=device, generator=g).argsort(1)[:, :M].contiguous()  # distinct per row
+        inputs = loss_inputs_copies(case, dtype, device)
         torch._dynamo.reset()  # one compilation per case: 10 of them pass Dynamo's recompile limit (8)
-        rows += time_paths(case, paths_of(case, device), pred, target, idx, device, info["copy_gbps"], errors)
-        del pred, target, idx
+        rows += time_paths(case, paths_of(case, device), inputs, device, info["copy_gbps"], errors)
+        del inputs
         info["errors"] = errors
         write_results("masked_loss", info, rows, args.out)  # after each case: a timeout keeps what was measured
     for e in errors:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 # benchmark -> (goal name, row field, target), each checked on every Triton row
@@ -53,7 +54,8 @@ def goal_lines(folder: Path) -> list[str]:
 
 def fastest_launch_lines(folder: Path) -> list[str]:
     """Per loss case and timing, the fastest Triton path (the default is plain ``triton``); per swept kernel,
-    the fastest setting against the default."""
+    the fastest setting against the default, each by the mean of its rounds (the sweep times the default
+    and the fastest settings twice), with every round's time beside it."""
     lines, by_case = [], {}
     for row in _rows(folder, "masked_loss"):
         if _is_triton(row["path"]):
@@ -66,15 +68,28 @@ def fastest_launch_lines(folder: Path) -> list[str]:
                           if fastest.get(field) is not None)
         lines.append(f"| masked_loss | {case} ({timing} time) | {fastest['path']} | {fastest['ms']:.3f} ms "
                      f"({goals}) | {default} |")
-    sweeps = {}
+    sweeps: dict[str, dict[str, list[dict]]] = {}
     for row in _rows(folder, "sweep_launch"):
-        sweeps.setdefault(row["kernel"], []).append(row)
-    for kernel, rows in sweeps.items():
-        fastest = min(rows, key=lambda r: r["ms"])
-        default = _ms(next((r["ms"] for r in rows if r.get("default")), None))
-        lines.append(f"| sweep | {kernel} | {fastest['path']} | {fastest['ms']:.3f} ms ({fastest['frac_copy']:.0%} "
-                     f"of copy) | {default} |")
+        sweeps.setdefault(row["kernel"], {}).setdefault(row["path"], []).append(row)
+    for kernel, by_setting in sweeps.items():
+        fastest = min(by_setting, key=lambda setting: _mean_ms(by_setting[setting]))
+        frac = statistics.mean(r["frac_copy"] for r in by_setting[fastest])
+        default = next((rows for rows in by_setting.values() if rows[0].get("default")), [])
+        lines.append(f"| sweep | {kernel} | {fastest} | {_rounds(by_setting[fastest])} ({frac:.0%} of copy) "
+                     f"| {_rounds(default)} |")
     return lines
+
+
+def _mean_ms(rows: list[dict]) -> float:
+    return statistics.mean(r["ms"] for r in rows)
+
+
+def _rounds(rows: list[dict]) -> str:
+    """A setting's time, the mean of its rounds, each round after it: ``0.080 ms (0.103 / 0.056)``."""
+    if not rows:
+        return "-"
+    each = " (" + " / ".join(f"{r['ms']:.3f}" for r in rows) + ")" if len(rows) > 1 else ""
+    return f"{_mean_ms(rows):.3f} ms{each}"
 
 
 def _ms(value: float | None) -> str:

@@ -5,7 +5,9 @@ Every microbenchmark in this folder is ``python -m benchmarks.bench_<op> [--out 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import platform
 import statistics
 import time
@@ -40,7 +42,8 @@ def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warm
     ``triton.testing.do_bench`` (events, cache flush between calls): the time a caller sees, the host's
     launch work included wherever the device waits for it. ``graph=True`` (CUDA only) is
     ``triton.testing.do_bench_cudagraph``: ``fn`` captured in a CUDA graph and replayed, the device's time
-    alone (no cache flush: meaningful for working sets well above the L2 cache). On CPU a perf_counter loop."""
+    alone (no cache flush: a working set near the L2 cache's size needs ``Cycling`` over ``cold_copies`` of
+    its inputs). On CPU a perf_counter loop."""
     if device.type == "cuda":
         from triton.testing import do_bench, do_bench_cudagraph
 
@@ -59,6 +62,40 @@ def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warm
         times.append((time.perf_counter() - start) * 1e3)
     q = statistics.quantiles(times, n=4)
     return {"ms": statistics.median(times), "ms_q25": q[0], "ms_q75": q[2]}
+
+
+# H100 / H200: the L2 size ``cold_copies`` assumes where the device properties do not say
+_DEFAULT_L2_BYTES = 50 * 2**20
+
+
+def cold_copies(call_bytes: int, device: torch.device, factor: int = 4, most: int = 8) -> int:
+    """How many copies of a call's inputs a timing cycles through (``Cycling``) so that the calls between two
+    uses of one copy touch at least ``factor`` times the device's L2 cache: each call then reads its inputs
+    from memory, as the caller-timed rows do (``do_bench`` flushes the L2 between calls) and as the copy it
+    is compared with does. 1 where one call already touches that much, and on CPU; at most ``most``."""
+    if device.type != "cuda" or call_bytes <= 0:
+        return 1
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or _DEFAULT_L2_BYTES
+    return max(1, min(most, math.ceil(factor * l2 / call_bytes)))
+
+
+class Cycling:
+    """``fn`` on the next of ``arg_sets`` at each call. A CUDA graph of unrolled calls (``do_bench_cudagraph``)
+    captures the rotation: replayed, consecutive calls read different memory, so no call finds its inputs
+    in the L2 cache where the previous one left them (working sets near the L2's size: the loss at D 96).
+    ``restart()``: the next call takes the first set again (outputs compared on the same inputs)."""
+
+    def __init__(self, fn: Callable[..., object], arg_sets: list[tuple]):
+        if not arg_sets:
+            raise ValueError("Cycling needs at least one argument set")
+        self.fn, self.arg_sets = fn, arg_sets
+        self.restart()
+
+    def restart(self) -> None:
+        self._sets = itertools.cycle(self.arg_sets)
+
+    def __call__(self) -> object:
+        return self.fn(*next(self._sets))
 
 
 def timings(device: torch.device) -> tuple[bool, ...]:

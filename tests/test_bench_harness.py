@@ -1,14 +1,16 @@
 """benchmarks.harness.measure: on CUDA, ``graph=True`` is Triton's CUDA-graph timing (device time) and the
-default is ``do_bench`` (the time a caller sees); on CPU graph timing is refused by name."""
+default is ``do_bench`` (the time a caller sees); on CPU graph timing is refused by name. ``cold_copies`` and
+``Cycling``: enough input copies, taken in turn, that a graph's calls read cold memory."""
 from __future__ import annotations
 
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
 import torch
 import triton.testing
 
-from benchmarks.harness import measure, timings
+from benchmarks.harness import Cycling, cold_copies, measure, timings
 
 
 def test_cuda_timing_picks_do_bench_or_the_graph_replay():
@@ -32,3 +34,25 @@ def test_cuda_timing_picks_do_bench_or_the_graph_replay():
 def test_graph_timing_on_cpu_is_refused():
     with pytest.raises(ValueError, match="CUDA"):
         measure(lambda: None, torch.device("cpu"), graph=True)
+
+
+def test_cold_copies_cover_four_l2_caches_between_two_uses_of_one_copy():
+    cuda, mb = torch.device("cuda"), 2**20
+    with mock.patch.object(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(L2_cache_size=50 * mb)):
+        assert cold_copies(58 * mb, cuda) == 4  # the loss at D 96: 4 x 58 MB >= 200 MB > 3 x 58 MB
+        assert cold_copies(200 * mb, cuda) == 1 and cold_copies(800 * mb, cuda) == 1
+        assert cold_copies(1024, cuda) == 8 and cold_copies(1024, cuda, most=3) == 3
+        assert cold_copies(58 * mb, cuda, factor=2) == 2
+    with mock.patch.object(torch.cuda, "get_device_properties", lambda device: SimpleNamespace()):
+        assert cold_copies(58 * mb, cuda) == 4  # no L2 size reported: an H100's 50 MB assumed
+    assert cold_copies(58 * mb, torch.device("cpu")) == 1
+
+
+def test_cycling_takes_the_argument_sets_in_turn_and_restarts():
+    seen = []
+    run = Cycling(lambda a, b: seen.append((a, b)) or a, [(0, "x"), (1, "y"), (2, "z")])
+    assert [run() for _ in range(4)] == [0, 1, 2, 0]
+    run.restart()
+    assert run() == 0 and seen[-1] == (0, "x")
+    with pytest.raises(ValueError, match="argument set"):
+        Cycling(print, [])

@@ -44,7 +44,7 @@ def test_a_failing_path_is_recorded_and_the_others_still_timed():
 
     paths = {"eager": ml.masked_l2_loss_reference, "broken": broken, "again": ml.masked_l2_loss_reference}
     errors = []
-    rows = bench.time_paths(case, paths, pred, target, idx, torch.device("cpu"), 1.0, errors)
+    rows = bench.time_paths(case, paths, [(pred, target, idx)], torch.device("cpu"), 1.0, errors)
     assert [r["path"] for r in rows] == ["eager", "again"]
     assert len(errors) == 1 and "broken" in errors[0] and "no kernel image" in errors[0]
     assert [r["abs_err"] for r in rows] == [0.0, 0.0]
@@ -72,3 +72,27 @@ def test_candidate_launch_settings_are_timed_beside_the_default_at_vit_b_width()
     assert list(narrow) == ["eager", "compiled", "triton"]
     assert list(bench.paths_of(bench.Case("l2", (2, 5, 9, 768, 2), None, triton_path), torch.device("cpu"))) == [
         "eager", "compiled"]
+
+
+def test_timed_calls_cycle_through_the_input_copies():
+    """Each timed forward + backward takes the next copy of the inputs (on a GPU, cold memory for the graph
+    rows); the loss value is checked on the first."""
+    copies = [_inputs(), _inputs(), _inputs()]
+    seen = []
+
+    def loss(pred, target, idx):
+        seen.append(next(i for i, c in enumerate(copies) if c[0] is pred))
+        return ml.masked_l2_loss_reference(pred, target, idx)
+
+    case = bench.Case("l2", (2, 5, 9, 8, 2), loss, loss)
+    bench.time_paths(case, {"eager": loss}, copies, torch.device("cpu"), 1.0, [])
+    assert seen[:2] == [0, 0] and len(seen) > 8  # the baseline's value and the path's, on the first copy
+    assert seen[2:] == [i % 3 for i in range(len(seen) - 2)]  # then the timed calls, round-robin
+
+
+def test_input_copies_are_seeded_and_need_the_prediction_gradient():
+    case = bench.Case("l2", (2, 5, 9, 8, 2), None, None)
+    (first,), (again,) = (bench.loss_inputs_copies(case, torch.float32, torch.device("cpu")) for _ in range(2))
+    assert first[0].requires_grad and not first[1].requires_grad
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert first[2].shape == (2, 5) and all(len(set(row.tolist())) == 5 for row in first[2])

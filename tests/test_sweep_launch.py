@@ -3,6 +3,7 @@ module's launch attributes restored after each (also after a setting that fails)
 from __future__ import annotations
 
 from types import SimpleNamespace
+from unittest import mock
 
 import torch
 
@@ -25,9 +26,11 @@ def test_sweep_restores_settings_flags_the_default_and_measures_the_difference()
     assert settings[0] == {"TILE": 4, "WARPS": 2} and len(settings) == 3
     rows = sweep("toy", module, settings, run, nbytes=64, copy_gbps=1.0, device=torch.device("cpu"))
     assert (module.TILE, module.WARPS) == (4, 2)  # restored
-    assert [r["path"] for r in rows] == ["tile=4 warps=2", "tile=8 warps=2"]  # the failing setting is left out
-    assert [r["default"] for r in rows] == [True, False]
-    assert rows[0]["max_abs_diff"] == 0 and rows[1]["max_abs_diff"] == 7.0  # x*2 - x at its largest
+    # the failing setting is left out; the others timed again, in reverse order
+    assert [(r["path"], r["round"]) for r in rows] == [("tile=4 warps=2", 1), ("tile=8 warps=2", 1),
+                                                        ("tile=8 warps=2", 2), ("tile=4 warps=2", 2)]
+    assert [r["default"] for r in rows] == [True, False, False, True]
+    assert [r["max_abs_diff"] for r in rows] == [0, 7.0, 7.0, 0]  # x*2 - x at its largest
     assert all(r["ms"] > 0 and r["gbps"] > 0 for r in rows)
     assert all(r["timing"] == "launch" for r in rows)  # no CUDA graph on a CPU: timed as launches, and said so
     assert (16, 2) in seen
@@ -44,3 +47,22 @@ def test_every_case_sweeps_launch_attributes_its_module_has_default_first():
     names = [c.name for c in sweep_launch.temporal_pool_cases(torch.device("cpu"), quick=True)]
     assert names == ["temporal_pool fwd B4 T32", "temporal_pool bwd B4 T32", "temporal_pool fwd masked B4 T32",
                      "temporal_pool bwd masked B4 T32"]
+
+
+def test_the_default_and_the_fastest_settings_are_timed_a_second_time_under_their_own_setting():
+    module = SimpleNamespace(TILE=1)
+    base_ms = {1: 0.5, 2: 0.9, 3: 0.3, 4: 0.4, 5: 0.2, 6: 0.8}  # by TILE: the fastest others are 5, 3, 4
+    timed = []
+
+    def fake_time(run, device):
+        timed.append(module.TILE)
+        return {"ms": base_ms[module.TILE] + 0.01 * timed.count(module.TILE), "timing": "graph"}
+
+    settings = with_default(module, [{"TILE": t} for t in base_ms])
+    with mock.patch.object(sweep_launch, "measure_device_time", fake_time):
+        rows = sweep("toy", module, settings, lambda: (torch.zeros(2),), 8, 1.0, torch.device("cpu"))
+    assert timed == [1, 2, 3, 4, 5, 6, 4, 3, 5, 1]  # the second round: 3rd, 2nd, 1st fastest, then the default
+    again = [r for r in rows if r["round"] == 2]
+    assert [(r["path"], round(r["ms"], 6), r["default"]) for r in again] == [
+        ("tile=4", 0.42, False), ("tile=3", 0.32, False), ("tile=5", 0.22, False), ("tile=1", 0.52, True)]
+    assert module.TILE == 1
