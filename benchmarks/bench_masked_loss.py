@@ -19,10 +19,11 @@ included where the device waits for it); on CUDA each once more as ``<path> grap
 captured in a CUDA graph and replayed, the device's time alone (speedups of those rows are against
 ``eager graph``). The timed calls take turns over copies of the inputs, enough that a graph's calls read
 cold memory as the caller-timed ones do (``harness.cold_copies``: 3 copies at D 96, whose ~97 MB forward +
-backward would otherwise partly stay in an H200's 50 MB L2 cache). At D >= 768 the kernel is also timed under the sweep's other candidate launch settings
-(``triton 1024/2w x8 s3``: 1,024-element tiles, 2 warps, 8 tiles per program, 3 pipelining stages;
-``split``: rows in two power-of-two chunks; see ``setting_label``), so that one run both picks the
-default and measures it through autograd.
+backward would otherwise partly stay in an H200's 50 MB L2 cache). ``idx`` rows are random positions in
+increasing order, as mask generators give them (``sweep_launch.loss_inputs``). At D >= 768 the kernel is
+also timed under the sweep's other candidate launch settings (``triton 1024/2w x8 s3``: 1,024-element
+tiles, 2 warps, 8 tiles per program, 3 pipelining stages; ``split``: rows in two power-of-two chunks; see
+``setting_label``), so that one run both picks the default and measures it through autograd.
 
 On CPU (reference paths only) it runs one thread: on a shared machine two spinning OpenMP threads made the
 medians swing 100-fold (*measured*).

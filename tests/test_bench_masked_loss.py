@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks import bench_masked_loss as bench
+from benchmarks.sweep_launch import loss_inputs
 from hjepa_fast.kernels import masked_loss as ml
 
 
@@ -96,3 +97,12 @@ def test_input_copies_are_seeded_and_need_the_prediction_gradient():
     assert first[0].requires_grad and not first[1].requires_grad
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert first[2].shape == (2, 5) and all(len(set(row.tolist())) == 5 for row in first[2])
+    assert torch.equal(first[2], first[2].sort(1).values)  # in increasing order, as mask generators give them
+
+
+def test_sweep_inputs_in_order_or_not_draw_the_same_positions():
+    shape, cpu = (3, 20, 40, 8, 3), torch.device("cpu")
+    (*_, in_order), (*_, shuffled) = (loss_inputs(shape, torch.float32, cpu, torch.Generator().manual_seed(0), order)
+                                      for order in (True, False))
+    assert torch.equal(in_order, in_order.sort(1).values) and not torch.equal(shuffled, shuffled.sort(1).values)
+    assert torch.equal(shuffled.sort(1).values, in_order)
