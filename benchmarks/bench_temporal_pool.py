@@ -66,6 +66,24 @@ def cases(device: torch.device, quick: bool) -> list[tuple[int, int, torch.dtype
     return [(2, 16, torch.float32, False), (2, 16, torch.bfloat16, True)]
 
 
+def pool_inputs(B: int, T: int, dtype: torch.dtype, masked: bool, device: torch.device,
+                g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """``(q, k, v, visible, grad)`` at the recipe's level 1 -> 2 shape: ``k``, ``v`` ``[B, T, N, H, Dh]``,
+    ``visible`` ``[B, T, N]`` (a quarter hidden) or None, ``grad`` the pooled output's gradient."""
+    k, v = (torch.randn(B, T, N, HEADS, DH, device=device, generator=g, dtype=dtype) for _ in range(2))
+    q = torch.randn(HEADS, DH, device=device, generator=g, dtype=dtype) * DH**-0.5
+    visible = torch.rand(B, T, N, device=device, generator=g) > 0.25 if masked else None
+    grad = torch.randn(B, T // WINDOW, N, HEADS, DH, device=device, generator=g, dtype=dtype)
+    return q, k, v, visible, grad
+
+
+def pool_bytes(k: torch.Tensor, visible: torch.Tensor | None, grad: torch.Tensor) -> dict[str, int]:
+    """The bytes the op must move (see the module docstring), by mode: ``fwd`` and ``fwd+bwd``."""
+    elt, mask_bytes = k.element_size(), 0 if visible is None else visible.numel()
+    fwd_bytes = (2 * k.numel() + grad.numel()) * elt + mask_bytes
+    return {"fwd": fwd_bytes, "fwd+bwd": fwd_bytes + (4 * k.numel() + grad.numel()) * elt + mask_bytes}
+
+
 def time_path(fn, q, k, v, visible, grad, mode: str, device: torch.device, quick: bool,
               graph: bool = False) -> dict:
     """``measure`` of one path (``graph``: replayed from a CUDA graph): forward under no_grad, or forward +
@@ -92,14 +110,8 @@ def main() -> None:
         paths["triton"] = temporal_attention_pool_triton
     rows, errors = [], []
     for B, T, dtype, masked in cases(device, args.quick):
-        g = torch.Generator(device=device).manual_seed(0)
-        k, v = (torch.randn(B, T, N, HEADS, DH, device=device, generator=g, dtype=dtype) for _ in range(2))
-        q = torch.randn(HEADS, DH, device=device, generator=g, dtype=dtype) * DH**-0.5
-        visible = torch.rand(B, T, N, device=device, generator=g) > 0.25 if masked else None
-        grad = torch.randn(B, T // WINDOW, N, HEADS, DH, device=device, generator=g, dtype=dtype)
-        elt, mask_bytes = k.element_size(), 0 if visible is None else visible.numel()
-        fwd_bytes = (2 * k.numel() + grad.numel()) * elt + mask_bytes
-        bytes_by_mode = {"fwd": fwd_bytes, "fwd+bwd": fwd_bytes + (4 * k.numel() + grad.numel()) * elt + mask_bytes}
+        q, k, v, visible, grad = pool_inputs(B, T, dtype, masked, device, torch.Generator(device=device).manual_seed(0))
+        bytes_by_mode = pool_bytes(k, visible, grad)
         with torch.no_grad():  # every path must agree with the reference before its time means anything
             want = temporal_attention_pool_reference(q, k, v, WINDOW, visible).float()
             err = {}

@@ -2,7 +2,8 @@
 benchmarks (at the default launch setting) against their goals (issue 3, the loss: 3x the eager reference
 and 85% of the copy bandwidth on the bytes it moves under autograd; issue 5, the pooling: 3x eager and 70%
 of copy), and which launch setting was fastest, in the loss benchmark (through autograd, with that row's
-goal values) and in the sweep (bare kernels).
+goal values) and in the sweep (bare kernels); and, per op and batch, the caller's time against the device's
+(``bench_op_batch``).
 
 Speedups compare paths under the same timing (``<path> graph`` rows against ``eager graph``). It states
 what was measured; it does not decide what a goal means (which shapes count, caller's or device time).
@@ -80,6 +81,21 @@ def fastest_launch_lines(folder: Path) -> list[str]:
     return lines
 
 
+def batch_lines(folder: Path) -> list[str]:
+    """Per op and batch (``bench_op_batch``): the caller's and the device's time and fraction of copy, and the
+    gap between them."""
+    by_case: dict[tuple[str, int], dict[str, dict]] = {}
+    for row in _rows(folder, "op_batch"):
+        by_case.setdefault((row["op"], row["B"]), {})[row["path"]] = row
+    lines = []
+    for (op, batch), paths in by_case.items():
+        caller, graph = paths.get("triton"), paths.get("triton graph")
+        cells = [f"{r['ms']:.3f} ms ({r['frac_copy']:.0%})" if r else "-" for r in (caller, graph)]
+        gap = (caller or graph or {}).get("gap_ms")
+        lines.append(f"| {op} | {batch} | {cells[0]} | {cells[1]} | {'-' if gap is None else f'{gap:.3f} ms'} |")
+    return lines
+
+
 def _mean_ms(rows: list[dict]) -> float:
     return statistics.mean(r["ms"] for r in rows)
 
@@ -99,12 +115,15 @@ def _ms(value: float | None) -> str:
 def report(folder: Path) -> str:
     goals = goal_lines(folder)
     launches = fastest_launch_lines(folder)
+    batches = batch_lines(folder)
     return "\n".join([
         f"Goals of the Triton rows in {folder}", "",
         "| benchmark | case | path | goal | measured | target | |", "|---|---|---|---|---:|---:|---|",
         *(goals or ["| (no Triton rows) | | | | | | |"]), "",
         "Fastest launch settings", "", "| where | case | fastest | time | default |", "|---|---|---|---|---|",
-        *(launches or ["| (no rows) | | | | |"]), ""])
+        *(launches or ["| (no rows) | | | | |"]), "",
+        "Forward + backward by batch (fraction of copy)", "", "| op | B | caller | device (graph) | gap |",
+        "|---|---:|---|---|---|", *(batches or ["| (no rows) | | | | |"]), ""])
 
 
 def main(argv: list[str] | None = None) -> int:

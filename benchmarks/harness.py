@@ -159,7 +159,8 @@ def write_results(name: str, info: dict, rows: list[dict], out: Path, label: str
                   ha="right", fontsize=7)
     ax.set_ylabel("ms (median)")
     ax.set_title(f"{name} on {info.get('name', info['device'])}")
-    ax.legend(fontsize=7)
+    if rows:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     png_path = out / f"{name}.png"
     fig.savefig(png_path, dpi=100)

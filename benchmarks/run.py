@@ -35,6 +35,7 @@ BENCHMARKS = {
     "scaling": ("benchmarks.bench_scaling", "scaling", 2.5, True),
     "planning": ("benchmarks.bench_planning", "planning", 1.0, True),
     "host_overhead": ("benchmarks.bench_host_overhead", "host_overhead", 0.3, False),
+    "op_batch": ("benchmarks.bench_op_batch", "op_batch", 0.5, False),
 }
 MICRO = ("masked_loss", "ema", "temporal_pool")
 # the row fields the table's last column shows, where a row has them
@@ -42,7 +43,8 @@ DETAILS = {"speedup": "x{:.2f}", "speedup_vs_eager": "x{:.2f} vs eager", "frac_c
            "frac_copy_autograd": "{:.0%} of copy on the autograd bytes",
            "clips_per_s": "{:.1f} clips/s", "tokens_per_s": "{:.3g} tokens/s", "step_mem_mb": "step +{:.0f} MB",
            "peak_mem_mb": "peak {:.0f} MB", "mfu": "MFU {:.1%}", "flops_per_step": "{:.3g} FLOP",
-           "flops_per_action": "{:.3g} FLOP/action", "gflops_per_s": "{:.1f} GFLOP/s"}
+           "flops_per_action": "{:.3g} FLOP/action", "gflops_per_s": "{:.1f} GFLOP/s",
+           "gap_ms": "caller - graph {:.3f} ms"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

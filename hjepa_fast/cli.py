@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--budget", type=float, help="seconds for all benchmarks together")
     p.add_argument("--only", nargs="+", help="masked_loss, ema, temporal_pool, train_step, scaling, planning, "
-                                             "host_overhead")
+                                             "host_overhead, op_batch")
     p.set_defaults(func=_bench)
     return parser
 

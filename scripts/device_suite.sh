@@ -23,7 +23,7 @@ fi
 # a 180 s benchmark budget keeps the call near 8.5 minutes (tests <= 180 s, sweep <= 120 s): with a machine's
 # start it fits a 15-minute device allowance. The budget goes to the benchmarks of the kernels still waiting
 # for GPU numbers (BENCH_BUDGET / BENCH_ARGS override; gpu_suite.sh's own default runs more)
-BENCH_BUDGET=${BENCH_BUDGET:-180} BENCH_ARGS=${BENCH_ARGS:---only masked_loss temporal_pool host_overhead} \
+BENCH_BUDGET=${BENCH_BUDGET:-180} BENCH_ARGS=${BENCH_ARGS:---only masked_loss temporal_pool op_batch host_overhead} \
   PYTHON=python3 timeout 540 scripts/gpu_suite.sh "$R" > "$R/suite.txt" 2>&1
 status=$?
 python3 -m benchmarks.goals "$R" > /dev/null 2>&1  # again: the suite may have been stopped before its own call

@@ -11,9 +11,9 @@
 #
 #   scripts/gpu_suite.sh [OUT_DIR]        (default benchmarks/results/gpu-<date>)
 # Budget: tests <= 180 s, sweep <= 120 s, benchmarks <= 300 s (+ start-up); PYTHON picks the interpreter;
-# BENCH_ARGS replaces the benchmark selection (default: the loss and pooling kernels, their host overhead, the
-# EMA, the training step and planning speed, in that order; all but scaling), BENCH_BUDGET their seconds
-# (default 300).
+# BENCH_ARGS replaces the benchmark selection (default: the loss and pooling kernels, their batch scaling and
+# host overhead, the EMA, the training step and planning speed, in that order; all but scaling), BENCH_BUDGET
+# their seconds (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -44,7 +44,7 @@ sweep=${PIPESTATUS[0]}
 # shellcheck disable=SC2086
 BUDGET=${BENCH_BUDGET:-300}
 timeout $((BUDGET + 20)) "$PY" -m benchmarks.run --out "$OUT" --budget "$BUDGET" \
-  ${BENCH_ARGS:---only masked_loss temporal_pool host_overhead ema train_step planning} \
+  ${BENCH_ARGS:---only masked_loss temporal_pool op_batch host_overhead ema train_step planning} \
   2>&1 | tee "$OUT/benchmarks.txt"
 bench=${PIPESTATUS[0]}
 "$PY" -m benchmarks.goals "$OUT" > /dev/null  # goals.md: each Triton row against its goal, fastest settings
