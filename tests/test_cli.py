@@ -1,11 +1,13 @@
 """The hjepa command as a user runs it: train, resume, eval, info, and clear errors."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import torch
 
+from hjepa_fast import cli
 from hjepa_fast.cli import main
 
 FAST = ["model.encoder_depths=[1,1,1]", "model.predictor_depths=[1,1,1]", "train.batch_size=8",
@@ -62,3 +64,13 @@ def test_info_names_versions_device_and_optional_packages(capsys):
     optional = next(line for line in out.splitlines() if line.startswith("optional: "))
     assert all(f"{name} " in optional for name in ("flash-attn", "xformers", "deepspeed", "tensorboard", "av"))
     assert ("not available" in out) != torch.cuda.is_available()
+
+
+def test_bench_only_help_names_every_benchmark():
+    """The ``hjepa bench --only`` help lists the names ``benchmarks.run`` accepts (written out: the installed
+    package cannot import ``benchmarks``)."""
+    from benchmarks.run import BENCHMARKS
+
+    subcommands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    only = next(a for a in subcommands.choices["bench"]._actions if a.dest == "only")
+    assert sorted(name.strip() for name in only.help.split(",")) == sorted(BENCHMARKS)
