@@ -191,10 +191,15 @@ def loss_inputs_copies(case: Case, dtype: torch.dtype, device: torch.device) -> 
     timing needs (``harness.cold_copies`` on the bytes a forward + backward touches under autograd)."""
     B, M, N, D, Bt = case.shape
     g = torch.Generator(device=device).manual_seed(0)
-    elt = torch.finfo(dtype).bits // 8
-    touched = B * M * (5 * D * elt + 8)  # rows read, gradient written, then read and scaled in the backward
+    touched = autograd_bytes(B, M, D, torch.finfo(dtype).bits // 8)
     copies = [loss_inputs(case.shape, dtype, device, g) for _ in range(cold_copies(touched, device))]
     return [(pred.requires_grad_(), target, idx) for pred, target, idx in copies]
+
+
+def autograd_bytes(B: int, M: int, D: int, element_size: int) -> int:
+    """What a drop-in loss moves under autograd, all rows in one dtype and an int64 ``idx``: the prediction and
+    target rows read and the gradient written, then read and scaled in the backward (5 row-passes)."""
+    return B * M * (5 * D * element_size + 8)
 
 
 def min_bytes(B: int, M: int, D: int, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> int:

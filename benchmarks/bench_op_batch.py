@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.bench_masked_loss import Case, autograd_bytes, loss_inputs_copies
 from benchmarks.bench_temporal_pool import WINDOW, pool_bytes, pool_inputs
 from benchmarks.harness import (
     Cycling,
@@ -29,7 +30,6 @@ from benchmarks.harness import (
     timings,
     write_results,
 )
-from benchmarks.sweep_launch import loss_inputs
 from hjepa_fast.kernels.masked_loss import masked_l2_loss_triton
 from hjepa_fast.kernels.temporal_pool import temporal_attention_pool_triton
 
@@ -42,14 +42,11 @@ def loss_call(B: int, device: torch.device) -> tuple[Callable[[], object], int]:
     """A forward + backward of the L2 loss at batch ``B`` (bf16, idx in increasing order, no index check),
     cycling through cold copies of its inputs; and the bytes one call moves under autograd."""
     M, N, D = LOSS_SHAPE
-    nbytes = B * M * (5 * D * 2 + 8)  # rows read, gradient written, then read and scaled; int64 idx
-    g = torch.Generator(device=device).manual_seed(0)
-    copies = [(pred.requires_grad_(), target, idx) for pred, target, idx in
-              (loss_inputs((B, M, N, D, B), torch.bfloat16, device, g) for _ in range(cold_copies(nbytes, device)))]
+    copies = loss_inputs_copies(Case("l2", (B, M, N, D, B), None, None), torch.bfloat16, device)
 
     def fwd_bwd(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor):
         return torch.autograd.grad(masked_l2_loss_triton(pred, target, idx, check_idx=False), pred)
-    return Cycling(fwd_bwd, copies), nbytes
+    return Cycling(fwd_bwd, copies), autograd_bytes(B, M, D, 2)
 
 
 def pool_call(B: int, device: torch.device) -> tuple[Callable[[], object], int]:
