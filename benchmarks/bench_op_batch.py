@@ -71,11 +71,19 @@ CALLS = {"masked_l2_loss": loss_call, "temporal_attention_pool": pool_call}
 
 
 def time_batch(make_call: Callable[[int, torch.device], tuple[Callable[[], object], int]], B: int,
-               device: torch.device) -> tuple[dict[bool, dict], int]:
+               device: torch.device, errors: list[str], where: str) -> tuple[dict[bool, dict], int]:
     """``{graph: measure(...)}`` of the call ``make_call`` builds at batch ``B``, under each timing of the
-    device; and the call's bytes. Its inputs are freed on return."""
+    device that succeeds (a failure goes to ``errors`` after ``where``); and the call's bytes. Its inputs are
+    freed on return."""
     call, nbytes = make_call(B, device)
-    return {graph: measure(call, device, graph=graph) for graph in timings(device)}, nbytes
+    times = {}
+    for graph in timings(device):
+        try:
+            times[graph] = measure(call, device, graph=graph)
+        except Exception as err:  # a failed graph capture must not lose the caller's timing
+            errors.append(f"{where} {'graph' if graph else 'caller'}: {type(err).__name__}: {str(err)[:200]}")
+            print("error:", errors[-1])
+    return times, nbytes
 
 
 def gap_rows(op: str, B: int, times: dict[bool, dict], nbytes: int, copy_gbps: float) -> list[dict]:
@@ -103,17 +111,19 @@ def main() -> None:
     for op, make_call in CALLS.items():
         for B in (QUICK_BATCHES if args.quick else BATCHES)[op]:
             try:
-                times, nbytes = time_batch(make_call, B, device)
+                times, nbytes = time_batch(make_call, B, device, info["errors"], f"{op} B{B}")
             except Exception as err:  # out of memory at the largest batch, say: the other rows still count
                 info["errors"].append(f"{op} B{B}: {type(err).__name__}: {str(err)[:200]}")
                 print("error:", info["errors"][-1])
                 continue
             finally:
                 torch.cuda.empty_cache()
-            rows += gap_rows(op, B, times, nbytes, info["copy_gbps"])
-            for r in rows[-len(times):]:
+            new_rows = gap_rows(op, B, times, nbytes, info["copy_gbps"])
+            rows += new_rows
+            for r in new_rows:
+                gap = "" if r["gap_ms"] is None else f"  gap {r['gap_ms']:.3f} ms"
                 print(f"{r['shape']:<32} {r['path']:<13} {r['ms']:8.3f} ms {r['gbps']:8.1f} GB/s "
-                      f"{r['frac_copy']:6.1%} of copy  gap {r['gap_ms']:.3f} ms")
+                      f"{r['frac_copy']:6.1%} of copy{gap}")
             write_results("op_batch", info, rows, args.out)  # after each batch: a time limit keeps these
 
 

@@ -46,3 +46,19 @@ def test_on_cpu_it_says_it_needs_cuda_and_writes_no_rows(tmp_path, monkeypatch, 
     bench.main()
     assert "needs CUDA" in capsys.readouterr().out
     assert '"rows": []' in (tmp_path / "op_batch.json").read_text()
+
+
+def test_a_failed_graph_timing_keeps_the_callers_and_is_recorded(monkeypatch):
+    def fake_measure(fn, device, graph=False):
+        if graph:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return {"ms": 1.0, "ms_q25": 1.0, "ms_q75": 1.0}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "timings", lambda device: (False, True))
+    errors = []
+    times, nbytes = bench.time_batch(lambda B, device: (lambda: None, 10 * B), 4, CPU, errors, "op B4")
+    assert times == {False: {"ms": 1.0, "ms_q25": 1.0, "ms_q75": 1.0}} and nbytes == 40
+    assert len(errors) == 1 and errors[0].startswith("op B4 graph: RuntimeError")
+    rows = bench.gap_rows("op", 4, times, nbytes, 1.0)
+    assert [(r["path"], r["gap_ms"]) for r in rows] == [("triton", None)]
