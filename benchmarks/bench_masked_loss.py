@@ -18,8 +18,8 @@ kernel at its default launch setting), each timed as a caller sees it (``do_benc
 included where the device waits for it); on CUDA each once more as ``<path> graph``: the same calls
 captured in a CUDA graph and replayed, the device's time alone (speedups of those rows are against
 ``eager graph``). The timed calls take turns over copies of the inputs, enough that a graph's calls read
-cold memory as the caller-timed ones do (``harness.cold_copies``: 3 copies at D 96, whose ~97 MB forward +
-backward would otherwise partly stay in an H200's 50 MB L2 cache). ``idx`` rows are random positions in
+cold memory as the caller-timed ones do (``harness.cold_copies``: 7 copies at D 96, whose calls read ~39 MB
+of inputs, less than an H200's 50 MB L2 cache). ``idx`` rows are random positions in
 increasing order, as mask generators give them (``sweep_launch.loss_inputs``). At D >= 768 the kernel is
 also timed under the sweep's other candidate launch settings (``triton 1024/2w x8 s3``: 1,024-element
 tiles, 2 warps, 8 tiles per program, 3 pipelining stages; ``split``: rows in two power-of-two chunks; see
@@ -188,11 +188,12 @@ def _fwd_bwd(fn: Callable) -> Callable:
 
 def loss_inputs_copies(case: Case, dtype: torch.dtype, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
     """Seeded ``(pred, target, idx)`` for ``case``, ``pred`` requiring its gradient, in as many copies as a cold
-    timing needs (``harness.cold_copies`` on the bytes a forward + backward touches under autograd)."""
+    timing needs (``harness.cold_copies`` on what a call reads of them: the prediction and gathered target
+    rows and ``idx``)."""
     B, M, N, D, Bt = case.shape
     g = torch.Generator(device=device).manual_seed(0)
-    touched = autograd_bytes(B, M, D, torch.finfo(dtype).bits // 8)
-    copies = [loss_inputs(case.shape, dtype, device, g) for _ in range(cold_copies(touched, device))]
+    read = B * M * (2 * D * (torch.finfo(dtype).bits // 8) + 8)
+    copies = [loss_inputs(case.shape, dtype, device, g) for _ in range(cold_copies(read, device))]
     return [(pred.requires_grad_(), target, idx) for pred, target, idx in copies]
 
 

@@ -59,12 +59,12 @@ def pool_call(B: int, device: torch.device) -> tuple[Callable[[], object], int]:
         return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), grad
 
     first = inputs()
-    nbytes = pool_bytes(first[1], None, first[3])["fwd+bwd"]
-    copies = [first, *(inputs() for _ in range(cold_copies(nbytes, device) - 1))]
+    read = sum(t.numel() * t.element_size() for t in first[1:])  # k, v and the output gradient
+    copies = [first, *(inputs() for _ in range(cold_copies(read, device) - 1))]
 
     def fwd_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor):
         return torch.autograd.grad(temporal_attention_pool_triton(q, k, v, WINDOW), (q, k, v), grad)
-    return Cycling(fwd_bwd, copies), nbytes
+    return Cycling(fwd_bwd, copies), pool_bytes(first[1], None, first[3])["fwd+bwd"]
 
 
 CALLS = {"masked_l2_loss": loss_call, "temporal_attention_pool": pool_call}
@@ -112,13 +112,13 @@ def main() -> None:
         for B in (QUICK_BATCHES if args.quick else BATCHES)[op]:
             try:
                 times, nbytes = time_batch(make_call, B, device, info["errors"], f"{op} B{B}")
+                new_rows = gap_rows(op, B, times, nbytes, info["copy_gbps"])
             except Exception as err:  # out of memory at the largest batch, say: the other rows still count
                 info["errors"].append(f"{op} B{B}: {type(err).__name__}: {str(err)[:200]}")
                 print("error:", info["errors"][-1])
-                continue
+                new_rows = []
             finally:
                 torch.cuda.empty_cache()
-            new_rows = gap_rows(op, B, times, nbytes, info["copy_gbps"])
             rows += new_rows
             for r in new_rows:
                 gap = "" if r["gap_ms"] is None else f"  gap {r['gap_ms']:.3f} ms"

@@ -68,15 +68,18 @@ def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warm
 _DEFAULT_L2_BYTES = 50 * 2**20
 
 
-def cold_copies(call_bytes: int, device: torch.device, factor: int = 4, most: int = 8) -> int:
-    """How many copies of a call's inputs a timing cycles through (``Cycling``) so that the calls between two
-    uses of one copy touch at least ``factor`` times the device's L2 cache: each call then reads its inputs
-    from memory, as the caller-timed rows do (``do_bench`` flushes the L2 between calls) and as the copy it
-    is compared with does. 1 where one call already touches that much, and on CPU; at most ``most``."""
-    if device.type != "cuda" or call_bytes <= 0:
+def cold_copies(input_bytes: int, device: torch.device, factor: int = 4, most: int = 8) -> int:
+    """How many copies of a call's inputs (``input_bytes`` read from them per call) a timing cycles through
+    (``Cycling``) so that between two uses of one copy the others stream at least ``factor`` times the
+    device's L2 cache through it: each call then reads its inputs from memory, as the caller-timed rows do
+    (``do_bench`` flushes the L2 between calls) and as the copy they are compared with does. 1 where one
+    call's inputs alone are that large, and on CPU; at most ``most``."""
+    if device.type != "cuda" or input_bytes <= 0:
         return 1
     l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or _DEFAULT_L2_BYTES
-    return max(1, min(most, math.ceil(factor * l2 / call_bytes)))
+    if input_bytes >= factor * l2:
+        return 1
+    return min(most, math.ceil(factor * l2 / input_bytes) + 1)
 
 
 class Cycling:

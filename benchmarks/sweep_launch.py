@@ -172,14 +172,14 @@ OUT_OF_ORDER_SETTINGS = [loss_setting(e, w) for e, w in [(4096, 4), (2048, 8)]]
 
 def masked_loss_cases(device: torch.device, quick: bool) -> Iterator[Case]:
     """The L2 loss forward at D 768 and D 96 (bf16), each on enough copies of its inputs to be timed cold
-    (``harness.cold_copies``: the D 96 case's ~58 MB sit near an H200's 50 MB L2), at D 96 also with ``idx``
-    in random order; the backward's product."""
+    (``harness.cold_copies``: the D 96 case reads ~39 MB, less than an H200's 50 MB L2), at D 96 also with
+    ``idx`` in random order; the backward's product."""
     B = 16 if quick else 128
     for M, N, D, in_order in [(1176, 1568, 768, True), (784, 1568, 96, True), (784, 1568, 96, False)]:
         g = torch.Generator(device=device).manual_seed(D)
         nbytes = B * M * (3 * D * 2 + 8)  # bf16 prediction and target rows read, gradient written; int64 idx
         copies = [loss_inputs((B, M, N, D, B), torch.bfloat16, device, g, in_order)
-                  for _ in range(cold_copies(nbytes, device))]
+                  for _ in range(cold_copies(B * M * (2 * D * 2 + 8), device))]  # on the bytes read
         run = Cycling(_l2_loss_launch, copies)
         settings = with_default(masked_loss, MASKED_LOSS_SETTINGS if in_order else OUT_OF_ORDER_SETTINGS)
         yield Case(f"masked_loss fwd D{D}" + ("" if in_order else " idx out of order"), masked_loss, settings, run,
@@ -200,7 +200,7 @@ def backward_scale_case(shape: tuple[int, ...], device: torch.device, g: torch.G
     n = torch.Size(shape).numel()
     nbytes = 2 * n * 2
     grads = [(torch.randn(shape, device=device, dtype=torch.bfloat16, generator=g),)
-             for _ in range(cold_copies(nbytes, device))]
+             for _ in range(cold_copies(n * 2, device))]
     grad_loss = torch.tensor(0.5, device=device)
     run = Cycling(lambda grad: (masked_loss._scaled_gradient(grad, grad_loss),), grads)
     return Case(f"masked_loss bwd scale {n / 1e6:.0f}M", masked_loss, with_default(masked_loss, SCALE_SETTINGS), run,
