@@ -79,7 +79,8 @@ def run_one(name: str, args: argparse.Namespace, out: Path, timeout: float | Non
 
 def table(results: dict[str, dict]) -> str:
     """One markdown table of every row: benchmark, case, path, median ms, IQR, and the details the row has
-    (speedup over its baseline, fraction of copy bandwidth, throughput, memory, MFU, FLOPs)."""
+    (speedup over its baseline, fraction of copy bandwidth, throughput, memory, MFU, FLOPs); a benchmark
+    that failed or measured nothing gets a line that says so."""
     lines = ["| benchmark | case | path | median ms | IQR ms | details |", "|---|---|---|---:|---:|---|"]
     for name, res in results.items():
         for r in res.get("rows", []):
@@ -92,6 +93,9 @@ def table(results: dict[str, dict]) -> str:
             lines.append(f"| {name} | {case} | {path} | {r['ms']:.3f} | {iqr} | {details} |")
         if res["status"] != "ok":
             lines.append(f"| {name} | ({res['status']}) | | | | |")
+        elif not res.get("rows"):  # ran, measured nothing: say why (a benchmark that needs CUDA, on a CPU)
+            for note in res.get("skipped") or ["no rows"]:
+                lines.append(f"| {name} | (skipped: {note}) | | | | |")
     return "\n".join(lines)
 
 
