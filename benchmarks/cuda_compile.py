@@ -244,6 +244,7 @@ def all_launches() -> dict[str, Launch]:
               "masked_loss ones": masked_loss_launches(1, 1, 3, 2, 1) | masked_loss_backward_launch(torch.float32, 1),
               **pipelined, **split,
               "masked_loss broadcast": {"l2": masked_loss_launches(B=8, Bt=2)["l2"]},
+              "masked_loss D96": {"l2": masked_loss_launches(D=96)["l2"]},  # 16 rows a tile, the sweep's case
               "masked_loss widest fp32": {"l2": widest()["l2"]},
               "temporal_pool": temporal_pool_launches(),
               "temporal_pool ones": temporal_pool_launches(1, 2, 1, 1, 16, 2),
