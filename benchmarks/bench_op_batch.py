@@ -27,7 +27,7 @@ from benchmarks.harness import (
     device_info,
     measure,
     parse_args,
-    timings,
+    time_against_eager,
     write_results,
 )
 from hjepa_fast.kernels.masked_loss import masked_l2_loss_triton
@@ -71,30 +71,25 @@ CALLS = {"masked_l2_loss": loss_call, "temporal_attention_pool": pool_call}
 
 
 def time_batch(make_call: Callable[[int, torch.device], tuple[Callable[[], object], int]], B: int,
-               device: torch.device, errors: list[str], where: str) -> tuple[dict[bool, dict], int]:
-    """``{graph: measure(...)}`` of the call ``make_call`` builds at batch ``B``, under each timing of the
-    device that succeeds (a failure goes to ``errors`` after ``where``); and the call's bytes. Its inputs are
-    freed on return."""
+               device: torch.device, errors: list[str], where: str) -> tuple[dict[str, dict], int]:
+    """The call ``make_call`` builds at batch ``B``, timed by path: ``triton`` as a caller sees it and, on
+    CUDA, ``triton graph`` (``harness.time_against_eager``: a timing that fails goes to ``errors`` after
+    ``where``, the other is kept); and the call's bytes. Its inputs are freed on return."""
     call, nbytes = make_call(B, device)
-    times = {}
-    for graph in timings(device):
-        try:
-            times[graph] = measure(call, device, graph=graph)
-        except Exception as err:  # a failed graph capture must not lose the caller's timing
-            errors.append(f"{where} {'graph' if graph else 'caller'}: {type(err).__name__}: {str(err)[:200]}")
-            print("error:", errors[-1])
-    return times, nbytes
+    timed = time_against_eager({"triton": call}, lambda fn, graph: measure(fn, device, graph=graph), device,
+                               errors, where)
+    return {path: t for _, path, t, _ in timed}, nbytes
 
 
-def gap_rows(op: str, B: int, times: dict[bool, dict], nbytes: int, copy_gbps: float) -> list[dict]:
-    """One row per timing (``triton``, ``triton graph``) of ``op`` at batch ``B``; each carries ``gap_ms``, the
-    caller's time minus the graph's when both were measured."""
-    gap = times[False]["ms"] - times[True]["ms"] if len(times) == 2 else None
+def gap_rows(op: str, B: int, times: dict[str, dict], nbytes: int, copy_gbps: float) -> list[dict]:
+    """One row per timed path (``triton``, ``triton graph``) of ``op`` at batch ``B``; each carries ``gap_ms``,
+    the caller's time minus the graph's when both were measured."""
+    gap = times["triton"]["ms"] - times["triton graph"]["ms"] if len(times) == 2 else None
     rows = []
-    for graph, t in times.items():
+    for path, t in times.items():
         gbps = nbytes / (t["ms"] * 1e-3) / 1e9
-        rows.append({"op": op, "B": B, "shape": f"{op} B{B}", "path": "triton graph" if graph else "triton", **t,
-                     "gbps": gbps, "frac_copy": gbps / copy_gbps, "gap_ms": gap})
+        rows.append({"op": op, "B": B, "shape": f"{op} B{B}", "path": path, **t, "gbps": gbps,
+                     "frac_copy": gbps / copy_gbps, "gap_ms": gap})
     return rows
 
 
@@ -125,6 +120,8 @@ def main() -> None:
                 print(f"{r['shape']:<32} {r['path']:<13} {r['ms']:8.3f} ms {r['gbps']:8.1f} GB/s "
                       f"{r['frac_copy']:6.1%} of copy{gap}")
             write_results("op_batch", info, rows, args.out)  # after each batch: a time limit keeps these
+    for e in info["errors"]:
+        print("error:", e)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchmarks import bench_op_batch as bench
+from benchmarks import harness
 from benchmarks.cuda_compile import recording
 from hjepa_fast.kernels import masked_loss as ml
 from hjepa_fast.kernels import temporal_pool as tp
@@ -34,7 +35,8 @@ def test_each_call_is_one_forward_and_backward_through_both_kernels(op, module, 
 
 
 def test_rows_carry_both_timings_and_their_gap():
-    times = {False: {"ms": 0.8, "ms_q25": 0.7, "ms_q75": 0.9}, True: {"ms": 0.5, "ms_q25": 0.5, "ms_q75": 0.5}}
+    times = {"triton": {"ms": 0.8, "ms_q25": 0.7, "ms_q75": 0.9},
+             "triton graph": {"ms": 0.5, "ms_q25": 0.5, "ms_q75": 0.5}}
     rows = bench.gap_rows("temporal_attention_pool", 32, times, nbytes=2 * 10**9, copy_gbps=5000.0)
     assert [r["path"] for r in rows] == ["triton", "triton graph"]
     assert all(r["shape"] == "temporal_attention_pool B32" and r["gap_ms"] == pytest.approx(0.3) for r in rows)
@@ -55,10 +57,10 @@ def test_a_failed_graph_timing_keeps_the_callers_and_is_recorded(monkeypatch):
         return {"ms": 1.0, "ms_q25": 1.0, "ms_q75": 1.0}
 
     monkeypatch.setattr(bench, "measure", fake_measure)
-    monkeypatch.setattr(bench, "timings", lambda device: (False, True))
+    monkeypatch.setattr(harness, "timings", lambda device: (False, True))
     errors = []
     times, nbytes = bench.time_batch(lambda B, device: (lambda: None, 10 * B), 4, CPU, errors, "op B4")
-    assert times == {False: {"ms": 1.0, "ms_q25": 1.0, "ms_q75": 1.0}} and nbytes == 40
-    assert len(errors) == 1 and errors[0].startswith("op B4 graph: RuntimeError")
+    assert times == {"triton": {"ms": 1.0, "ms_q25": 1.0, "ms_q75": 1.0}} and nbytes == 40
+    assert len(errors) == 1 and errors[0].startswith("op B4 triton graph: RuntimeError")
     rows = bench.gap_rows("op", 4, times, nbytes, 1.0)
     assert [(r["path"], r["gap_ms"]) for r in rows] == [("triton", None)]
