@@ -50,7 +50,7 @@ from benchmarks.harness import (
     time_against_eager,
     write_results,
 )
-from benchmarks.sweep_launch import current_setting, loss_inputs, loss_setting
+from benchmarks.sweep_launch import current_setting, loss_input_bytes, loss_inputs, loss_setting
 from hjepa_fast.kernels import masked_loss as ml
 
 # (B, M, N, D): image I-JEPA (196 tokens, ~75 % predicted) and video (1568 tokens) at the level widths
@@ -192,7 +192,7 @@ def loss_inputs_copies(case: Case, dtype: torch.dtype, device: torch.device) -> 
     rows and ``idx``)."""
     B, M, N, D, Bt = case.shape
     g = torch.Generator(device=device).manual_seed(0)
-    read = B * M * (2 * D * (torch.finfo(dtype).bits // 8) + 8)
+    read = loss_input_bytes(B, M, D, torch.finfo(dtype).bits // 8)
     copies = [loss_inputs(case.shape, dtype, device, g) for _ in range(cold_copies(read, device))]
     return [(pred.requires_grad_(), target, idx) for pred, target, idx in copies]
 

@@ -161,6 +161,12 @@ def loss_inputs(shape: tuple[int, int, int, int, int], dtype: torch.dtype, devic
     return pred, target, (idx.sort(1).values if in_order else idx).contiguous()
 
 
+def loss_input_bytes(B: int, M: int, D: int, element_size: int) -> int:
+    """What one loss call reads of ``loss_inputs``: the ``B*M`` prediction and gathered target rows and the
+    int64 ``idx`` (what ``harness.cold_copies`` sizes the input copies on)."""
+    return B * M * (2 * D * element_size + 8)
+
+
 def _l2_loss_launch(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return masked_loss._masked_latent_loss(pred, target, idx, masked_loss._L2, False, 1.0, True)
 
@@ -179,7 +185,7 @@ def masked_loss_cases(device: torch.device, quick: bool) -> Iterator[Case]:
         g = torch.Generator(device=device).manual_seed(D)
         nbytes = B * M * (3 * D * 2 + 8)  # bf16 prediction and target rows read, gradient written; int64 idx
         copies = [loss_inputs((B, M, N, D, B), torch.bfloat16, device, g, in_order)
-                  for _ in range(cold_copies(B * M * (2 * D * 2 + 8), device))]  # on the bytes read
+                  for _ in range(cold_copies(loss_input_bytes(B, M, D, 2), device))]
         run = Cycling(_l2_loss_launch, copies)
         settings = with_default(masked_loss, MASKED_LOSS_SETTINGS if in_order else OUT_OF_ORDER_SETTINGS)
         yield Case(f"masked_loss fwd D{D}" + ("" if in_order else " idx out of order"), masked_loss, settings, run,
