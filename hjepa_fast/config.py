@@ -36,6 +36,9 @@ class ModelConfig:
     predictor_dims: list[int] = field(default_factory=lambda: [48, 48, 32])
     predictor_depths: list[int] = field(default_factory=lambda: [2, 2, 1])
     predictor_heads: list[int] = field(default_factory=lambda: [4, 4, 4])
+    # predictor linears: trunc_normal (timm, std 0.02) | xavier (MAE: the context's content reaches the
+    # predictions at initialisation; model/transformer.py)
+    predictor_init: str = "trunc_normal"
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     abstraction: str = "attention"  # average | conv | attention
@@ -79,6 +82,16 @@ class MaskConfig:
 class LossConfig:
     weighting: str = "uniform"  # uniform | increasing | curriculum | uncertainty
     curriculum_steps: int = 100  # curriculum: steps over which each higher level ramps in
+    # prediction loss: l2 (L2-normalised, the overview's) | ijepa (layer-normalised targets, smooth-L1) |
+    # vjepa (layer-normalised targets, L1)
+    prediction: str = "l2"
+    # anti-collapse terms per level on the content-centred online context embeddings (model/regularizers.py);
+    # 0 turns a term off
+    variance_weight: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    covariance_weight: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    sigreg_weight: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    sigreg_slices: int = 256  # random 1-D directions SIGReg tests per step
+    regularizer_tokens: int = 8192  # rows the terms read per rank and level (a random subset beyond it)
 
 
 @dataclass
@@ -94,6 +107,9 @@ class TrainConfig:
     ema_tau_base: list[float] = field(default_factory=lambda: [0.996, 0.996, 0.996])
     ema_tau_end: list[float] = field(default_factory=lambda: [0.9999, 0.9999, 0.9999])
     seed: int = 0
+    # ema: EMA target encoders (train.ema_tau_*); online: the stop-gradient of the online encoders (tau 0
+    # at every level, exactly sg(f(x)) since the copy follows each step); needs an anti-collapse term
+    target_encoder: str = "ema"
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     engine: str = "single"  # single | ddp | fsdp | deepspeed (multi-process: start with torchrun or deepspeed)
@@ -132,15 +148,19 @@ PER_LEVEL = {
     "model": ("temporal_strides", "encoder_dims", "encoder_depths", "encoder_heads", "predictor_dims",
               "predictor_depths", "predictor_heads"),
     "masks": ("strategies",),
+    "loss": ("variance_weight", "covariance_weight", "sigreg_weight"),
     "train": ("ema_tau_base", "ema_tau_end", "activation_checkpointing"),
 }
 CHOICES = {
     ("model", "abstraction"): ("average", "conv", "attention"),
     ("model", "topdown"): ("none", "cross", "film", "prepend"),
+    ("model", "predictor_init"): ("trunc_normal", "xavier"),
     ("model", "attention_backend"): ("auto", "sdpa", "flash", "xformers"),
     ("model", "kernels"): ("auto", "reference", "triton"),
     ("data", "dataset"): ("moving_digits", "video_folder", "rollouts"),
     ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),
+    ("loss", "prediction"): ("l2", "ijepa", "vjepa"),
+    ("train", "target_encoder"): ("ema", "online"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "engine"): ("single", "ddp", "fsdp", "deepspeed"),
@@ -297,6 +317,7 @@ def resolve(cfg: Config) -> Config:
         for tau in getattr(cfg.train, name):
             if not 0.0 <= tau <= 1.0:
                 raise ConfigError(f"train.{name} values must lie in [0, 1], got {tau}")
+    _check_anti_collapse(cfg)
     if cfg.train.batch_size < 1 or cfg.train.steps < 1:
         raise ConfigError("train.batch_size and train.steps must be >= 1")
     if cfg.train.grad_accumulation < 1 or cfg.train.batch_size % cfg.train.grad_accumulation:
@@ -312,6 +333,25 @@ def resolve(cfg: Config) -> Config:
     if cfg.data.dataset == "rollouts" and not (cfg.data.root and m.action_dim > 0):
         raise ConfigError("data.dataset=rollouts needs data.root (a hjepa collect folder) and model.action_dim > 0")
     return cfg
+
+
+def _check_anti_collapse(cfg: Config) -> None:
+    """Weights are >= 0; an online target (no EMA) needs a term at every level, or that level collapses."""
+    loss = cfg.loss
+    for name in ("variance_weight", "covariance_weight", "sigreg_weight"):
+        for w in getattr(loss, name):
+            if w < 0:
+                raise ConfigError(f"loss.{name} values must be >= 0, got {w}")
+    if loss.sigreg_slices < 1:
+        raise ConfigError(f"loss.sigreg_slices must be >= 1, got {loss.sigreg_slices}")
+    if cfg.train.target_encoder == "online":
+        bare = [level + 1 for level, ws in enumerate(zip(loss.variance_weight, loss.sigreg_weight)) if not any(ws)]
+        if bare:
+            raise ConfigError(f"train.target_encoder=online needs an anti-collapse term at every level (without "
+                              f"an EMA target nothing else stops collapse); level(s) {bare} have none: set "
+                              f"loss.variance_weight or loss.sigreg_weight > 0 there")
+        cfg.train.ema_tau_base = [0.0] * cfg.model.levels  # the target copies the online encoder every step
+        cfg.train.ema_tau_end = [0.0] * cfg.model.levels
 
 
 def _check_shared_encoders(cfg: Config) -> None:

@@ -6,7 +6,8 @@ A training step (``HJEPA.forward``) reads like the algorithm:
    encodings (a masked pool) and encodes its own context tokens;
 3. top-down prediction, from level L down to 1: each predictor gets its context, mask tokens at the
    targets, actions, and the causally aligned summary of the level above;
-4. loss: the masked-token L2-normalised loss per level, weighted into one total.
+4. loss: the masked-token prediction loss per level (L2-normalised, or the I-JEPA / V-JEPA convention),
+   weighted into one total, plus each level's anti-collapse term on its context embeddings.
 
 ``model.share_encoders``: levels above 1 run level 1's transformer blocks and final LayerNorm (the same
 modules, so the same parameters, also in the target copy); each level keeps its own tokenizer, position
@@ -15,13 +16,14 @@ table and predictor. A shared parameter belongs to level 1 for the EMA (``ema_pa
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hjepa_fast.config import ModelConfig
-from hjepa_fast.kernels import masked_l2_loss
+from hjepa_fast.config import LossConfig, ModelConfig
+from hjepa_fast.kernels import masked_jepa_loss, masked_l2_loss
 from hjepa_fast.masks import LevelMasks
 
 from .abstraction import build_abstraction
@@ -29,13 +31,15 @@ from .attention import resolve_backend
 from .encoder import LevelEncoder, PatchEmbed3D, scatter_tokens
 from .loss_weighting import LossWeighting
 from .predictor import Predictor
+from .regularizers import AntiCollapse
 from .topdown import summarize_by_time
 
 
 @dataclass
 class HJEPAOutput:
     loss: torch.Tensor  # the weighted total, scalar
-    level_losses: list[torch.Tensor]  # one scalar per level (detached)
+    level_losses: list[torch.Tensor]  # the prediction loss of each level, scalar (detached)
+    level_regularizers: list[torch.Tensor]  # each level's weighted anti-collapse term (detached; 0: none)
 
 
 def normalize_clips(clips: torch.Tensor) -> torch.Tensor:
@@ -72,9 +76,10 @@ class HJEPA(nn.Module):
     Level l (0-based) has a ``(T_l, H', W')`` token grid with ``T_0 = frames / tubelet`` and
     ``T_l = T_{l-1} / temporal_strides[l]``; ``H' = W' = img_size / patch_size``."""
 
-    def __init__(self, cfg: ModelConfig, frames: int, loss_weighting: str = "uniform", curriculum_steps: int = 100):
+    def __init__(self, cfg: ModelConfig, frames: int, loss: LossConfig | None = None):
         super().__init__()
-        self.cfg = cfg
+        loss = loss or LossConfig()
+        self.cfg, self.prediction = cfg, loss.prediction
         side = cfg.img_size // cfg.patch_size
         steps, self.grids = frames // cfg.tubelet, []
         for stride in cfg.temporal_strides:
@@ -101,6 +106,7 @@ class HJEPA(nn.Module):
                 topdown_dim=cfg.encoder_dims[level + 1] if has_above else None,
                 window=cfg.temporal_strides[level + 1] if has_above else 1,
                 action_chunk=self.action_chunk(level), action_accumulate=cfg.action_accumulate,
+                init=cfg.predictor_init,
             ))
         if cfg.share_encoders:
             share_trunk(encoders)
@@ -108,7 +114,9 @@ class HJEPA(nn.Module):
         self.predictors = nn.ModuleList(predictors)
         self.target_encoders = copy.deepcopy(self.encoders)  # the deepcopy memo keeps the sharing
         self.target_encoders.requires_grad_(False)
-        self.loss_weighting = LossWeighting(L, loss_weighting, curriculum_steps)
+        self.loss_weighting = LossWeighting(L, loss.weighting, loss.curriculum_steps)
+        self.anti_collapse = AntiCollapse(loss.variance_weight[:L], loss.covariance_weight[:L],
+                                          loss.sigreg_weight[:L], loss.sigreg_slices, loss.regularizer_tokens)
 
     def action_chunk(self, level: int) -> int:
         """Frames of actions one step of ``level`` encodes: 1 at level 1 (its primitive action, averaged
@@ -195,11 +203,22 @@ class HJEPA(nn.Module):
         if len(masks) != self.levels:
             raise ValueError(f"got masks for {len(masks)} levels, the model has {self.levels}")
         targets = self.encode_targets(clips)
-        preds = self.predict(self.encode_context(clips, masks), masks, actions)
-        # the sampler's indices are in range by construction: no host sync per level (check_idx)
-        losses = [masked_l2_loss(p, t, m.target, check_idx=False) for p, t, m in zip(preds, targets, masks)]
-        total = self.loss_weighting(losses, step)
-        return HJEPAOutput(total, [loss.detach() for loss in losses])
+        context = self.encode_context(clips, masks)
+        preds = self.predict(context, masks, actions)
+        losses = [self.prediction_loss(p, t, m.target) for p, t, m in zip(preds, targets, masks)]
+        regs = [self.anti_collapse(level, z, m.context, math.prod(grid), step) if self.anti_collapse.active(level)
+                else z.new_zeros((), dtype=torch.float32)
+                for level, (z, m, grid) in enumerate(zip(context, masks, self.grids))]
+        total = self.loss_weighting(losses, step) + sum(regs)
+        return HJEPAOutput(total, [loss.detach() for loss in losses], [r.detach() for r in regs])
+
+    def prediction_loss(self, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``loss.prediction`` between ``pred [B, M, D]`` and ``target [B, N, D]`` gathered at ``idx [B, M]``.
+        The sampler's indices are in range by construction: no host sync per level (``check_idx``)."""
+        if self.prediction == "l2":
+            return masked_l2_loss(pred, target, idx, check_idx=False)
+        kind = "smooth_l1" if self.prediction == "ijepa" else "lp"
+        return masked_jepa_loss(pred, target, idx, target_norm="layer", kind=kind, p=1.0, check_idx=False)
 
     @torch.no_grad()
     def features(self, clips: torch.Tensor) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ from torch import nn
 from .encoder import gather_tokens
 from .posembed import sincos_1d, sincos_3d
 from .topdown import causal_allowed, latest_allowed
-from .transformer import Block, init_weights, stochastic_depth
+from .transformer import Block, init_weights, init_xavier, stochastic_depth
 
 TOPDOWN_MODES = ("none", "cross", "film", "prepend")
 
@@ -46,7 +46,8 @@ class Predictor(nn.Module):
     t + 1 also get the running sum over steps 0..t of a second (linear) action embedding, where the
     actions so far have led: integrating velocities through attention alone is hard for a narrow
     predictor (on panworld the predictions' response to actions went from 0.20 to 0.55 of the real
-    outcomes', README). ``topdown`` modes: 'cross' (cross-attention in every block), 'film' (scale and
+    outcomes', README). ``init``: ``trunc_normal`` (timm's std 0.02) or ``xavier`` (MAE's; see
+    ``transformer.init_xavier``). ``topdown`` modes: 'cross' (cross-attention in every block), 'film' (scale and
     shift of each target token's output features from the most recent allowed coarse step), 'prepend'
     (coarse steps as extra tokens, reached through an attention mask). ``window``: level-l steps per step
     of the level above.
@@ -59,7 +60,7 @@ class Predictor(nn.Module):
     def __init__(self, enc_dim: int, dim: int, depth: int, heads: int, grid: tuple[int, int, int],
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, backend: str = "sdpa", action_dim: int = 0,
                  topdown: str = "none", topdown_dim: int | None = None, window: int = 1, action_chunk: int = 1,
-                 action_accumulate: bool = False):
+                 action_accumulate: bool = False, init: str = "trunc_normal"):
         super().__init__()
         if topdown not in TOPDOWN_MODES:
             raise ValueError(f"unknown top-down mode {topdown!r}; choose one of {TOPDOWN_MODES}")
@@ -87,7 +88,7 @@ class Predictor(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, enc_dim)
-        self.apply(init_weights)
+        self.apply(init_xavier if init == "xavier" else init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         if self.action_embed is not None:  # actions must move predictions from the start (see forward)
             parts = [part for part in (self.action_embed, self.action_sum_embed) if part is not None]

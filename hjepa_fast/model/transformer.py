@@ -56,6 +56,20 @@ def stochastic_depth(drop_path: float, depth: int) -> list[float]:
     return [drop_path * i / max(depth - 1, 1) for i in range(depth)]
 
 
+def init_xavier(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linears (each keeps the scale of its input), zero biases, unit
+    LayerNorms. In a narrow predictor whose tokens are dominated by their position embedding, std-0.02
+    linears attenuate the context's content at every layer (measured: predictions varied 1e-5 as much as
+    the context across clips at initialisation); xavier lets it through."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 def init_weights(module: nn.Module) -> None:
     """timm ViT initialisation: truncated normal linears (std 0.02), zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear):

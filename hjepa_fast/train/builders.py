@@ -22,7 +22,7 @@ _STRATEGY_PARAMS = {
 def build_model(cfg: Config) -> HJEPA:
     """The H-JEPA stack, initialised from ``train.seed`` (so a random baseline is reproducible)."""
     torch.manual_seed(cfg.train.seed)
-    return HJEPA(cfg.model, cfg.data.frames, cfg.loss.weighting, cfg.loss.curriculum_steps)
+    return HJEPA(cfg.model, cfg.data.frames, cfg.loss)
 
 
 def build_mask_sampler(cfg: Config) -> HierarchicalMaskSampler:

@@ -174,7 +174,7 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume
                     out = engine.module(clips[rows], [LevelMasks(m.context[rows], m.target[rows]) for m in masks],
                                         None if actions is None else actions[rows], step=step)
                 engine.backward(out.loss)
-            losses = torch.stack([out.loss.detach(), *out.level_losses]).float()
+            losses = torch.stack([out.loss.detach(), *out.level_losses, *out.level_regularizers]).float()
             loss_sum = losses if loss_sum is None else loss_sum + losses
         if engine.step():
             taus = ema.update(step)
@@ -185,13 +185,15 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             # the global batch's loss, then per level the collapse diagnostics (averaged over ranks)
             values = distributed.mean_over_ranks(torch.cat([loss_sum / accum, monitor.stats()]), info).tolist()
-            values, diagnostics = values[:model.levels + 1], values[model.levels + 1:]
+            L = model.levels
+            values, regs, diagnostics = values[:L + 1], values[L + 1:2 * L + 1], values[2 * L + 1:]
             elapsed = time.perf_counter() - window_start
             row = {"step": done, "loss": values[0], **{f"loss_l{i + 1}": v for i, v in enumerate(values[1:])},
                    "lr": lr, "weight_decay": wd, **{f"tau_l{i + 1}": t for i, t in enumerate(taus)},
                    "clips_per_s": window_clips / elapsed, "tokens_per_s": window_clips * tokens_per_clip / elapsed,
                    **{f"spread_l{i + 1}": v for i, v in enumerate(diagnostics[0::2])},
-                   **{f"rankme_l{i + 1}": v for i, v in enumerate(diagnostics[1::2])}}
+                   **{f"rankme_l{i + 1}": v for i, v in enumerate(diagnostics[1::2])},
+                   **{f"reg_l{i + 1}": v for i, v in enumerate(regs) if model.anti_collapse.active(i)}}
             if logger is not None:
                 logger.log(row)
             logged.append(row)
