@@ -57,6 +57,8 @@ class DataConfig:
     frames: int = 16
     frame_stride: int = 1  # video_folder only: take every n-th frame
     digit_size: int = 16  # moving_digits only: side of the moving digit in pixels
+    digits: int = 1  # moving_digits only: the labelled digit plus digits - 1 distractors (they pass behind it)
+    background: str = "black"  # moving_digits only: black | texture (a procedural texture panning across)
     num_workers: int = 0
     seed: int = 0  # which clips the data set renders; independent of the training seed
 
@@ -158,6 +160,7 @@ CHOICES = {
     ("model", "attention_backend"): ("auto", "sdpa", "flash", "xformers"),
     ("model", "kernels"): ("auto", "reference", "triton"),
     ("data", "dataset"): ("moving_digits", "video_folder", "rollouts"),
+    ("data", "background"): ("black", "texture"),
     ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),
     ("loss", "prediction"): ("l2", "ijepa", "vjepa"),
     ("train", "target_encoder"): ("ema", "online"),

@@ -28,17 +28,20 @@ def build_dataset(
     seed: int,
     frame_stride: int = 1,
     digit_size: int = 16,
+    digits: int = 1,
+    background: str = "black",
 ) -> MovingDigits | VideoFolder | Rollouts:
     """The data set `name` for `split`, as configured.
 
     video_folder reads `root/split` when that folder exists, else `root` for every split.
-    moving_digits is 1-channel and uses `digit_size`; video_folder uses `root` and `frame_stride`;
+    moving_digits is 1-channel and uses `digit_size`, `digits` and `background`; video_folder uses `root` and `frame_stride`;
     rollouts reads a `hjepa collect` folder `root` (items carry actions).
     """
     if name == "moving_digits":
         if channels != MovingDigits.channels:
             raise ValueError(f"moving_digits has {MovingDigits.channels} channel, got channels={channels}")
-        return MovingDigits(split, frames=frames, size=size, digit_size=digit_size, seed=seed)
+        return MovingDigits(split, frames=frames, size=size, digit_size=digit_size, seed=seed, digits=digits,
+                            background=background)
     if name == "video_folder":
         if root is None:
             raise ValueError("video_folder needs a root folder (got root=None)")

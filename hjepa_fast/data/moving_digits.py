@@ -1,4 +1,10 @@
-"""Moving-digits clips built from scikit-learn's embedded handwritten digits (no download needed)."""
+"""Moving-digits clips built from scikit-learn's embedded handwritten digits (no download needed).
+
+The plain set (one digit on black) leaves most tokens pure background: a predictor that outputs each
+position's average does almost as well as one that reads its context. ``digits > 1`` adds distractor
+digits with motions of their own (they pass behind the labelled digit: occlusion) and
+``background="texture"`` a procedural texture that pans across the frame, so every token carries content
+that moves and a context-blind predictor is visibly wrong."""
 
 from __future__ import annotations
 
@@ -15,6 +21,11 @@ _SPLITS = ("train", "val")
 _NUM_DIRECTIONS = 8
 _SPEED_RANGE = (1.0, 2.0)  # px per frame
 SPEED_BINS = 3  # the `speed` label: equal thirds of the speed range (slow, medium, fast)
+BACKGROUNDS = ("black", "texture")
+_TEXTURE_GRATINGS = 4  # cosine gratings summed into one background texture
+_TEXTURE_PEAK = 110  # brightest background pixel (digits reach 255, so they stay visible)
+_PAN_SPEED_RANGE = (0.5, 1.5)  # px per frame of the background
+_BACKGROUND_STREAM = 1_000  # RNG stream of the background (distractor k uses stream k)
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,13 +58,29 @@ def _bounce(start: np.ndarray, velocity: np.ndarray, steps: np.ndarray, limit: i
     return limit - np.abs(limit - np.mod(free, 2 * limit))
 
 
+def panning_texture(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
+    """uint8 ``[frames, size, size]``: a sum of cosine gratings whose frequencies are whole cycles per frame
+    width (so the texture tiles), panning at a random constant velocity."""
+    fx, fy = rng.integers(1, 4, size=(2, _TEXTURE_GRATINGS)) * rng.choice([-1, 1], size=(2, _TEXTURE_GRATINGS))
+    phase = rng.uniform(0, 2 * np.pi, size=_TEXTURE_GRATINGS)
+    angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(*_PAN_SPEED_RANGE)
+    shift = speed * np.arange(frames)[:, None] * np.array([np.cos(angle), np.sin(angle)])  # [T, 2]
+    coords = np.arange(size)
+    x = coords[None, None, :, None] - shift[:, 0, None, None, None]  # [T, 1, W, 1]
+    y = coords[None, :, None, None] - shift[:, 1, None, None, None]  # [T, H, 1, 1]
+    waves = np.cos(2 * np.pi * (fx * x + fy * y) / size + phase).mean(-1)  # [T, H, W] in [-1, 1]
+    return np.rint((waves + 1) * (_TEXTURE_PEAK / 2)).astype(np.uint8)
+
+
 class MovingDigits(torch.utils.data.Dataset):
-    """One sklearn digit bouncing around a black frame: the default, always-available data set.
+    """An sklearn digit bouncing around the frame: the default, always-available data set.
 
     Item `(index, step)` -> `{"clip": uint8 [frames, 1, size, size], "labels": {"digit", "direction", "speed"},
     "step": step}` (speed: one of SPEED_BINS equal bins of 1-2 px/frame); `positions(index)` gives the
-    digit's centre per frame. The clip depends only on (seed, split, index), never on global RNG state or `step`,
-    so any worker and any resumed run render identical clips.
+    labelled digit's centre per frame. `digits - 1` distractor digits (other images of the split, their own
+    motions) are drawn first, the labelled digit on top; `background` is `black` or a panning `texture`.
+    The clip depends only on (seed, split, index), never on global RNG state or `step`, so any worker and
+    any resumed run render identical clips; with one digit on black it is the original set, pixel for pixel.
     """
 
     channels = 1
@@ -66,11 +93,18 @@ class MovingDigits(torch.utils.data.Dataset):
         digit_size: int = 16,
         num_clips: int | None = None,
         seed: int = 0,
+        digits: int = 1,
+        background: str = "black",
     ) -> None:
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         if not 1 <= digit_size <= size:
             raise ValueError(f"need 1 <= digit_size <= size, got digit_size={digit_size}, size={size}")
+        if digits < 1:
+            raise ValueError(f"digits must be >= 1, got {digits}")
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+        self.digits, self.background = digits, background
         self.split = split
         self.frames = frames
         self.size = size
@@ -91,11 +125,16 @@ class MovingDigits(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_clips
 
-    def _motion(self, index: int) -> tuple[int, float, np.ndarray]:
-        """(direction, speed in px/frame, top-left corners int64 [frames, 2] as (x, y)) of clip `index`."""
+    def _rng(self, index: int, *stream: int) -> np.random.Generator:
+        """The generator of clip `index` (stream (): the labelled digit; others: distractors, background)."""
+        return np.random.default_rng((self.seed, _SPLITS.index(self.split), index, *stream))
+
+    def _motion(self, index: int, *stream: int) -> tuple[int, float, np.ndarray]:
+        """(direction, speed in px/frame, top-left corners int64 [frames, 2] as (x, y)) of clip `index`'s
+        labelled digit (or of the distractor of `stream`)."""
         if not 0 <= index < self.num_clips:
             raise IndexError(f"clip index {index} out of range [0, {self.num_clips})")
-        rng = np.random.default_rng((self.seed, _SPLITS.index(self.split), index))
+        rng = self._rng(index, *stream)
         direction = int(rng.integers(_NUM_DIRECTIONS))
         angle = direction * 2 * np.pi / _NUM_DIRECTIONS  # 0 = right, 2 = down (image rows grow downwards)
         speed = rng.uniform(*_SPEED_RANGE)
@@ -110,6 +149,14 @@ class MovingDigits(torch.utils.data.Dataset):
         [frames, 2], exactly where `__getitem__` drew it (the target of the future-state probe)."""
         return (self._motion(index)[2] + self.digit_size / 2).astype(np.float32)
 
+    def _paste(self, clip: np.ndarray, sprite: np.ndarray, xy: np.ndarray) -> None:
+        """Draw `sprite` [d, d] into every frame of `clip` [T, H, W] at corners `xy` [T, 2] (all frames at
+        once by broadcast fancy indexing); the sprite's dark pixels let what is behind show through."""
+        offsets = np.arange(self.digit_size)
+        at = (np.arange(self.frames)[:, None, None], (xy[:, 1, None] + offsets)[:, :, None],
+              (xy[:, 0, None] + offsets)[:, None, :])  # [T, 1, 1], [T, d, 1], [T, 1, d]
+        clip[at] = np.where(sprite > 0, sprite, clip[at])
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, step = key
         direction, speed, xy = self._motion(index)
@@ -117,12 +164,14 @@ class MovingDigits(torch.utils.data.Dataset):
         low, high = _SPEED_RANGE
         speed_bin = min(int((speed - low) / (high - low) * SPEED_BINS), SPEED_BINS - 1)
 
-        # Paste the sprite into every frame at once with broadcast fancy indexing.
-        offsets = np.arange(self.digit_size)
-        rows = (xy[:, 1, None] + offsets)[:, :, None]  # [T, d, 1]
-        cols = (xy[:, 0, None] + offsets)[:, None, :]  # [T, 1, d]
-        clip = np.zeros((self.frames, self.size, self.size), dtype=np.uint8)
-        clip[np.arange(self.frames)[:, None, None], rows, cols] = self.sprites[image]
+        if self.background == "texture":
+            clip = panning_texture(self._rng(index, _BACKGROUND_STREAM), self.frames, self.size)
+        else:
+            clip = np.zeros((self.frames, self.size, self.size), dtype=np.uint8)
+        for k in range(1, self.digits):  # distractors first: the labelled digit passes in front of them
+            other = int(self._rng(index, k, 0).integers(len(self.image_indices)))
+            self._paste(clip, self.sprites[other], self._motion(index, k)[2])
+        self._paste(clip, self.sprites[image], xy)
         return {
             "clip": torch.from_numpy(clip).unsqueeze(1),
             "labels": {"digit": int(self.targets[image]), "direction": direction, "speed": speed_bin},

@@ -43,7 +43,18 @@ def variants(cfg: Config) -> dict[str, list[str]]:
             if len(set(getattr(m, k))) > 1)]
     out.update({f"weighting={w}": [f"loss.weighting={w}"]
                 for w in ("uniform", "increasing", "curriculum", "uncertainty") if L > 1 and w != cfg.loss.weighting})
-    out["ema=off"] = [f"train.ema_tau_base={[0.0] * L}", f"train.ema_tau_end={[0.0] * L}"]
+    loss, zeros = cfg.loss, [0.0] * L
+    if any(w > 0 for w in (*loss.variance_weight, *loss.covariance_weight, *loss.sigreg_weight)):
+        out["anti_collapse=off"] = [f"loss.{k}={zeros}" for k in ("variance_weight", "covariance_weight",
+                                                                  "sigreg_weight")] + ["train.target_encoder=ema"]
+    if cfg.train.target_encoder == "online":
+        out["target_encoder=ema"] = ["train.target_encoder=ema"]
+    else:
+        out["ema=off"] = [f"train.ema_tau_base={zeros}", f"train.ema_tau_end={zeros}"]
+    if m.predictor_init != "trunc_normal":
+        out["predictor_init=trunc_normal"] = ["model.predictor_init=trunc_normal"]
+    if cfg.data.dataset == "moving_digits" and (cfg.data.digits > 1 or cfg.data.background != "black"):
+        out["data=one_digit_on_black"] = ["data.digits=1", "data.background=black"]
     return out
 
 

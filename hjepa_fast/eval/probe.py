@@ -166,4 +166,8 @@ def format_table(result: dict) -> str:
         r = result["collapse"]["random"][name]
         flag = "  COLLAPSED" if c["collapsed"] else ""
         lines.append(f"{name:<8}{c['spread']:>16.4f}{r['spread']:>15.4f}{c['rankme']:>16.1f}{r['rankme']:>15.1f}{flag}")
+    collapsed = [name for name, c in result["collapse"]["trained"].items() if c["collapsed"]]
+    if collapsed:
+        lines.append(f"WARNING: {', '.join(collapsed)} collapsed (its features barely differ between clips): "
+                     "turn on an anti-collapse term there (loss.variance_weight, loss.sigreg_weight)")
     return "\n".join(lines)

@@ -129,3 +129,39 @@ def test_build_dataset_moving_digits() -> None:
         build_dataset("moving_digits", "val", frames=4, size=24, channels=3, root=None, seed=2)
     with pytest.raises(ValueError, match="moving_digits, video_folder"):
         build_dataset("imagenet", "val", frames=4, size=24, channels=1, root=None, seed=2)
+
+
+def test_one_digit_on_black_is_the_original_set_and_the_options_add_content() -> None:
+    plain = MovingDigits("train", frames=12, seed=0)
+    busy = MovingDigits("train", frames=12, seed=0, digits=3, background="texture")
+    for index in range(8):
+        a, b = plain[(index, 0)], busy[(index, 0)]
+        assert a["labels"] == b["labels"]  # the labelled digit keeps its image and motion
+        np.testing.assert_array_equal(plain.positions(index), busy.positions(index))
+        clip_a, clip_b = a["clip"][:, 0], b["clip"][:, 0]
+        labelled = clip_a > 0  # the labelled digit is drawn on top of everything else
+        assert torch.equal(clip_b[labelled], clip_a[labelled])
+        # every 8x8 token of every frame shows something, and the background moves between frames
+        tokens = clip_b.view(12, 4, 8, 4, 8).amax(dim=(2, 4))
+        assert (tokens > 0).all()
+        assert not torch.equal(clip_b[0][~labelled[0] & ~labelled[1]], clip_b[1][~labelled[0] & ~labelled[1]])
+    again = MovingDigits("train", frames=12, seed=0, digits=3, background="texture")[(5, 9)]["clip"]
+    assert torch.equal(again, busy[(5, 0)]["clip"])
+
+
+def test_distractor_digits_move_on_their_own() -> None:
+    one = MovingDigits("train", frames=12, seed=0)
+    two = MovingDigits("train", frames=12, seed=0, digits=2)
+    moved = 0
+    for index in range(16):
+        extra = (two[(index, 0)]["clip"][:, 0] > 0) & ~(one[(index, 0)]["clip"][:, 0] > 0)
+        assert extra.any()  # the distractor is visible somewhere
+        moved += not torch.equal(extra[0], extra[-1])
+    assert moved >= 12
+
+
+def test_bad_scene_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="digits"):
+        MovingDigits(digits=0)
+    with pytest.raises(ValueError, match="background"):
+        MovingDigits(background="stars")

@@ -90,3 +90,16 @@ def test_two_processes_match_one_and_resume_exactly(engine, single_losses, tmp_p
         cfg = resume_config(tmp_path / "to_one", load_config(None, overrides))
         with pytest.raises(ConfigError, match="ds_to_universal"):
             train(cfg, run_dir=tmp_path / "to_one", resume=True, progress=False)
+
+
+ANTI_COLLAPSE = ["loss.variance_weight=[1,1,1]", "loss.covariance_weight=[0.1,0.1,0.1]",
+                 "loss.sigreg_weight=[1,1,1]", "loss.sigreg_slices=16"]
+
+
+def test_anti_collapse_terms_read_the_global_batch(tmp_path):
+    """The terms are non-linear in the batch statistics: on 2 ranks they match one process at the same
+    global batch only if the statistics are all-reduced (local ones give other losses and gradients)."""
+    cfg = load_config(None, [*BASE, *ANTI_COLLAPSE, f"train.out_dir={tmp_path}", "train.run_name=single"])
+    single = [row["loss"] for row in train(cfg, progress=False)["losses"]]
+    launch(tmp_path, *BASE, *ANTI_COLLAPSE, *ENGINES["ddp"], f"train.out_dir={tmp_path}", "train.run_name=two")
+    assert losses(tmp_path / "two") == pytest.approx(single, abs=TOL)

@@ -51,3 +51,26 @@ def test_a_run_folder_without_a_checkpoint_is_refused(run_dir, tmp_path, capsys)
     (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     assert main(["eval", "--run", str(tmp_path)]) == 2
     assert f"{tmp_path} has no checkpoint (checkpoint.pt)" in capsys.readouterr().err
+
+
+def test_the_report_warns_about_context_blind_and_collapsed_levels_only():
+    from hjepa_fast.eval.probe import format_table
+
+    def curve(spread):
+        return {"horizon": [1], "frames_ahead": [2], "error": [6.0], "error_raw": [7.0], "floor": [1.0],
+                "copy_last": [7.0], "mean_state": [6.0], "spread_ratio": spread}
+
+    def collapse(spread, rankme):
+        return {"spread": spread, "rankme": rankme, "dim": 8, "collapsed": rankme < 1.5 or spread < 1e-3}
+
+    result = {"step": 5, "trained": {"level1": {"digit": 0.5}, "level2": {"digit": 0.4}},
+              "random": {"level1": {"digit": 0.3}, "level2": {"digit": 0.3}},
+              "horizon": {"trained": {"level1": curve(0.6), "level2": curve(0.01)},
+                          "random": {"level1": curve(0.0), "level2": curve(0.0)}},
+              "collapse": {"trained": {"level1": collapse(0.0001, 1.0), "level2": collapse(0.5, 6.0)},
+                           "random": {"level1": collapse(0.5, 6.0), "level2": collapse(0.5, 6.0)}},
+              "context_frames": 8, "state_units": "px"}
+    warnings = [line for line in format_table(result).splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2
+    assert "level2 predict(s) nearly the same" in warnings[0] and "level1" not in warnings[0]
+    assert warnings[1].startswith("WARNING: level1 collapsed") and "level2" not in warnings[1]
