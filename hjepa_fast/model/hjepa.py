@@ -16,7 +16,6 @@ table and predictor. A shared parameter belongs to level 1 for the EMA (``ema_pa
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -116,7 +115,8 @@ class HJEPA(nn.Module):
         self.target_encoders.requires_grad_(False)
         self.loss_weighting = LossWeighting(L, loss.weighting, loss.curriculum_steps)
         self.anti_collapse = AntiCollapse(loss.variance_weight[:L], loss.covariance_weight[:L],
-                                          loss.sigreg_weight[:L], loss.sigreg_slices, loss.regularizer_tokens)
+                                          loss.sigreg_weight[:L], loss.sigreg_slices, loss.regularizer_tokens,
+                                          rows=loss.regularizer_rows)
 
     def action_chunk(self, level: int) -> int:
         """Frames of actions one step of ``level`` encodes: 1 at level 1 (its primitive action, averaged
@@ -206,7 +206,7 @@ class HJEPA(nn.Module):
         context = self.encode_context(clips, masks)
         preds = self.predict(context, masks, actions)
         losses = [self.prediction_loss(p, t, m.target) for p, t, m in zip(preds, targets, masks)]
-        regs = [self.anti_collapse(level, z, m.context, math.prod(grid), step) if self.anti_collapse.active(level)
+        regs = [self.anti_collapse(level, z, m.context, grid, step) if self.anti_collapse.active(level)
                 else z.new_zeros((), dtype=torch.float32)
                 for level, (z, m, grid) in enumerate(zip(context, masks, self.grids))]
         total = self.loss_weighting(losses, step) + sum(regs)
