@@ -52,7 +52,9 @@ class MetricsLogger:
 
 
 def plot_losses(run_dir: Path) -> Path | None:
-    """``loss.png``: total and per-level loss against step, from metrics.csv."""
+    """``loss.png``: against step, the total and per-level prediction loss (log scale) and, where logged,
+    each level's anti-collapse term, target-feature spread and RankMe: a collapse shows as a level whose
+    loss falls while its spread and RankMe fall with it."""
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return None
@@ -66,14 +68,21 @@ def plot_losses(run_dir: Path) -> Path | None:
     if not rows:
         return None
     steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in [k for k in rows[0] if k == "loss" or k.startswith("loss_l")]:
-        ax.plot(steps, [float(r[key]) for r in rows], label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("L2-normalised latent loss")
-    ax.set_yscale("log")  # the levels span orders of magnitude
-    ax.legend()
-    ax.grid(alpha=0.3)
+    panels = [("loss", "loss (total; prediction per level)", lambda k: k == "loss" or k.startswith("loss_l"), "log"),
+              ("reg", "anti-collapse term", lambda k: k.startswith("reg_l"), "linear"),
+              ("spread", "target feature spread", lambda k: k.startswith("spread_l"), "linear"),
+              ("rankme", "target RankMe", lambda k: k.startswith("rankme_l"), "linear")]
+    panels = [(title, label, [k for k in rows[0] if pick(k)], scale) for title, label, pick, scale in panels]
+    panels = [p for p in panels if p[2]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+    for ax, (_, label, keys, scale) in zip(axes[0], panels):
+        for key in keys:
+            ax.plot(steps, [float(r[key]) for r in rows], label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.set_yscale(scale)  # the levels' losses span orders of magnitude
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     out = run_dir / "loss.png"
     fig.savefig(out, dpi=100)
