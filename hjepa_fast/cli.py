@@ -8,11 +8,23 @@ import sys
 from pathlib import Path
 
 from hjepa_fast.config import ConfigError
+from hjepa_fast.errors import UserError
 
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ConfigError, UserError, FileNotFoundError, FileExistsError)
+TRUST_HELP = ("also load checkpoints that a safe load refuses (those of older versions): runs any code a "
+              "checkpoint holds, so only for files you wrote yourself")
+
+
+def _trust_checkpoints(args: argparse.Namespace) -> None:
+    """``--trust-checkpoint``: the opt-in, through the environment so that every rank and loader sees it."""
+    if args.trust_checkpoint:
+        from hjepa_fast.train.checkpoint import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"
 
 
 def _train(args: argparse.Namespace) -> None:
+    _trust_checkpoints(args)
     from hjepa_fast.config import load_config
     from hjepa_fast.train.trainer import resume_config, train
 
@@ -32,6 +44,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    _trust_checkpoints(args)
     from hjepa_fast.eval.probe import evaluate_run, format_table
 
     settings = {"labels": args.labels, "horizon": args.horizon, "train_clips": args.train_clips,
@@ -102,6 +115,7 @@ def _collect(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
+    _trust_checkpoints(args)
     from hjepa_fast.plan.evaluate import evaluate_planning, format_table
 
     if args.diagnose:
@@ -129,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config, e.g. configs/tiny_cpu.yaml")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.add_argument("overrides", nargs="*", help="section.name=value, e.g. model.levels=2 train.batch_size=16")
     p.set_defaults(func=_train)
     p = sub.add_parser("eval", help="linear probes per level, trained vs random initialisation")
@@ -138,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-fraction", type=float, help="part of the clip the predictors see (default 0.5)")
     p.add_argument("--train-clips", type=int, help="clips to fit the probes on (default eval.train_clips)")
     p.add_argument("--val-clips", type=int, help="held-out clips to score them on (default eval.val_clips)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_eval)
     p = sub.add_parser("ablate", help="the ablation table: variants x seeds, trained and evaluated")
     p.add_argument("--config", required=True, help="the base config, e.g. configs/tiny_cpu.yaml")
@@ -176,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diagnose", action="store_true",
                    help="instead of planning: does the model respond to actions, and does its energy rank outcomes")
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_plan)
     p = sub.add_parser("info", help="versions, device, attention backend")
     p.set_defaults(func=_info)

@@ -14,7 +14,7 @@ from hjepa_fast.config import Config, ConfigError, config_from_dict
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.model.hjepa import HJEPA
 from hjepa_fast.train.builders import build_dataset_for, build_model
-from hjepa_fast.train.checkpoint import load_checkpoint
+from hjepa_fast.train.checkpoint import load_checkpoint, load_model_state
 from hjepa_fast.train.trainer import CHECKPOINT, pick_device
 
 from .features import FeatureSet, context_cut, extract_features
@@ -81,7 +81,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, dict]:
         raise FileNotFoundError(f"{run_dir} has no checkpoint ({CHECKPOINT}): the run has not finished a "
                                 "checkpoint yet, or was trained with a sharded engine (fsdp, deepspeed)")
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    return cfg, load_checkpoint(run_dir / CHECKPOINT)
+    return cfg, load_checkpoint(run_dir / CHECKPOINT, expect=("model", "step"))
 
 
 def evaluate_run(run_dir: str | Path, overrides: dict | None = None) -> dict:
@@ -95,7 +95,7 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None) -> dict:
     set_kernel_mode(cfg.model.kernels)
     random_model = build_model(cfg).to(device)
     trained = build_model(cfg).to(device)
-    trained.load_state_dict(state["model"])
+    load_model_state(trained, state, run_dir / CHECKPOINT)
     ours, init = evaluate_model(trained, cfg, device), evaluate_model(random_model, cfg, device)
     result = {"step": state["step"], "trained": ours["probe"], "random": init["probe"],
               "horizon": None if ours["horizon"] is None else {"trained": ours["horizon"], "random": init["horizon"]},
