@@ -28,19 +28,25 @@ def _train(args: argparse.Namespace) -> None:
     from hjepa_fast.config import load_config
     from hjepa_fast.train.trainer import resume_config, train
 
-    requested = load_config(args.config, args.overrides) if args.config or args.overrides else None
-    if args.resume:
-        run_dir = Path(args.resume)
+    run_dir = Path(args.resume) if args.resume else None
+    # overrides apply to --config, else (resuming) to the run's own config, else to the defaults
+    saved = run_dir / "config.yaml" if run_dir is not None and (run_dir / "config.yaml").is_file() else None
+    requested = load_config(args.config or saved, args.overrides) if args.config or args.overrides else None
+    if run_dir is not None:
         cfg = resume_config(run_dir, requested)
     else:
         if requested is None:
             raise ConfigError("give --config FILE (e.g. configs/tiny_cpu.yaml) or --resume RUN_DIR")
-        cfg, run_dir = requested, None
-    result = train(cfg, run_dir=run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        cfg = requested
+    result = train(cfg, run_dir=run_dir, resume=run_dir is not None, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":  # under a launcher: rank 0 speaks
         return
-    last = result["losses"][-1] if result["losses"] else {}
-    print(f"run folder: {result['run_dir']}  (step {result['step']}, loss {last.get('loss', float('nan')):.4f})")
+    if result["finished"]:
+        print(f"run folder: {result['run_dir']} already finished at step {result['step']} (train.steps); "
+              f"to train on: hjepa train --resume {result['run_dir']} train.steps=N")
+        return
+    last = result["losses"][-1]
+    print(f"run folder: {result['run_dir']}  (step {result['step']}, loss {last['loss']:.4f})")
 
 
 def _eval(args: argparse.Namespace) -> None:
