@@ -55,7 +55,11 @@ def _eval(args: argparse.Namespace) -> None:
 
     settings = {"labels": args.labels, "horizon": args.horizon, "train_clips": args.train_clips,
                 "val_clips": args.val_clips, "context_fraction": args.context_fraction}
-    print(format_table(evaluate_run(args.run, {k: v for k, v in settings.items() if v is not None})))
+    result = evaluate_run(args.run, {k: v for k, v in settings.items() if v is not None},
+                          progress=not args.no_progress)
+    print(format_table(result))
+    run = Path(args.run)
+    print(f"written: {run / 'eval.json'}" + ("" if result["horizon"] is None else f", {run / 'horizon.png'}"))
 
 
 def _ablate(args: argparse.Namespace) -> None:
@@ -142,6 +146,16 @@ def _plan(args: argparse.Namespace) -> None:
     print(format_table(result))
 
 
+def _one_line(error: Exception) -> str:
+    """The message of a user error; one raised in a data loader worker arrives with the worker's traceback
+    in its text, and only its last line (the original message) is for the user."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hjepa", description="Hierarchical JEPA world models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-fraction", type=float, help="part of the clip the predictors see (default 0.5)")
     p.add_argument("--train-clips", type=int, help="clips to fit the probes on (default eval.train_clips)")
     p.add_argument("--val-clips", type=int, help="held-out clips to score them on (default eval.val_clips)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_eval)
     p = sub.add_parser("ablate", help="the ablation table: variants x seeds, trained and evaluated")
@@ -229,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as e:
-        print(f"hjepa: error: {e}", file=sys.stderr)
+        print(f"hjepa: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 
