@@ -173,11 +173,12 @@ class FSDPEngine(SingleProcessEngine):
         folder = run_dir / DCP_CHECKPOINT
         if not (folder / "meta.pt").is_file():
             raise FileNotFoundError(f"no FSDP checkpoint (torch.distributed.checkpoint folder) at {folder}")
+        meta = load_checkpoint(folder / "meta.pt", expect=("step", "rng"))  # first: a bad one stops here
         states = self._states()
         dcp.load(states, checkpoint_id=str(folder))  # reshards: any number of ranks
         set_state_dict(self.model, self.optimizer, model_state_dict=states["model"],
                        optim_state_dict=states["optimizer"])
-        return load_checkpoint(folder / "meta.pt", expect=("step", "rng"))
+        return meta
 
 
 def checkpoint_format(engine: str) -> str:
