@@ -8,35 +8,58 @@ import sys
 from pathlib import Path
 
 from hjepa_fast.config import ConfigError
+from hjepa_fast.errors import UserError
 
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ConfigError, UserError, FileNotFoundError, FileExistsError)
+TRUST_HELP = ("also load checkpoints that a safe load refuses (those of older versions): runs any code a "
+              "checkpoint holds, so only for files you wrote yourself")
+
+
+def _trust_checkpoints(args: argparse.Namespace) -> None:
+    """``--trust-checkpoint``: the opt-in, through the environment so that every rank and loader sees it."""
+    if args.trust_checkpoint:
+        from hjepa_fast.train.checkpoint import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"
 
 
 def _train(args: argparse.Namespace) -> None:
+    _trust_checkpoints(args)
     from hjepa_fast.config import load_config
     from hjepa_fast.train.trainer import resume_config, train
 
-    requested = load_config(args.config, args.overrides) if args.config or args.overrides else None
-    if args.resume:
-        run_dir = Path(args.resume)
+    run_dir = Path(args.resume) if args.resume else None
+    # overrides apply to --config, else (resuming) to the run's own config, else to the defaults
+    saved = run_dir / "config.yaml" if run_dir is not None and (run_dir / "config.yaml").is_file() else None
+    requested = load_config(args.config or saved, args.overrides) if args.config or args.overrides else None
+    if run_dir is not None:
         cfg = resume_config(run_dir, requested)
     else:
         if requested is None:
             raise ConfigError("give --config FILE (e.g. configs/tiny_cpu.yaml) or --resume RUN_DIR")
-        cfg, run_dir = requested, None
-    result = train(cfg, run_dir=run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        cfg = requested
+    result = train(cfg, run_dir=run_dir, resume=run_dir is not None, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":  # under a launcher: rank 0 speaks
         return
-    last = result["losses"][-1] if result["losses"] else {}
-    print(f"run folder: {result['run_dir']}  (step {result['step']}, loss {last.get('loss', float('nan')):.4f})")
+    if result["finished"]:
+        print(f"run folder: {result['run_dir']} already finished at step {result['step']} (train.steps); "
+              f"to train on: hjepa train --resume {result['run_dir']} train.steps=N")
+        return
+    last = result["losses"][-1]
+    print(f"run folder: {result['run_dir']}  (step {result['step']}, loss {last['loss']:.4f})")
 
 
 def _eval(args: argparse.Namespace) -> None:
+    _trust_checkpoints(args)
     from hjepa_fast.eval.probe import evaluate_run, format_table
 
     settings = {"labels": args.labels, "horizon": args.horizon, "train_clips": args.train_clips,
                 "val_clips": args.val_clips, "context_fraction": args.context_fraction}
-    print(format_table(evaluate_run(args.run, {k: v for k, v in settings.items() if v is not None})))
+    result = evaluate_run(args.run, {k: v for k, v in settings.items() if v is not None},
+                          progress=not args.no_progress)
+    print(format_table(result))
+    run = Path(args.run)
+    print(f"written: {run / 'eval.json'}" + ("" if result["horizon"] is None else f", {run / 'horizon.png'}"))
 
 
 def _ablate(args: argparse.Namespace) -> None:
@@ -102,6 +125,7 @@ def _collect(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
+    _trust_checkpoints(args)
     from hjepa_fast.plan.evaluate import evaluate_planning, format_table
 
     if args.diagnose:
@@ -122,6 +146,16 @@ def _plan(args: argparse.Namespace) -> None:
     print(format_table(result))
 
 
+def _one_line(error: Exception) -> str:
+    """The message of a user error; one raised in a data loader worker arrives with the worker's traceback
+    in its text, and only its last line (the original message) is for the user."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hjepa", description="Hierarchical JEPA world models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config, e.g. configs/tiny_cpu.yaml")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.add_argument("overrides", nargs="*", help="section.name=value, e.g. model.levels=2 train.batch_size=16")
     p.set_defaults(func=_train)
     p = sub.add_parser("eval", help="linear probes per level, trained vs random initialisation")
@@ -138,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-fraction", type=float, help="part of the clip the predictors see (default 0.5)")
     p.add_argument("--train-clips", type=int, help="clips to fit the probes on (default eval.train_clips)")
     p.add_argument("--val-clips", type=int, help="held-out clips to score them on (default eval.val_clips)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_eval)
     p = sub.add_parser("ablate", help="the ablation table: variants x seeds, trained and evaluated")
     p.add_argument("--config", required=True, help="the base config, e.g. configs/tiny_cpu.yaml")
@@ -176,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diagnose", action="store_true",
                    help="instead of planning: does the model respond to actions, and does its energy rank outcomes")
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_plan)
     p = sub.add_parser("info", help="versions, device, attention backend")
     p.set_defaults(func=_info)
@@ -206,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as e:
-        print(f"hjepa: error: {e}", file=sys.stderr)
+        print(f"hjepa: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

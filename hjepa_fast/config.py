@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ class LossConfig:
     covariance_weight: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     sigreg_weight: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     sigreg_slices: int = 256  # random 1-D directions SIGReg tests per step
-    regularizer_tokens: int = 8192  # rows the terms read per rank and level (a random subset beyond it)
+    regularizer_tokens: int = 8192  # rows the terms read per rank and level (a random subset beyond it; 0: all)
     regularizer_rows: str = "tokens"  # tokens (each token) | steps (each clip's mean token per time step)
 
 
@@ -292,6 +293,7 @@ def resolve(cfg: Config) -> Config:
             if len(values) < L:
                 raise ConfigError(f"config key '{section}.{name}' needs one entry per level ({L}), got {values}")
             setattr(getattr(cfg, section), name, list(values[:L]))
+    _check_ranges(cfg)
     m = cfg.model
     if m.temporal_strides[0] != 1:
         raise ConfigError(
@@ -340,15 +342,58 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
+# the range of every numeric setting: (test, what it says); lists are checked entry by entry, and PAIRS are
+# [low, high] ranges whose entries must also be in order. A value outside is refused at load time by its key,
+# before anything divides by it or hands it to a library that names it otherwise (AdamW's scaled lr, say).
+# (train.ema_tau_* are checked in resolve itself.)
+_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_FRACTION = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_SCALE = (lambda v: 0 < v <= 1, "in (0, 1]")
+RANGES = {
+    "model.img_size": _AT_LEAST_1, "model.patch_size": _AT_LEAST_1, "model.in_chans": _AT_LEAST_1,
+    "model.tubelet": _AT_LEAST_1, "model.temporal_strides": _AT_LEAST_1, "model.encoder_dims": _AT_LEAST_1,
+    "model.encoder_depths": _AT_LEAST_1, "model.encoder_heads": _AT_LEAST_1, "model.predictor_dims": _AT_LEAST_1,
+    "model.predictor_depths": _AT_LEAST_1, "model.predictor_heads": _AT_LEAST_1, "model.mlp_ratio": _POSITIVE,
+    "model.drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"), "model.action_dim": _AT_LEAST_0,
+    "data.frames": _AT_LEAST_1, "data.frame_stride": _AT_LEAST_1, "data.digit_size": _AT_LEAST_1,
+    "data.num_workers": _AT_LEAST_0, "data.seed": _AT_LEAST_0, "data.digits": _AT_LEAST_1,
+    "masks.num_blocks": _AT_LEAST_1, "masks.min_keep": _AT_LEAST_0, "masks.horizon": _AT_LEAST_1,
+    "masks.target_scale": _SCALE, "masks.target_aspect": _POSITIVE, "masks.context_scale": _SCALE,
+    "masks.temporal_scale": _FRACTION, "masks.context_fraction": _FRACTION, "masks.segment_fraction": _FRACTION,
+    "loss.curriculum_steps": _AT_LEAST_1, "loss.variance_weight": _AT_LEAST_0, "loss.covariance_weight": _AT_LEAST_0,
+    "loss.sigreg_weight": _AT_LEAST_0, "loss.sigreg_slices": _AT_LEAST_1, "loss.regularizer_tokens": _AT_LEAST_0,
+    "train.steps": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1, "train.lr": _AT_LEAST_0,
+    "train.min_lr": _AT_LEAST_0, "train.warmup_steps": _AT_LEAST_0, "train.weight_decay": _AT_LEAST_0,
+    "train.weight_decay_end": _AT_LEAST_0, "train.grad_clip": _AT_LEAST_0, "train.seed": _AT_LEAST_0,
+    "train.grad_accumulation": _AT_LEAST_1,
+    "train.threads": _AT_LEAST_0, "train.log_every": _AT_LEAST_1, "train.ckpt_every": _AT_LEAST_1,
+    "eval.train_clips": _AT_LEAST_1, "eval.val_clips": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1,
+    "eval.horizon": _AT_LEAST_0, "eval.context_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+PAIRS = ("masks.target_scale", "masks.target_aspect", "masks.context_scale", "masks.temporal_scale",
+         "masks.context_fraction", "masks.segment_fraction")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Refuse, by key, a numeric setting outside its range (NaN and infinity included)."""
+    for key, (test, wanted) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            if not (math.isfinite(v) and test(v)):
+                where = f"{key}[{i}]" if isinstance(value, list) else key
+                raise ConfigError(f"config key '{where}' must be {wanted}, got {v}")
+        if key in PAIRS and (len(values) != 2 or values[0] > values[1]):
+            raise ConfigError(f"config key '{key}' must be [low, high] with low <= high, got {value}")
+
+
 def _check_anti_collapse(cfg: Config) -> None:
-    """Weights are >= 0; an online target (no EMA) needs a term at every level, or that level collapses."""
+    """An online target (no EMA) needs a term at every level, or that level collapses; its target then
+    copies the online encoder every step (tau 0)."""
     loss = cfg.loss
-    for name in ("variance_weight", "covariance_weight", "sigreg_weight"):
-        for w in getattr(loss, name):
-            if w < 0:
-                raise ConfigError(f"loss.{name} values must be >= 0, got {w}")
-    if loss.sigreg_slices < 1:
-        raise ConfigError(f"loss.sigreg_slices must be >= 1, got {loss.sigreg_slices}")
     if cfg.train.target_encoder == "online":
         bare = [level + 1 for level, ws in enumerate(zip(loss.variance_weight, loss.sigreg_weight)) if not any(ws)]
         if bare:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import torch
 
@@ -36,3 +38,26 @@ def make_config():
 def _threads():
     torch.set_num_threads(2)
     yield
+
+
+TINY_CLI = ["model.img_size=24", "model.encoder_dims=[32,32,32]", "model.encoder_depths=[1,1,1]",
+            "model.encoder_heads=[2,2,2]", "model.predictor_dims=[16,16,16]", "model.predictor_depths=[1,1,1]",
+            "model.predictor_heads=[2,2,2]", "masks.min_keep=4", "train.batch_size=4", "train.warmup_steps=1",
+            "eval.train_clips=48", "eval.val_clips=24", "eval.batch_size=24"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished 2-step run of the tiny CLI config (trained once per session; copy it before changing it)."""
+    from hjepa_fast.cli import main
+
+    out = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--config", "configs/tiny_cpu.yaml", "--no-progress", f"train.out_dir={out}",
+                 "train.run_name=r", "train.steps=2", *TINY_CLI]) == 0
+    return out / "r"
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A private copy of ``trained_run`` that a test may corrupt."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))

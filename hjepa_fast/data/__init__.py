@@ -33,8 +33,9 @@ def build_dataset(
 ) -> MovingDigits | VideoFolder | Rollouts:
     """The data set `name` for `split`, as configured.
 
-    video_folder reads `root/split` when that folder exists, else `root` for every split.
-    moving_digits is 1-channel and uses `digit_size`, `digits` and `background`; video_folder uses `root` and `frame_stride`;
+    video_folder reads `root/split` when that folder exists, else its files of `root` (split by file).
+    moving_digits is 1-channel and uses `digit_size`, `digits` and `background`; video_folder uses `root` and
+    `frame_stride`;
     rollouts reads a `hjepa collect` folder `root` (items carry actions).
     """
     if name == "moving_digits":
@@ -46,8 +47,11 @@ def build_dataset(
         if root is None:
             raise ValueError("video_folder needs a root folder (got root=None)")
         split_root = os.path.join(root, split)
-        folder = split_root if os.path.isdir(split_root) else root
-        return VideoFolder(folder, frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed)
+        if os.path.isdir(split_root):
+            return VideoFolder(split_root, frames=frames, size=size, frame_stride=frame_stride, channels=channels,
+                               seed=seed)
+        return VideoFolder(root, frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed,
+                           split=split)
     if name == "rollouts":
         if root is None:
             raise ValueError("rollouts needs a root folder written by hjepa collect (got root=None)")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import warnings
+import zlib
 from types import ModuleType
 from typing import Any
 
@@ -10,7 +14,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hjepa_fast.errors import DataError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+VAL_FRACTION = 0.2  # of the files of a folder without train/ and val/ subfolders, held out for val
+_NOTED: set[str] = set()  # folders whose split by file has been announced in this process
+
+
+class VideoDecodeError(DataError, RuntimeError):
+    """A video file PyAV cannot open or decode."""
+
+
+def split_by_file(paths: list[str], root: str, split: str) -> list[int]:
+    """Indices of ``paths`` that belong to ``split`` ("train" or "val") of a folder without split folders.
+
+    The ``ceil(VAL_FRACTION * n)`` files whose paths under ``root`` hash lowest (crc32) are val, the rest
+    train: the same files every run and on every machine, and no file in both, so a probe is never scored
+    on the clips it was fitted on."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if len(paths) < 2:
+        raise DataError(f"{root} holds {len(paths)} video: splitting it by file needs at least 2 (or make "
+                        f"{os.path.join(root, 'train')} and {os.path.join(root, 'val')})")
+    ranked = sorted(range(len(paths)), key=lambda i: (zlib.crc32(os.path.relpath(paths[i], root).encode()), i))
+    val = set(ranked[: math.ceil(len(paths) * VAL_FRACTION)])
+    if root not in _NOTED:
+        _NOTED.add(root)
+        print(f"note: {root} has no train/ and val/ subfolders: split by file, {len(val)} of {len(paths)} videos "
+              "held out for val (the same files every run)", file=sys.stderr)
+    return [i for i in range(len(paths)) if (i in val) == (split == "val")]
 
 
 def _import_av() -> ModuleType:
@@ -38,13 +70,16 @@ def resize_center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class VideoFolder(torch.utils.data.Dataset):
-    """Every video under `root` (recursive, sorted); label = rank of its parent folder's name.
+    """Every video under `root` (recursive, sorted), or with `split` its files of `split_by_file`; label =
+    rank of its parent folder's name among all videos under `root`.
 
     Item `(index, step)` -> `{"clip": uint8 [frames, channels, size, size], "labels": {"class": k},
     "step": step}`. The clip takes `frames` frames `frame_stride` apart from an offset drawn from
     (seed, index) only, so the same index always gives the same clip; videos too short are padded by
     repeating their last frame. Decoding runs from the start of the file up to the clip (no seeking), which
-    is exact for every codec at the cost of decoding the skipped frames.
+    is exact for every codec at the cost of decoding the skipped frames. A video that does not decode is
+    skipped with a warning (item `index` then reads the next video that does), so one bad file in a large
+    folder does not end a run; a folder where none decodes is refused.
     """
 
     def __init__(
@@ -55,6 +90,7 @@ class VideoFolder(torch.utils.data.Dataset):
         frame_stride: int = 1,
         channels: int = 3,
         seed: int = 0,
+        split: str | None = None,
     ) -> None:
         _import_av()  # fail early with the install hint; the module is not stored, so the set pickles
         if frames < 1 or frame_stride < 1 or size < 1:
@@ -76,10 +112,13 @@ class VideoFolder(torch.utils.data.Dataset):
             if name.lower().endswith(VIDEO_EXTENSIONS)
         )
         if not self.paths:
-            raise ValueError(f"no videos under {root!r}; accepted extensions: {', '.join(VIDEO_EXTENSIONS)}")
+            raise DataError(f"no videos under {root!r}; accepted extensions: {', '.join(VIDEO_EXTENSIONS)}")
         parents = [os.path.basename(os.path.dirname(p)) for p in self.paths]
         self.classes = sorted(set(parents))
         self.targets = [self.classes.index(p) for p in parents]
+        if split is not None:
+            keep = split_by_file(self.paths, root, split)
+            self.paths, self.targets = [self.paths[i] for i in keep], [self.targets[i] for i in keep]
         self._num_frames: dict[int, int] = {}  # per-process cache: files whose header lacks a frame count
 
     def __len__(self) -> int:
@@ -92,10 +131,10 @@ class VideoFolder(torch.utils.data.Dataset):
         try:
             container = av.open(path)
         except av.FFmpegError as err:
-            raise RuntimeError(f"cannot decode video {path!r}: {err}") from err
+            raise VideoDecodeError(f"cannot decode video {path!r}: {err}") from err
         if not container.streams.video:
             container.close()
-            raise RuntimeError(f"cannot decode video {path!r}: it has no video stream")
+            raise VideoDecodeError(f"cannot decode video {path!r}: it has no video stream")
         return container
 
     def _decode(self, index: int, wanted: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
@@ -118,11 +157,11 @@ class VideoFolder(torch.utils.data.Dataset):
                     if count - 1 == last:
                         break
         except av.FFmpegError as err:
-            raise RuntimeError(f"cannot decode video {self.paths[index]!r}: {err}") from err
+            raise VideoDecodeError(f"cannot decode video {self.paths[index]!r}: {err}") from err
         finally:
             container.close()
         if count == 0:
-            raise RuntimeError(f"cannot decode video {self.paths[index]!r}: no frames decoded")
+            raise VideoDecodeError(f"cannot decode video {self.paths[index]!r}: no frames decoded")
         return out, count
 
     def num_frames(self, index: int) -> int:
@@ -138,6 +177,21 @@ class VideoFolder(torch.utils.data.Dataset):
         index, step = key
         if not 0 <= index < len(self.paths):
             raise IndexError(f"video index {index} out of range [0, {len(self.paths)})")
+        first_error = None
+        for k in range(len(self.paths)):
+            try:
+                item = self._read(index, step)
+            except VideoDecodeError as err:
+                first_error = first_error or err
+                index = (index + 1) % len(self.paths)
+                continue
+            if k:
+                warnings.warn(f"skipped {k} video(s) that do not decode, first: {first_error}", stacklevel=2)
+            return item
+        raise VideoDecodeError(f"no video under {self.root!r} decodes; first: {first_error}")
+
+    def _read(self, index: int, step: int) -> dict:
+        """Item `(index, step)` read from video `index` (raises VideoDecodeError where it does not decode)."""
         span = (self.frames - 1) * self.frame_stride + 1
         rng = np.random.default_rng((self.seed, index))
         offset = int(rng.integers(max(self.num_frames(index) - span, 0) + 1))

@@ -58,9 +58,10 @@ def _spatial_mean(tokens: torch.Tensor, steps: int) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(model: HJEPA, dataset, n_clips: int, batch_size: int, device: torch.device,
-                     cut: int) -> FeatureSet:
+                     cut: int, bar=None) -> FeatureSet:
     """Features of the first ``n_clips`` clips of ``dataset``, with ``cut`` context frames for the
-    predictions. States come from ``dataset.positions(index)`` (``[frames, S]``) where the data set has it."""
+    predictions. States come from ``dataset.positions(index)`` (``[frames, S]``) where the data set has it.
+    ``bar``: a tqdm bar advanced by the clips done (an eval runs for minutes on a CPU)."""
     n = min(n_clips, len(dataset))
     model.eval()
     has_state = hasattr(dataset, "positions")
@@ -84,6 +85,8 @@ def extract_features(model: HJEPA, dataset, n_clips: int, batch_size: int, devic
         for it in items:
             for name, value in it["labels"].items():
                 labels.setdefault(name, []).append(value)
+        if bar is not None:
+            bar.update(len(items))
     levels = [LevelFeatures(np.concatenate(p), np.concatenate(s), np.concatenate(q),
                             np.concatenate(st) if has_state else None)
               for p, s, q, st in zip(pooled, steps, predicted, states)]

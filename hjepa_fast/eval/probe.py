@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
-from hjepa_fast.config import Config, ConfigError, config_from_dict
+from hjepa_fast.config import Config, ConfigError, config_from_dict, to_dict
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.model.hjepa import HJEPA
 from hjepa_fast.train.builders import build_dataset_for, build_model
-from hjepa_fast.train.checkpoint import load_checkpoint
+from hjepa_fast.train.checkpoint import load_checkpoint, load_model_state
 from hjepa_fast.train.trainer import CHECKPOINT, pick_device
 
 from .features import FeatureSet, context_cut, extract_features
@@ -52,9 +53,10 @@ def probe_features(train: FeatureSet, val: FeatureSet, labels: list[str], seed: 
             for name, (tx, vx) in sets.items()}
 
 
-def evaluate_model(model: HJEPA, cfg: Config, device: torch.device) -> dict:
+def evaluate_model(model: HJEPA, cfg: Config, device: torch.device, progress: str | None = None) -> dict:
     """``{"probe", "horizon", "collapse", "context_frames"}`` of one model; ``horizon`` is None on a data set
-    without ground-truth state. Bad eval settings are refused before any feature is computed."""
+    without ground-truth state. Bad eval settings are refused before any feature is computed. ``progress``:
+    the label of a progress bar over the clips (None: no bar)."""
     e = cfg.eval
     if not 0.0 < e.context_fraction < 1.0:
         raise ConfigError(f"eval.context_fraction must lie in (0, 1), got {e.context_fraction}")
@@ -62,8 +64,10 @@ def evaluate_model(model: HJEPA, cfg: Config, device: torch.device) -> dict:
     labels = check_labels(e.labels, list(train_set[(0, 0)]["labels"]), cfg.data.dataset)
     cut = context_cut(model, e.context_fraction)
     horizon = check_horizon(model, cut, e.horizon)
-    train = extract_features(model, train_set, e.train_clips, e.batch_size, device, cut)
-    val = extract_features(model, val_set, e.val_clips, e.batch_size, device, cut)
+    n_train, n_val = min(e.train_clips, len(train_set)), min(e.val_clips, len(val_set))
+    with tqdm(total=n_train + n_val, desc=progress, unit="clip", disable=progress is None, dynamic_ncols=True) as bar:
+        train = extract_features(model, train_set, n_train, e.batch_size, device, cut, bar)
+        val = extract_features(model, val_set, n_val, e.batch_size, device, cut, bar)
     return {
         "probe": probe_features(train, val, labels, cfg.train.seed),
         "horizon": horizon_curves(model, train, val, horizon) if hasattr(val_set, "positions") else None,
@@ -81,22 +85,25 @@ def load_run(run_dir: str | Path) -> tuple[Config, dict]:
         raise FileNotFoundError(f"{run_dir} has no checkpoint ({CHECKPOINT}): the run has not finished a "
                                 "checkpoint yet, or was trained with a sharded engine (fsdp, deepspeed)")
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    return cfg, load_checkpoint(run_dir / CHECKPOINT)
+    return cfg, load_checkpoint(run_dir / CHECKPOINT, expect=("model", "step"))
 
 
-def evaluate_run(run_dir: str | Path, overrides: dict | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: bool = False) -> dict:
     """Evaluate a run's final checkpoint and its random initialisation; write ``eval.json`` and
-    ``horizon.png`` in the run. ``overrides``: ``{eval setting: value}`` over the run's ``eval`` section."""
+    ``horizon.png`` in the run. ``overrides``: ``{eval setting: value}`` over the run's ``eval`` section;
+    ``progress``: a bar (with its ETA) per model."""
     run_dir = Path(run_dir)
     cfg, state = load_run(run_dir)
-    for name, value in (overrides or {}).items():
-        setattr(cfg.eval, name, value)
+    tree = to_dict(cfg)
+    tree["eval"].update(overrides or {})
+    cfg = config_from_dict(tree)  # the overrides pass the same checks as the config file
     device = pick_device(cfg)
     set_kernel_mode(cfg.model.kernels)
     random_model = build_model(cfg).to(device)
     trained = build_model(cfg).to(device)
-    trained.load_state_dict(state["model"])
-    ours, init = evaluate_model(trained, cfg, device), evaluate_model(random_model, cfg, device)
+    load_model_state(trained, state, run_dir / CHECKPOINT)
+    ours = evaluate_model(trained, cfg, device, "eval: trained model" if progress else None)
+    init = evaluate_model(random_model, cfg, device, "eval: model at initialisation" if progress else None)
     result = {"step": state["step"], "trained": ours["probe"], "random": init["probe"],
               "horizon": None if ours["horizon"] is None else {"trained": ours["horizon"], "random": init["horizon"]},
               "collapse": {"trained": ours["collapse"], "random": init["collapse"]},

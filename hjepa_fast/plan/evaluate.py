@@ -15,6 +15,8 @@ from hjepa_fast.envs import Env, make_env
 from hjepa_fast.eval.probe import load_run
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.train.builders import build_model
+from hjepa_fast.train.checkpoint import load_model_state
+from hjepa_fast.train.engine import CHECKPOINT
 
 from .agent import OracleAgent, PlanningAgent, RandomAgent
 from .planners import build_planner
@@ -70,7 +72,7 @@ def load_world(run: str | Path, env_name: str) -> tuple[PlanningModel, Env]:
     cfg, state = load_run(run)
     set_kernel_mode(cfg.model.kernels)
     model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state, Path(run) / CHECKPOINT)
     env = make_env(env_name)
     if env.obs_shape != (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size):
         raise ValueError(f"{env_name} renders {env.obs_shape}, the model expects "

@@ -30,10 +30,13 @@ def build_mask_sampler(cfg: Config) -> HierarchicalMaskSampler:
     grids = [(steps, side, side) for steps in level_time_steps(cfg)]
     strides = [math.prod(cfg.model.temporal_strides[: level + 1]) for level in range(cfg.model.levels)]
     samplers = []
-    for strategy, grid in zip(cfg.masks.strategies, grids):
+    for level, (strategy, grid) in enumerate(zip(cfg.masks.strategies, grids)):
         params = {name: getattr(cfg.masks, name) for name in _STRATEGY_PARAMS[strategy]}
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        samplers.append(build_sampler(strategy, grid, **params))
+        try:
+            samplers.append(build_sampler(strategy, grid, **params))
+        except ValueError as e:  # a setting that fits its range but not this level's grid (masks.horizon=9, ...)
+            raise ConfigError(f"masks.* for level {level + 1} ({strategy}, grid T x H x W = {grid}): {e}") from None
     hier = HierarchicalMaskSampler(samplers, grids, strides, min_keep=cfg.masks.min_keep)
     _check_masks_leave_input(hier, cfg)
     return hier

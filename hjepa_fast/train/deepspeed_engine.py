@@ -165,7 +165,7 @@ class DeepSpeedEngine:
 
     def load(self, run_dir: Path) -> dict[str, Any]:
         folder = run_dir / DS_CHECKPOINT
-        meta = load_checkpoint(folder / DS_META)
+        meta = load_checkpoint(folder / DS_META, expect=("step", "rng", "tag", "world_size", "targets"))
         universal = bool(self.conf.get("checkpoint", {}).get("load_universal", False))
         tag = f"{meta['tag']}_universal" if universal else meta["tag"]
         if meta["world_size"] != self.info.world and not universal:

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from hjepa_fast.config import Config
+from hjepa_fast.errors import CheckpointError
 from hjepa_fast.model.hjepa import HJEPA
 
 from .builders import build_optimizer
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .distributed import DistInfo, barrier
 from .ema import TargetEMA
 
@@ -81,10 +82,6 @@ class SingleProcessEngine:
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
     def save(self, run_dir: Path, meta: dict[str, Any]) -> None:
         """Every rank calls it; rank 0 writes ``checkpoint.pt`` atomically (replicas hold equal states)."""
         if self.info.main:
@@ -94,8 +91,13 @@ class SingleProcessEngine:
     def load(self, run_dir: Path) -> dict[str, Any]:
         """Restore model and optimiser from ``run_dir``; return the rest (step, rng, config). A full state:
         it resumes on any number of processes."""
-        state = load_checkpoint(run_dir / CHECKPOINT)
-        self.load_state_dict(state)
+        path = run_dir / CHECKPOINT
+        state = load_checkpoint(path, expect=("model", "optimizer", "step", "rng"))
+        load_model_state(self.model, state, path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: its optimiser state does not fit this model ({e})") from None
         return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
 
 
@@ -171,11 +173,12 @@ class FSDPEngine(SingleProcessEngine):
         folder = run_dir / DCP_CHECKPOINT
         if not (folder / "meta.pt").is_file():
             raise FileNotFoundError(f"no FSDP checkpoint (torch.distributed.checkpoint folder) at {folder}")
+        meta = load_checkpoint(folder / "meta.pt", expect=("step", "rng"))  # first: a bad one stops here
         states = self._states()
         dcp.load(states, checkpoint_id=str(folder))  # reshards: any number of ranks
         set_state_dict(self.model, self.optimizer, model_state_dict=states["model"],
                        optim_state_dict=states["optimizer"])
-        return load_checkpoint(folder / "meta.pt")
+        return meta
 
 
 def checkpoint_format(engine: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hjepa_fast.config import Config, ConfigError, config_from_dict, save_config, to_dict
+from hjepa_fast.config import Config, ConfigError, config_from_dict, to_dict
 from hjepa_fast.eval.metrics import feature_spread, rankme
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.masks import LevelMasks
@@ -21,9 +23,10 @@ from .checkpoint import rng_state, set_rng_state
 from .engine import CHECKPOINT, build_engine, checkpoint_format, has_checkpoint
 from .logging import MetricsLogger, plot_losses
 from .parallelize import apply_activation_checkpointing
+from .run_folder import RunLock, create_run_dir, remove_stale_temporaries, write_config
 from .schedules import cosine, warmup_cosine
 
-__all__ = ["CHECKPOINT", "train", "resume_config", "new_run_dir", "pick_device"]
+__all__ = ["CHECKPOINT", "train", "resume_config", "pick_device"]
 # settings a resumed run may change: they do not alter the steps already taken (a new train.steps
 # stretches the schedules from here on)
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.ckpt_every", "train.threads", "train.out_dir",
@@ -98,52 +101,69 @@ def resume_config(run_dir: Path, requested: Config | None) -> Config:
     return saved
 
 
-def new_run_dir(cfg: Config) -> Path:
-    name = cfg.train.run_name or time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.train.out_dir) / name
-    if has_checkpoint(run_dir):
-        raise FileExistsError(
-            f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another train.run_name"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) a run; returns ``{"run_dir", "step", "losses"}`` with the logged loss rows.
+    """Train (or resume) a run; returns ``{"run_dir", "step", "losses", "finished"}`` with the logged loss
+    rows (``finished``: a resumed run that had already reached ``train.steps``; nothing was trained).
 
-    Under a launcher (torchrun, deepspeed) every rank calls this; rank 0 alone logs and writes files."""
+    Without ``run_dir`` a new folder is made under ``train.out_dir``. Rank 0 holds the folder's lock for
+    the whole run; a run that fails before it has written a metrics row or a checkpoint removes the folder
+    it made. Under a launcher (torchrun, deepspeed) every rank calls this; rank 0 alone logs and writes files."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     info = distributed.setup(cfg, pick_device(cfg).type)
+    created = run_dir is None and info.main
+    lock = None
     try:
+        if run_dir is None:
+            run_dir = create_run_dir(cfg.train.out_dir, cfg.train.run_name) if info.main else None
+            run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else None, info))
+        if info.main:
+            held = RunLock(run_dir)
+            held.acquire()
+            lock = held  # from here on this process owns the folder (and may remove it after a failed start)
+            remove_stale_temporaries(run_dir)
         return _train(cfg, info, run_dir, resume, progress)
+    except BaseException:
+        if created and lock is not None and not _has_output(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start: nothing worth keeping
+        raise
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown(info)
 
 
-def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume: bool, progress: bool) -> dict:
+def _has_output(run_dir: Path) -> bool:
+    """Whether a run has written anything a user would keep: a metrics row or a checkpoint."""
+    metrics = run_dir / "metrics.csv"
+    return has_checkpoint(run_dir) or (metrics.is_file() and len(metrics.read_text().splitlines()) > 1)
+
+
+def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool, progress: bool) -> dict:
     device = pick_device(cfg, info.local_rank)
     set_kernel_mode(cfg.model.kernels)
     _, micro = distributed.local_batch(cfg, info)
-    if run_dir is None:
-        run_dir = new_run_dir(cfg) if info.main else None
-        run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else None, info))
     model = build_model(cfg).to(device)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     engine = build_engine(cfg, model, device, info)
     model.train()
     start = 0
-    if resume:
+    if resume and has_checkpoint(run_dir):
         meta = engine.load(run_dir)
         start = meta["step"]
+        if start > cfg.train.steps:
+            raise ConfigError(f"train.steps={cfg.train.steps} is below step {start}, where {run_dir} stopped")
+        if start == cfg.train.steps:
+            return {"run_dir": run_dir, "step": start, "losses": [], "finished": True}
         rng = meta["rng"]  # one state per rank (a list), or one state (older runs)
         set_rng_state(rng[info.rank] if isinstance(rng, list) and len(rng) == info.world else
                       rng[0] if isinstance(rng, list) else rng)
-    elif info.main:
-        save_config(cfg, run_dir / "config.yaml")
+    elif resume and info.main:
+        print(f"{run_dir} has no checkpoint yet: training it again from step 0", file=sys.stderr)
+    if info.main:  # a resumed run's config.yaml takes its allowed changes (train.steps, ...)
+        write_config(cfg, run_dir)
     ema = engine.build_ema(cfg)
-    logger = MetricsLogger(run_dir, resume_step=start if resume else None) if info.main else None
+    logger = MetricsLogger(run_dir, resume_step=start) if info.main else None
     loader = distributed.build_sharded_loader(cfg, info, start_step=start)
     tokens_per_clip = sum(t * h * w for t, h, w in model.grids)
     accum = cfg.train.grad_accumulation
@@ -209,4 +229,4 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path | None, resume
     if logger is not None:
         logger.close()
         plot_losses(run_dir)
-    return {"run_dir": run_dir, "step": done, "losses": logged}
+    return {"run_dir": run_dir, "step": done, "losses": logged, "finished": False}

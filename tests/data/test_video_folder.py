@@ -128,3 +128,15 @@ def test_build_dataset_video_folder(root: Path, tmp_path: Path) -> None:
     assert train.root == str(split_root / "train")
     with pytest.raises(ValueError, match="root"):
         build_dataset("video_folder", "train", frames=4, size=16, channels=3, root=None, seed=0)
+
+
+def test_a_corrupt_video_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    """One bad file does not end a run: its items read the next video that decodes, and a warning names it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bad.mp4").write_bytes(os.urandom(3000))
+    write_video(tmp_path / "a" / "good.mp4", 6, "mpeg4")
+    ds = VideoFolder(str(tmp_path), frames=4, size=16)
+    assert [os.path.basename(p) for p in ds.paths] == ["bad.mp4", "good.mp4"]
+    with pytest.warns(UserWarning, match="bad.mp4"):
+        item = ds[(0, 0)]
+    assert torch.equal(item["clip"], ds[(1, 0)]["clip"])
