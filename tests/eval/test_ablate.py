@@ -14,7 +14,11 @@ def test_variants_are_config_overrides_of_the_base():
     table = variants(load_config("configs/tiny_cpu.yaml"))
     assert list(table) == ["base", "levels=1", "levels=2", "topdown=none", "strides=1", "abstraction=average",
                            "abstraction=conv", "share_encoders=true", "weighting=increasing", "weighting=curriculum",
-                           "weighting=uncertainty", "ema=off"]
+                           "weighting=uncertainty", "anti_collapse=off", "ema=off", "predictor_init=trunc_normal"]
+    assert table["anti_collapse=off"][-1] == "train.target_encoder=ema"
+    online = variants(load_config("configs/tiny_cpu.yaml", ["train.target_encoder=online", "data.digits=2"]))
+    assert "target_encoder=ema" in online and "ema=off" not in online  # tau 0 is what online already is
+    assert online["data=one_digit_on_black"] == ["data.digits=1", "data.background=black"]
     for overrides in table.values():  # every variant is a valid config
         load_config("configs/tiny_cpu.yaml", overrides)
 
