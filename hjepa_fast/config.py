@@ -126,6 +126,8 @@ class TrainConfig:
     run_name: str = ""  # "": a time stamp
     log_every: int = 10
     ckpt_every: int = 100
+    # issue 27: per level, how tau goes from ema_tau_base to ema_tau_end: cosine | linear (I-JEPA, V-JEPA)
+    ema_schedule: list[str] = field(default_factory=lambda: ["cosine", "cosine", "cosine"])
 
 
 @dataclass
@@ -317,6 +319,7 @@ def resolve(cfg: Config) -> Config:
             kind = "encoder" if level < L else "predictor"
             raise ConfigError(f"model.{kind}_dims[{level % L}] = {dim} is not divisible by its heads {heads}")
     _check_shared_encoders(cfg)
+    _check_ema_schedule(cfg)
     for s in cfg.masks.strategies:
         if s not in ("multiblock", "future", "segment"):
             raise ConfigError(f"masks.strategies: unknown strategy {s!r}; choose multiblock, future or segment")
@@ -419,6 +422,16 @@ def _check_shared_encoders(cfg: Config) -> None:
         raise ConfigError("model.share_encoders=true does not work with train.engine=fsdp (FSDP shards each "
                           "level's blocks, and shared blocks would be sharded twice): use train.engine=ddp, "
                           "deepspeed or single")
+
+
+def _check_ema_schedule(cfg: Config) -> None:
+    """train.ema_schedule: one of cosine | linear per level, truncated to model.levels like PER_LEVEL keys."""
+    kinds, L = cfg.train.ema_schedule, cfg.model.levels
+    if len(kinds) < L:
+        raise ConfigError(f"config key 'train.ema_schedule' needs one entry per level ({L}), got {kinds}")
+    if any(k not in ("cosine", "linear") for k in kinds):
+        raise ConfigError(f"config key 'train.ema_schedule' entries must be cosine or linear, got {kinds}")
+    cfg.train.ema_schedule = list(kinds[:L])
 
 
 def level_time_steps(cfg: Config) -> list[int]:

@@ -228,14 +228,24 @@ def ema_update_(targets, sources, taus) -> None:
         torch._foreach_lerp_(tg, sg, ws)
 
 
+SCHEDULE_KINDS = ("cosine", "linear")
+
+
 @dataclass(frozen=True)
 class EMASchedule:
-    """Per-level cosine momentum: ``tau_t = tau_end - (tau_end - tau_base) * (cos(pi t / T) + 1) / 2``,
-    ``tau_base`` at step 0, ``tau_end`` from step ``T = total_steps`` on."""
+    """Per-level momentum from ``tau_base`` at step 0 to ``tau_end`` at step ``T = total_steps`` (held
+    after), with progress ``p = t / T``:
+
+    - ``cosine``: ``tau_t = tau_end - (tau_end - tau_base) * (cos(pi p) + 1) / 2`` (BYOL; our default);
+    - ``linear``: ``tau_t = tau_base + (tau_end - tau_base) * p`` (I-JEPA, V-JEPA; I-JEPA stretches ``T``
+      to 1.25x the run, so pass ``total_steps = 1.25 * steps`` to match it).
+
+    ``kind``: one name for every level or one per level."""
 
     tau_base: Sequence[float]
     tau_end: Sequence[float]
     total_steps: int
+    kind: str | Sequence[str] = "cosine"
 
     def __post_init__(self):
         if len(self.tau_base) != len(self.tau_end):
@@ -244,10 +254,31 @@ class EMASchedule:
             raise ValueError(f"taus must lie in [0, 1], got {list(self.tau_base)} -> {list(self.tau_end)}")
         if self.total_steps < 0:
             raise ValueError(f"total_steps must be >= 0, got {self.total_steps}")
+        kinds = self.kinds
+        if len(kinds) != len(self.tau_base) or any(k not in SCHEDULE_KINDS for k in kinds):
+            raise ValueError(f"kind must be one of {SCHEDULE_KINDS} or one per level ({len(self.tau_base)}), "
+                             f"got {self.kind!r}")
+
+    @property
+    def kinds(self) -> list[str]:
+        """One schedule name per level."""
+        return [self.kind] * len(self.tau_base) if isinstance(self.kind, str) else list(self.kind)
+
+    def _ramp(self, p: torch.Tensor) -> torch.Tensor:
+        """p [S] progress in [0, 1] -> [S, L] fraction of the way from tau_base to tau_end (float64)."""
+        ramps = {"cosine": 0.5 * (1.0 - torch.cos(math.pi * p)), "linear": p}
+        return torch.stack([ramps[k] for k in self.kinds], dim=1)
+
+    def table(self) -> torch.Tensor:
+        """``[T + 1, L]`` float64: tau of every level at steps 0..T."""
+        p = torch.arange(self.total_steps + 1, dtype=torch.float64) / max(self.total_steps, 1)
+        base, end = (torch.tensor(x, dtype=torch.float64) for x in (self.tau_base, self.tau_end))
+        return base + (end - base) * self._ramp(p)
 
     def taus(self, step: int) -> list[float]:
         p = min(max(step / max(self.total_steps, 1), 0.0), 1.0)
-        return [e + (b - e) * 0.5 * (1.0 + math.cos(math.pi * p)) for b, e in zip(self.tau_base, self.tau_end)]
+        ramps = {"cosine": 0.5 * (1.0 - math.cos(math.pi * p)), "linear": p}
+        return [b + (e - b) * ramps[k] for b, e, k in zip(self.tau_base, self.tau_end, self.kinds)]
 
 
 def _packable(p: torch.Tensor) -> bool:
@@ -277,7 +308,14 @@ class MultiLevelEMA:
     ZeRO-3) or views into a buffer someone else owns (ZeRO-1/2 or FSDP1 flattening) are never packed (a
     warning says so): ``pack=False`` behaviour, ``ema_update_`` on the local tensors each step (foreach).
     The fp32 weights of all steps live in one ``[T+1, L]`` device table (4 B per level and step), so a
-    step moves no host data to the device and never syncs."""
+    step moves no host data to the device and never syncs.
+
+    For porters: packing rebinds every parameter's ``.data`` (same Parameter objects, so optimisers,
+    hooks and ``state_dict`` keep working; ``p.data_ptr()`` changes and ``p`` is no longer contiguous
+    storage of its own). Code that caches ``p.data`` or storage pointers from before, or that rebinds
+    ``.data`` itself, should build the EMA after it or pass ``pack=False``: parameters stay untouched and
+    each step is one ``torch._foreach_lerp_`` per dtype and device (a launch per ~64 tensors on CUDA
+    instead of one)."""
 
     def __init__(self, target_modules, source_modules, schedule: EMASchedule, pack: bool = True):
         self.targets = [_params(m) for m in target_modules]
@@ -288,10 +326,7 @@ class MultiLevelEMA:
         if len(ids) != len(set(ids)):
             raise ValueError("a parameter appears twice among targets and sources (tied weights?)")
         self.packed = pack
-        steps = torch.arange(schedule.total_steps + 1, dtype=torch.float64)
-        cos = 0.5 * (1.0 + torch.cos(math.pi * steps / max(schedule.total_steps, 1)))
-        base, end = (torch.tensor(x, dtype=torch.float64) for x in (schedule.tau_base, schedule.tau_end))
-        self._weights_host = (1.0 - (end + (base - end) * cos[:, None])).float()
+        self._weights_host = (1.0 - schedule.table()).float()
         self._weights: dict[torch.device, torch.Tensor] = {}
         self._buckets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, int]]]] = []
         if self.packed:

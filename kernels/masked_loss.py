@@ -23,6 +23,7 @@ an ``autograd.Function`` (less host time).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -33,7 +34,10 @@ import triton.language as tl
 from .dispatch import use_triton
 from .launch import cdiv, next_power_of_2
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the Triton kernel's
+_REFERENCE_DTYPES = (*_FLOAT_DTYPES, torch.float64)  # the peers run float64 checks: the reference takes it
+# idx as the peers lay it out: one tensor, or I-JEPA's list of [B, K] masks (stacked mask-major)
+Index = torch.Tensor | Sequence[torch.Tensor] | None
 MAX_D = 16384  # whole rows live in registers; beyond it the public functions run the reference
 POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwritten element fails
 # CUDA launch: elements per tile (rows of D rounded up to a power of two) and warps (None: one warp per 1024
@@ -59,15 +63,21 @@ _L2, _SMOOTH_L1, _LP = 0, 1, 2  # kernel loss kinds
 _JEPA_KINDS = {"smooth_l1": _SMOOTH_L1, "lp": _LP}
 
 
-def _check(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None,
-           check_idx: bool = True) -> torch.Tensor | None:
-    """Validate shapes, dtypes, devices and (``check_idx``) index range; return ``idx`` as ``[B, M]``."""
+def _check(pred: torch.Tensor, target: torch.Tensor, idx: Index, check_idx: bool | None = None,
+           dtypes: tuple[torch.dtype, ...] = _FLOAT_DTYPES) -> torch.Tensor | None:
+    """Validate shapes, dtypes, devices and index range; return ``idx`` as ``[B, M]``.
+
+    idx: ``[B, M]``, ``[M]``, or a list of ``[B_i, M]`` masks concatenated along the batch (I-JEPA's
+    ``masks_pred``, mask-major, as its predictor stacks its outputs). check_idx: True checks the range with
+    one host sync (a ValueError naming the bad values); False skips it; None (default) checks without a
+    host sync: a device-side assert on CUDA, the same check as True on CPU."""
     if pred.dim() != 3:
         raise ValueError(f"pred must be [B, M, D], got shape {tuple(pred.shape)}")
     if target.dim() != 3:
         raise ValueError(f"target must be [B, N, D], got shape {tuple(target.shape)}")
-    if pred.dtype not in _FLOAT_DTYPES or target.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"pred and target must be float32/float16/bfloat16, got {pred.dtype}, {target.dtype}")
+    if pred.dtype not in dtypes or target.dtype not in dtypes:
+        names = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"pred and target must be {names}, got {pred.dtype}, {target.dtype}")
     if pred.device != target.device:
         raise ValueError(f"pred is on {pred.device} but target is on {target.device}")
     B, M, D = pred.shape
@@ -81,6 +91,10 @@ def _check(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None,
         if target.shape[1] != M:
             raise ValueError(f"without idx, target must be [B_t, M, D] = {(Bt, M, D)}, got {tuple(target.shape)}")
         return None
+    if isinstance(idx, (list, tuple)):
+        idx = _stack_masks(idx)
+    if not isinstance(idx, torch.Tensor):
+        raise ValueError(f"idx must be a tensor [B, M] or [M], or a list of [B_i, M] tensors; got {type(idx).__name__}")
     if idx.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"idx must be int32 or int64, got {idx.dtype}")
     if idx.device != pred.device:
@@ -90,15 +104,25 @@ def _check(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None,
     if idx.shape != (B, M):
         raise ValueError(f"idx must be [B, M] = {(B, M)} or [M], got {tuple(idx.shape)}")
     N = target.shape[1]
-    if not check_idx:
+    if check_idx is False or not idx.numel():
         return idx
-    if idx.numel() and torch.compiler.is_compiling():  # no host sync inside a graph: an async assert
+    if torch.compiler.is_compiling() or (check_idx is None and idx.is_cuda):  # no host sync: an async assert
         torch._assert_async(((idx >= 0) & (idx < N)).all(), "idx out of range")
-    elif idx.numel():
+    else:
         lo, hi = torch.stack(torch.aminmax(idx)).tolist()  # one host sync
         if lo < 0 or hi >= N:
             raise ValueError(f"idx out of range [0, {N}): min {lo}, max {hi}")
     return idx
+
+
+def _stack_masks(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """I-JEPA's list of ``[B, K]`` masks -> ``[len * B, K]``, mask-major (``torch.cat`` along the batch)."""
+    if not masks or not all(isinstance(m, torch.Tensor) and m.dim() == 2 for m in masks):
+        raise ValueError("a list idx must hold [B, K] index tensors (I-JEPA's masks, stacked mask-major); got "
+                         f"{[tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__ for m in masks]}")
+    if len({m.shape[1] for m in masks}) != 1:
+        raise ValueError(f"the masks of a list idx must keep one count K, got {[m.shape[1] for m in masks]}")
+    return torch.cat(list(masks), dim=0)
 
 
 def _gather(target: torch.Tensor, idx: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -110,10 +134,15 @@ def _gather(target: torch.Tensor, idx: torch.Tensor | None, batch: int) -> torch
     return target[samples, idx]
 
 
-def _check_and_gather(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None,
-                      check_idx: bool = True) -> torch.Tensor:
-    """Validate (see ``_check``); return the target rows ``[B, M, D]``, detached."""
-    return _gather(target, _check(pred, target, idx, check_idx), pred.shape[0])
+def _check_and_gather(pred: torch.Tensor, target: torch.Tensor, idx: Index,
+                      check_idx: bool | None = None) -> torch.Tensor:
+    """Validate (see ``_check``, float64 allowed); return the target rows ``[B, M, D]``, detached."""
+    return _gather(target, _check(pred, target, idx, check_idx, _REFERENCE_DTYPES), pred.shape[0])
+
+
+def _compute_dtype(pred: torch.Tensor) -> torch.dtype:
+    """float32, or float64 for float64 inputs (the reference computes in it and returns it)."""
+    return torch.float64 if pred.dtype == torch.float64 else torch.float32
 
 
 def _check_jepa_args(target_norm: str | None, kind: str, p: float) -> None:
@@ -125,26 +154,28 @@ def _check_jepa_args(target_norm: str | None, kind: str, p: float) -> None:
         raise ValueError(f"p must be > 0, got {p}")
 
 
-def masked_l2_loss_reference(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
-                             check_idx: bool = True) -> torch.Tensor:
+def masked_l2_loss_reference(pred: torch.Tensor, target: torch.Tensor, idx: Index = None, *,
+                             check_idx: bool | None = None) -> torch.Tensor:
     """Plain PyTorch reference. pred ``[B, M, D]``, target ``[B, N, D]``, idx ``[B, M]`` or ``[M]``."""
     gathered = _check_and_gather(pred, target, idx, check_idx)
-    p = F.normalize(pred.float(), dim=-1)
-    t = F.normalize(gathered.float(), dim=-1)
+    dtype = _compute_dtype(pred)
+    p = F.normalize(pred.to(dtype), dim=-1)
+    t = F.normalize(gathered.to(dtype), dim=-1)
     return (p - t).pow(2).sum(-1).mean()
 
 
-def masked_jepa_loss_reference(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
+def masked_jepa_loss_reference(pred: torch.Tensor, target: torch.Tensor, idx: Index = None, *,
                                target_norm: str | None = "layer", kind: str = "smooth_l1",
-                               p: float = 1.0, check_idx: bool = True) -> torch.Tensor:
+                               p: float = 1.0, check_idx: bool | None = None) -> torch.Tensor:
     """Plain PyTorch reference of ``masked_jepa_loss`` (same arguments)."""
     _check_jepa_args(target_norm, kind, p)
-    t = _check_and_gather(pred, target, idx, check_idx).float()
+    dtype = _compute_dtype(pred)
+    t = _check_and_gather(pred, target, idx, check_idx).to(dtype)
     if target_norm == "layer":
         t = F.layer_norm(t, (t.shape[-1],), eps=1e-5)
     if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred.float(), t, beta=1.0)
-    return (pred.float() - t).abs().pow(p).mean() / p
+        return F.smooth_l1_loss(pred.to(dtype), t, beta=1.0)
+    return (pred.to(dtype) - t).abs().pow(p).mean() / p
 
 
 @triton.jit
@@ -438,17 +469,17 @@ def _check_triton(pred: torch.Tensor) -> None:
         raise ValueError(f"the Triton kernel supports D <= {MAX_D}, got {pred.shape[-1]}")
 
 
-def masked_l2_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
-                          check_idx: bool = True) -> torch.Tensor:
+def masked_l2_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: Index = None, *,
+                          check_idx: bool | None = None) -> torch.Tensor:
     """``masked_l2_loss`` always through the Triton kernel (CPU tensors need ``TRITON_INTERPRET=1``)."""
     idx = _check(pred, target, idx, check_idx)
     _check_triton(pred)
     return _fused(pred, target, idx, _L2, False, 1.0)
 
 
-def masked_jepa_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
+def masked_jepa_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: Index = None, *,
                             target_norm: str | None = "layer", kind: str = "smooth_l1",
-                            p: float = 1.0, check_idx: bool = True) -> torch.Tensor:
+                            p: float = 1.0, check_idx: bool | None = None) -> torch.Tensor:
     """``masked_jepa_loss`` always through the Triton kernel (CPU tensors need ``TRITON_INTERPRET=1``)."""
     _check_jepa_args(target_norm, kind, p)
     idx = _check(pred, target, idx, check_idx)
@@ -456,27 +487,57 @@ def masked_jepa_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: torch
     return _fused(pred, target, idx, _JEPA_KINDS[kind], target_norm == "layer", p)
 
 
-def masked_l2_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
-                   check_idx: bool = True) -> torch.Tensor:
-    """Masked-token L2-normalised loss (scalar, float32). pred ``[B, M, D]``; target ``[B_t, N, D]`` gathered
-    at idx ``[B, M]`` or ``[M]`` (None: target is ``[B_t, M, D]``), where ``B_t`` is ``B`` or divides it (pred
-    row ``b`` reads target sample ``b % B_t``). Triton on CUDA, the reference elsewhere.
+def _nested_mean(fn: Callable[..., torch.Tensor], pred, target, idx, **kw) -> torch.Tensor:
+    """The peers' nested layouts, each (prediction, mask) pair weighted equally, as V-JEPA averages them:
+    pred a list of ``[B, K_j, D]`` with target one tensor and idx a list (V-JEPA), or pred a list of
+    groups (lists) with target a list of ``[B_g, N, D]`` and idx a list of groups (V-JEPA 2: one group per
+    frames-per-clip setting)."""
+    def fail(what: str) -> ValueError:
+        return ValueError(
+            f"pred is a list, so idx must mirror it: {what}. Layouts: pred [B, M, D] with idx a tensor or a "
+            "list of [B_i, M] (I-JEPA); pred list of [B, K_j, D], target [B, N, D], idx list of [B, K_j] "
+            "(V-JEPA); pred list of groups, target list of [B_g, N, D], idx list of groups (V-JEPA 2)")
+    if not isinstance(idx, (list, tuple)) or len(idx) != len(pred) or not pred:
+        raise fail(f"got {len(pred)} predictions and idx of type {type(idx).__name__}")
+    if all(isinstance(z, torch.Tensor) for z in pred):
+        if not isinstance(target, torch.Tensor):
+            raise fail("with a flat list of predictions (V-JEPA), target is one [B, N, D] tensor")
+        return torch.stack([fn(z, target, m, **kw) for z, m in zip(pred, idx)]).mean()
+    if not isinstance(target, (list, tuple)) or len(target) != len(pred):
+        raise fail("with groups of predictions (V-JEPA 2), target is a list of one [B_g, N, D] per group")
+    losses = []
+    for group, (zs, h, ms) in enumerate(zip(pred, target, idx)):
+        if not isinstance(zs, (list, tuple)) or not isinstance(ms, (list, tuple)) or len(zs) != len(ms):
+            raise fail(f"group {group} needs a list of predictions and a list of masks of one length")
+        losses += [fn(z, h, m, **kw) for z, m in zip(zs, ms)]
+    return torch.stack(losses).mean()
 
-    ``check_idx=False`` skips the index range check, the one host-device sync of the call: for indices
-    the caller made itself. The kernel still never reads
-    out of bounds (an out-of-range row reads as zeros); the reference's indexing raises a device assert."""
-    if use_triton(pred) and pred.shape[-1] <= MAX_D:
+
+def masked_l2_loss(pred, target, idx: Index = None, *, check_idx: bool | None = None) -> torch.Tensor:
+    """Masked-token L2-normalised loss (scalar, float32; float64 for float64 inputs, on the reference path).
+    pred ``[B, M, D]``; target ``[B_t, N, D]`` gathered at idx ``[B, M]`` or ``[M]`` (None: target is
+    ``[B_t, M, D]``), where ``B_t`` is ``B`` or divides it (pred row ``b`` reads target sample ``b % B_t``).
+    Triton on CUDA, the reference elsewhere. idx may also be I-JEPA's list of masks, and pred/target/idx
+    V-JEPA's or V-JEPA 2's nested lists (``_nested_mean``).
+
+    check_idx: None (default) checks the index range without a host sync (a device-side assert on CUDA);
+    True checks with one host sync and a ValueError; False skips it for indices the caller made. The
+    kernel never reads out of bounds (an out-of-range row reads as zeros)."""
+    if isinstance(pred, (list, tuple)):
+        return _nested_mean(masked_l2_loss, pred, target, idx, check_idx=check_idx)
+    if use_triton(pred) and pred.shape[-1] <= MAX_D and pred.dtype != torch.float64:
         return masked_l2_loss_triton(pred, target, idx, check_idx=check_idx)
     return masked_l2_loss_reference(pred, target, idx, check_idx=check_idx)
 
 
-def masked_jepa_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None = None, *,
-                     target_norm: str | None = "layer", kind: str = "smooth_l1", p: float = 1.0,
-                     check_idx: bool = True) -> torch.Tensor:
+def masked_jepa_loss(pred, target, idx: Index = None, *, target_norm: str | None = "layer",
+                     kind: str = "smooth_l1", p: float = 1.0, check_idx: bool | None = None) -> torch.Tensor:
     """The I-JEPA (``kind="smooth_l1"``, beta 1) and V-JEPA (``kind="lp"``: ``mean(|pred - target|^p) / p``)
-    losses on gathered, layer-normalised targets (scalar, float32; mean over all B*M*D elements). Shapes
-    and ``check_idx`` as ``masked_l2_loss``; ``target_norm=None`` skips the layer norm."""
+    losses on gathered, layer-normalised targets (scalar, float32; mean over all B*M*D elements). Layouts,
+    dtypes and ``check_idx`` as ``masked_l2_loss``; ``target_norm=None`` skips the layer norm."""
     args = dict(target_norm=target_norm, kind=kind, p=p, check_idx=check_idx)
-    if use_triton(pred) and pred.shape[-1] <= MAX_D:
+    if isinstance(pred, (list, tuple)):
+        return _nested_mean(masked_jepa_loss, pred, target, idx, **args)
+    if use_triton(pred) and pred.shape[-1] <= MAX_D and pred.dtype != torch.float64:
         return masked_jepa_loss_triton(pred, target, idx, **args)
     return masked_jepa_loss_reference(pred, target, idx, **args)

@@ -19,18 +19,35 @@ HIER_GRIDS = [(8, 4, 4), (4, 4, 4), (2, 4, 4)]
 STRIDES = [1, 2, 4]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Masks are drawn in DataLoader workers, which run one torch thread; small ops on several threads
+    of a busy machine run 40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def check_masks(m: LevelMasks, grid: tuple[int, int, int], batch: int) -> None:
+def check_masks(m: LevelMasks, grid: tuple[int, int, int], batch: int, blocks: int = 1) -> None:
+    """Equal counts, in range, context ascending, each of `blocks` target blocks ascending without
+    repeats, context and targets disjoint; a short context row repeats its tokens evenly."""
     n = math.prod(grid)
     for idx in (m.context, m.target):
         assert idx.dtype == torch.int64 and idx.dim() == 2 and idx.shape[0] == batch and idx.shape[1] >= 1
-        assert (idx.diff(dim=1) > 0).all(), "rows must be sorted ascending without repeats"
         assert idx.min() >= 0 and idx.max() < n
+    assert (m.context.diff(dim=1) >= 0).all(), "context rows must be sorted ascending"
+    assert m.target.shape[1] % blocks == 0
+    for block in m.target.chunk(blocks, dim=1):
+        assert (block.diff(dim=1) > 0).all(), "each target block ascending without repeats"
     for c, t in zip(m.context.tolist(), m.target.tolist(), strict=True):
         assert not set(c) & set(t)
+        reps = torch.unique(torch.tensor(c), return_counts=True)[1]
+        assert int(reps.max()) - int(reps.min()) <= 1, "a short context row repeats its tokens evenly"
 
 
 def times(idx: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -41,14 +58,15 @@ def times(idx: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
 @pytest.mark.parametrize("strategy", ["multiblock", "future", "segment"])
 def test_sampler_invariants(strategy, grid):
     sampler = build_sampler(strategy, grid)
+    blocks = sampler.num_blocks if strategy == "multiblock" else 1
     for seed in range(5):
-        check_masks(sampler.sample(6, gen(seed)), grid, 6)
+        check_masks(sampler.sample(6, gen(seed)), grid, 6, blocks)
 
 
 def test_multiblock_single_frame_and_deterministic():
     sampler = MultiblockSampler((1, 14, 14))
     a, b = sampler.sample(4, gen(3)), sampler.sample(4, gen(3))
-    check_masks(a, (1, 14, 14), 4)
+    check_masks(a, (1, 14, 14), 4, blocks=4)
     assert torch.equal(a.context, b.context) and torch.equal(a.target, b.target)
     assert not torch.equal(a.target, sampler.sample(4, gen(4)).target)
 
@@ -113,7 +131,7 @@ def test_multiblock_tops_up_context_without_targets():
     sampler = MultiblockSampler((1, 6, 6), context_scale=(0.1, 0.1), min_keep=10)
     for seed in range(10):
         m = sampler.sample(8, gen(seed))
-        check_masks(m, (1, 6, 6), 8)
+        check_masks(m, (1, 6, 6), 8, blocks=4)
         assert m.context.shape[1] == 10
 
 
@@ -219,6 +237,10 @@ def footprint(target: torch.Tensor, stride: int, hw: int) -> set[int]:
     return {(t // hw * stride + j) * hw + t % hw for t in target.tolist() for j in range(stride)}
 
 
+def blocks_of(sampler) -> int:
+    return getattr(sampler, "num_blocks", 1)
+
+
 @pytest.mark.parametrize("mix", list(MIXES), ids=list(MIXES))
 def test_hierarchy_no_leakage(mix):
     hier = make_hier(MIXES[mix])
@@ -226,13 +248,18 @@ def test_hierarchy_no_leakage(mix):
     for seed in range(15):
         levels = hier.sample(6, gen(seed))
         assert len(levels) == 3
-        for m, g in zip(levels, HIER_GRIDS, strict=True):
-            check_masks(m, g, 6)
-        # reference: draw each level alone with the same generator stream
+        for m, g, smp in zip(levels, HIER_GRIDS, hier.samplers, strict=True):
+            check_masks(m, g, 6, blocks_of(smp))
+        # reference: the same generator stream, shapes first, then each level's draw
         g = gen(seed)
-        raw = [s.sample(6, g) for s in hier.samplers]
-        for a, b in zip(levels[1:], raw[1:], strict=True):  # higher levels are left as sampled
-            assert torch.equal(a.context, b.context) and torch.equal(a.target, b.target)
+        shapes = [s.shapes(g) for s in hier.samplers]
+        raw = [s.draw(6, sh, g) for s, sh in zip(hier.samplers, shapes, strict=True)]
+        for m, (_, target) in zip(levels, raw, strict=True):  # targets are left as sampled
+            assert torch.equal(m.target, target)
+        for m, (context, _) in zip(levels[1:], raw[1:], strict=True):  # higher contexts: the drawn ones
+            for row, drawn in zip(m.context, context, strict=True):
+                drawn = set(drawn.nonzero().squeeze(1).tolist())
+                assert set(row.tolist()) <= drawn and len(set(row.tolist())) == min(len(drawn), len(row))
         allowed = []
         for b in range(6):
             banned = set().union(
@@ -240,9 +267,11 @@ def test_hierarchy_no_leakage(mix):
             )
             ctx = set(levels[0].context[b].tolist())
             assert not ctx & banned
-            assert ctx <= set(raw[0].context[b].tolist())
-            allowed.append(len(set(raw[0].context[b].tolist()) - banned))
-        assert levels[0].context.shape[1] == min(allowed)  # trimmed to the batch minimum, no further
+            own = set(raw[0][0][b].nonzero().squeeze(1).tolist()) - banned
+            assert ctx <= own and len(ctx) == min(len(own), levels[0].context.shape[1])
+            allowed.append(len(own))
+        # the batch's mean count, not its minimum: a longer row keeps a subset, a shorter one repeats
+        assert levels[0].context.shape[1] == round(sum(allowed) / len(allowed))
 
 
 def test_hierarchy_construction_errors():
@@ -267,8 +296,13 @@ class FixedSampler:
     def __init__(self, grid, context, target):
         self.grid, self.context, self.target = grid, torch.tensor(context), torch.tensor(target)
 
-    def sample(self, batch_size, generator):
-        return LevelMasks(self.context.expand(batch_size, -1), self.target.expand(batch_size, -1))
+    def shapes(self, generator):
+        return {}
+
+    def draw(self, batch_size, shapes, generator):
+        n = math.prod(self.grid)
+        context = torch.zeros(n, dtype=torch.bool).index_fill_(0, self.context, True)
+        return context.expand(batch_size, -1).clone(), self.target.expand(batch_size, -1).clone()
 
 
 def test_hierarchy_zero_context_raises():
@@ -338,3 +372,95 @@ def test_collator_through_dataloader():
     assert [b["step"] for b in batches] == [3, 4] and batches[0]["clips"].shape == (4, 8, 3, 4, 4)
     direct = col(make_items(4, step=4))["masks"]
     assert all(torch.equal(x.context, y.context) for x, y in zip(batches[1]["masks"], direct, strict=True))
+
+
+def coverage(m: LevelMasks, n: int) -> float:
+    """Mean fraction of a sample's tokens that lie in some target block."""
+    return float(torch.zeros(m.target.shape[0], n, dtype=torch.bool).scatter_(1, m.target, True).float().mean())
+
+
+@pytest.mark.parametrize("batch", [8, 128])
+def test_ijepa_setting_coverage_and_whole_blocks(batch):
+    # I-JEPA at 224 px / patch 16: ~0.44 of the tokens are in a target block, at any batch size
+    H = W = 14
+    sampler = MultiblockSampler((1, H, W), compat="ijepa")
+    covs = []
+    for seed in range(1024 // batch):
+        m = sampler.sample(batch, gen(seed))
+        h, w = sampler.last_shapes["target_hw"]
+        assert m.target.shape[1] == 4 * h * w  # four whole blocks, nothing trimmed
+        blocks = m.target.view(batch, 4, h * w)
+        rows, cols = blocks // W, blocks % W
+        assert torch.equal(rows, rows[..., :1] + torch.arange(h).repeat_interleave(w))  # a rectangle h x w
+        assert torch.equal(cols, cols[..., :1] + torch.arange(w).repeat(h))
+        assert rows.max() < H - 1 and cols.max() < W - 1  # I-JEPA's corners stop short of the last row/col
+        covs.append(coverage(m, H * W))
+    assert abs(sum(covs) / len(covs) - 0.44) <= 0.02
+
+
+def test_ijepa_compat_draws_scale_and_aspect_together():
+    sampler = MultiblockSampler((1, 14, 14), compat="ijepa")
+    for seed in range(20):
+        sampler.sample(2, gen(seed))
+        s = sampler.last_shapes
+        assert (s["target_scale"] - 0.15) / 0.05 == pytest.approx((s["target_aspect"] - 0.75) / 0.75)
+        area = int(196 * s["target_scale"])
+        h, w = sampler.last_shapes["target_hw"]
+        assert (h, w) == (min(round(math.sqrt(area * s["target_aspect"])), 13),
+                          min(round(math.sqrt(area / s["target_aspect"])), 13))
+    with pytest.raises(ValueError, match="compat"):
+        MultiblockSampler((1, 14, 14), compat="vjepa")
+
+
+def test_equal_count_indices_mean_subset_and_even_repeats():
+    from hjepa_fast.masks import equal_count_indices
+
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[0, :8] = True  # 8 entries
+    mask[1, 2:5] = True  # 3 entries
+    mask[2, [1, 9]] = True  # 2 entries: mean (8 + 3 + 2) / 3 = 4.33 -> 4 slots
+    idx = equal_count_indices(mask, gen(0))
+    assert idx.shape == (3, 4) and (idx.diff(dim=1) >= 0).all()
+    assert len(set(idx[0].tolist())) == 4 and set(idx[0].tolist()) <= set(range(8))
+    assert sorted(set(idx[1].tolist())) == [2, 3, 4]
+    assert idx[2].tolist() == [1, 1, 9, 9]
+    same = torch.zeros(2, 5, dtype=torch.bool)
+    same[:, [0, 3]] = True
+    g = gen(1)
+    assert equal_count_indices(same, g).tolist() == [[0, 3], [0, 3]]
+    assert torch.equal(g.get_state(), gen(1).get_state())  # equal rows draw nothing
+    with pytest.raises(ValueError, match="no True"):
+        equal_count_indices(torch.zeros(2, 3, dtype=torch.bool), gen(0))
+
+
+def per_clip_counts(hier: HierarchicalMaskSampler, batch: int, seeds: range) -> torch.Tensor:
+    """[levels, 4]: mean per clip over `seeds` of (context slots, distinct context, target slots,
+    distinct targets)."""
+    out = torch.zeros(len(hier.grids), 4, dtype=torch.float64)
+    for seed in seeds:
+        for lvl, (m, grid) in enumerate(zip(hier.sample(batch, gen(seed)), hier.grids, strict=True)):
+            n = math.prod(grid)
+            distinct = [torch.zeros(batch, n, dtype=torch.bool).scatter_(1, i, True).sum(1).double().mean()
+                        for i in (m.context, m.target)]
+            out[lvl] += torch.tensor([m.context.shape[1], distinct[0], m.target.shape[1], distinct[1]])
+    return out / len(seeds)
+
+
+def test_hierarchy_counts_independent_of_batch():
+    # the same seeds draw the same shapes at any batch size; per clip, counts then agree within noise
+    hier = make_hier(MIXES["multiblock x3"])
+    small, large = per_clip_counts(hier, 8, range(64)), per_clip_counts(hier, 512, range(64))
+    assert torch.equal(small[:, 2], large[:, 2])  # target slots: whole blocks, set by the shapes alone
+    assert ((large / small - 1).abs() < 0.05).all(), (small, large)
+
+
+@pytest.mark.slow
+def test_vitb_recipe_counts_at_batch_2048_match_batch_8():
+    from hjepa_fast.config import load_config
+    from hjepa_fast.train.builders import build_mask_sampler
+
+    cfg = load_config("configs/vitb_3level.yaml", ["train.batch_size=8"])
+    hier = build_mask_sampler(cfg)
+    small, large = per_clip_counts(hier, 8, range(16)), per_clip_counts(hier, 2048, range(16))
+    assert torch.equal(small[:, 2], large[:, 2])
+    assert ((large / small - 1).abs() < 0.05).all(), (small, large)

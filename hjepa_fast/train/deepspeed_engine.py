@@ -82,13 +82,15 @@ def deepspeed_config(cfg: Config, info: DistInfo) -> dict:
 
 
 class DeepSpeedTargetEMA:
-    """Per-level cosine EMA of fp32 targets kept outside the engine toward the engine's online encoders."""
+    """Per-level EMA (``train.ema_schedule``) of fp32 targets kept outside the engine toward the engine's
+    online encoders."""
 
     def __init__(self, targets: torch.nn.ModuleList, sources: torch.nn.ModuleList, zero3: bool, cfg: Config):
         # each parameter once, in the lowest level holding it (model.share_encoders: level 1's blocks)
         self.targets, self.sources = level_parameters(targets), level_parameters(sources)
         self.zero3 = zero3
-        self.schedule = EMASchedule(cfg.train.ema_tau_base, cfg.train.ema_tau_end, cfg.train.steps)
+        self.schedule = EMASchedule(cfg.train.ema_tau_base, cfg.train.ema_tau_end, cfg.train.steps,
+                                    cfg.train.ema_schedule)
 
     def taus(self, step: int) -> list[float]:
         return self.schedule.taus(step)

@@ -76,7 +76,8 @@ class SingleProcessEngine:
 
     def build_ema(self, cfg: Config) -> TargetEMA:
         targets, sources = self.model.ema_pairs()
-        return TargetEMA(targets, sources, cfg.train.ema_tau_base, cfg.train.ema_tau_end, cfg.train.steps)
+        return TargetEMA(targets, sources, cfg.train.ema_tau_base, cfg.train.ema_tau_end, cfg.train.steps,
+                         cfg.train.ema_schedule)
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

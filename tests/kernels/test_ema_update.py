@@ -162,8 +162,9 @@ def snapshot(mods):
 SCHEDULE = EMASchedule([0.9, 0.5, 0.0], [0.99, 1.0, 0.0], total_steps=4)
 
 
+@pytest.mark.parametrize("kind", ["cosine", ["linear", "cosine", "linear"]], ids=["cosine", "mixed"])
 @pytest.mark.parametrize("mode", ["triton", "auto"])
-def test_multilevel_ema_matches_the_loop_over_scheduled_steps(mode, monkeypatch):
+def test_multilevel_ema_matches_the_loop_over_scheduled_steps(mode, kind, monkeypatch):
     import hjepa_fast.kernels.ema as ema_module
 
     launches = []
@@ -171,7 +172,8 @@ def test_multilevel_ema_matches_the_loop_over_scheduled_steps(mode, monkeypatch)
     monkeypatch.setattr(ema_module, "ema_flat_triton_", lambda *a, **k: launches.append(1) or launch(*a, **k))
     targets, sources = make_levels(), make_levels(seed=4)
     expected, src = snapshot(targets), snapshot(sources)
-    ema = MultiLevelEMA(targets, sources, SCHEDULE)
+    schedule = EMASchedule(SCHEDULE.tau_base, SCHEDULE.tau_end, SCHEDULE.total_steps, kind)
+    ema = MultiLevelEMA(targets, sources, schedule)
     with kernel_mode(mode):
         for _ in range(6):  # past total_steps: held at tau_end
             taus = ema.step()
@@ -193,6 +195,37 @@ def test_schedule_is_the_per_level_cosine():
         EMASchedule([0.9], [0.9, 0.9], 3)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         EMASchedule([1.1], [0.9], 3)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", ["linear", "cosine"]])
+def test_schedules_equal_the_closed_form_at_every_step(kind):
+    base, end, T = [0.996, 0.5], [1.0, 0.9], 40
+    s = EMASchedule(base, end, T, kind)
+    kinds = [kind] * 2 if isinstance(kind, str) else kind
+    table = s.table()
+    assert table.shape == (T + 1, 2) and table.dtype == torch.float64
+    for t in range(T + 5):
+        p = min(t, T) / T
+        for level, (b, e, k) in enumerate(zip(base, end, kinds)):
+            want = b + (e - b) * p if k == "linear" else e - (e - b) * (math.cos(math.pi * p) + 1) / 2
+            assert math.isclose(s.taus(t)[level], want, rel_tol=1e-15, abs_tol=1e-15)
+            assert math.isclose(table[min(t, T), level].item(), want, rel_tol=1e-15, abs_tol=1e-15)
+
+
+def test_linear_schedule_is_the_peers_momentum_generator():
+    """I-JEPA: ``ema[0] + i * (ema[1] - ema[0]) / (ipe * epochs * ipe_scale)``, one value per step from 0."""
+    ema, total = (0.996, 1.0), 125  # 100 steps x ipe_scale 1.25
+    peer = (ema[0] + i * (ema[1] - ema[0]) / total for i in range(total + 1))
+    ours = EMASchedule([ema[0]], [ema[1]], total, "linear")
+    for step, tau in enumerate(peer):
+        assert math.isclose(ours.taus(step)[0], tau, rel_tol=1e-15)
+
+
+def test_schedule_kind_refused_by_name():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        EMASchedule([0.9], [0.99], 3, "exp")
+    with pytest.raises(ValueError, match="one per level"):
+        EMASchedule([0.9, 0.9], [0.99, 0.99], 3, ["linear"])
 
 
 def test_multilevel_ema_resumes_from_state_dict():

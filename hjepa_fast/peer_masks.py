@@ -1,0 +1,93 @@
+"""Drop-in mask collators for I-JEPA and V-JEPA training loops: swap one import.
+
+``IJEPAMaskCollator`` takes I-JEPA's ``MaskCollator`` constructor arguments and returns its layout,
+``(collated_batch, masks_enc, masks_pred)`` with ``masks_enc`` a list of ``nenc`` ``[B, K_enc]`` and
+``masks_pred`` a list of ``npred`` ``[B, K_pred]`` int64 tensors (indices into the ``H*W`` patch grid).
+The blocks come from ``MultiblockSampler`` (vectorised over the batch). Where our defaults differ on
+purpose, ``compat="ijepa"`` selects I-JEPA's exact behaviour:
+
+- block draw: ours draws scale and aspect independently and lets corners reach the last row/column;
+  I-JEPA's draws both from one uniform and keeps blocks short of the last row/column (coverage bias);
+- context count: ours gives every sample the batch's mean count (longer rows a random subset, shorter
+  ones their tokens repeated evenly), so it does not shrink with the batch; I-JEPA keeps the first
+  ``min`` indices of every row (the batch's smallest), as its ``cm[:min_keep_enc]`` does.
+
+Both apply I-JEPA's relaxation: a context block left with ``<= min_keep`` tokens after ``max_tries``
+redraws ignores the last target block, then the last two, and so on (so that context may overlap
+targets, as in I-JEPA); ``allow_overlap=True`` never removes targets from the context.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import default_collate
+
+from .masks import MultiblockSampler, _axis_runs, equal_count_indices
+
+
+class IJEPAMaskCollator:
+    """I-JEPA's ``MaskCollator`` (same arguments and return layout); masks depend on (seed, call count)."""
+
+    max_tries = 20
+
+    def __init__(self, input_size: int | tuple[int, int] = (224, 224), patch_size: int = 16,
+                 enc_mask_scale: tuple[float, float] = (0.2, 0.8), pred_mask_scale: tuple[float, float] = (0.2, 0.8),
+                 aspect_ratio: tuple[float, float] = (0.3, 3.0), nenc: int = 1, npred: int = 2, min_keep: int = 4,
+                 allow_overlap: bool = False, compat: str = "none", seed: int = 0) -> None:
+        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.height, self.width = size[0] // patch_size, size[1] // patch_size
+        if nenc < 1 or npred < 1:
+            raise ValueError(f"nenc and npred must be >= 1, got {nenc}, {npred}")
+        self.sampler = MultiblockSampler((1, self.height, self.width), num_blocks=npred, target_scale=pred_mask_scale,
+                                         target_aspect=aspect_ratio, context_scale=enc_mask_scale, min_keep=min_keep,
+                                         compat=compat)
+        self.nenc, self.npred, self.min_keep = int(nenc), int(npred), int(min_keep)
+        self.allow_overlap, self.compat, self.seed, self.calls = bool(allow_overlap), compat, int(seed), 0
+
+    def _context_block(self, n: int, hw: tuple[int, int], g: torch.Generator) -> torch.Tensor:
+        """[n, H*W] bool: one block of size hw per row."""
+        starts = self.sampler._corners(n, 1, (1, *hw), g)[1:]
+        rows, cols = (_axis_runs(s, e, size) for s, e, size in zip(starts, hw, (self.height, self.width)))
+        return (rows[..., :, None] & cols[..., None, :]).flatten(1)
+
+    def _context(self, blocks: torch.Tensor, hw: tuple[int, int], g: torch.Generator) -> torch.Tensor:
+        """[B, H*W] bool: one context block per sample minus the target blocks (all of them where it keeps
+        > min_keep tokens, else I-JEPA's relaxation: fewer, dropping the last ones first)."""
+        B, n = blocks.shape[0], self.height * self.width
+        if self.allow_overlap:
+            return self._context_block(B, hw, g)
+        # allowed[r]: outside the first npred - r target blocks (r = 0: all of them; r = npred: anywhere)
+        allowed = [~torch.zeros(B, n, dtype=torch.bool).scatter_(1, blocks[:, : self.npred - r].flatten(1), True)
+                   for r in range(self.npred)] + [torch.ones(B, n, dtype=torch.bool)]
+        ctx = torch.zeros(B, n, dtype=torch.bool)
+        todo = torch.arange(B)
+        for relax in range(self.npred + 1):
+            for _ in range(self.max_tries):
+                if todo.numel() == 0:
+                    return ctx
+                cand = self._context_block(todo.numel(), hw, g) & allowed[relax][todo]
+                ok = cand.sum(1) > self.min_keep
+                ctx[todo[ok]] = cand[ok]
+                todo = todo[~ok]
+        ctx[todo] = self._context_block(todo.numel(), hw, g)  # no constraint left: the whole block
+        return ctx
+
+    def _indices(self, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.compat == "ijepa":  # the first `min` indices of every row, as I-JEPA trims
+            k = int(mask.sum(1).min())
+            return torch.stack([row.nonzero().squeeze(1)[:k] for row in mask])
+        return equal_count_indices(mask, g)
+
+    def __call__(self, batch: list[Any]) -> tuple[Any, list[torch.Tensor], list[torch.Tensor]]:
+        B = len(batch)
+        collated = default_collate(batch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.calls) % 2**63)
+        self.calls += 1
+        shapes = self.sampler.shapes(g)
+        h, w = shapes["target_hw"]
+        target = self.sampler._targets(B, (1, h, w), g)  # [B, npred * h * w]: whole blocks
+        blocks = target.view(B, self.npred, h * w)
+        masks_pred = list(blocks.unbind(1))
+        masks_enc = [self._indices(self._context(blocks, shapes["context_hw"], g), g) for _ in range(self.nenc)]
+        return collated, masks_enc, masks_pred
