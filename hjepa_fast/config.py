@@ -95,7 +95,6 @@ class LossConfig:
     sigreg_weight: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     sigreg_slices: int = 256  # random 1-D directions SIGReg tests per step
     regularizer_tokens: int = 8192  # rows the terms read per rank and level (a random subset beyond it; 0: all)
-    regularizer_rows: str = "tokens"  # tokens (each token) | steps (each clip's mean token per time step)
 
 
 @dataclass
@@ -167,7 +166,6 @@ CHOICES = {
     ("data", "background"): ("black", "texture"),
     ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),
     ("loss", "prediction"): ("l2", "ijepa", "vjepa"),
-    ("loss", "regularizer_rows"): ("tokens", "steps"),
     ("train", "target_encoder"): ("ema", "online"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("auto", "fp32", "bf16"),

@@ -115,8 +115,7 @@ class HJEPA(nn.Module):
         self.target_encoders.requires_grad_(False)
         self.loss_weighting = LossWeighting(L, loss.weighting, loss.curriculum_steps)
         self.anti_collapse = AntiCollapse(loss.variance_weight[:L], loss.covariance_weight[:L],
-                                          loss.sigreg_weight[:L], loss.sigreg_slices, loss.regularizer_tokens,
-                                          rows=loss.regularizer_rows)
+                                          loss.sigreg_weight[:L], loss.sigreg_slices, loss.regularizer_tokens)
 
     def action_chunk(self, level: int) -> int:
         """Frames of actions one step of ``level`` encodes: 1 at level 1 (its primitive action, averaged

@@ -37,20 +37,6 @@ def content_centre(z: torch.Tensor, idx: torch.Tensor, length: int) -> torch.Ten
     return flat - (sums / counts.clamp_min(1.0).unsqueeze(1))[pos]
 
 
-def step_means(z: torch.Tensor, idx: torch.Tensor, tokens_per_step: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each clip's embedding per time step: ``z [B, K, D]`` at ``idx [B, K]`` (a time-major grid of ``T``
-    steps) ->
-    ``(rows [R, D], steps [R])``, the mean of every visible token of a (clip, step) and that step's index,
-    one row per (clip, step) with at least one visible token."""
-    B, K, D = z.shape
-    steps = idx // tokens_per_step
-    slot = (torch.arange(B, device=z.device).unsqueeze(1) * T + steps).reshape(-1)  # [B*K]
-    sums = z.new_zeros(B * T, D, dtype=torch.float32).index_add(0, slot, z.reshape(-1, D).float())
-    counts = torch.bincount(slot, minlength=B * T)
-    seen = counts > 0
-    return sums[seen] / counts[seen].unsqueeze(1), torch.arange(B * T, device=z.device)[seen] % T
-
-
 def _global_count(rows: int, device: torch.device) -> torch.Tensor:
     return global_sum(torch.tensor(float(rows), device=device))
 
@@ -103,16 +89,14 @@ def subsample_rows(x: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
     return x[keep]
 
 
-
 class AntiCollapse(torch.nn.Module):
     """The per-level anti-collapse term: ``variance * v + covariance * c + sigreg * s`` on the
     content-centred embeddings of that level (weights per level; all zero: the level has none).
     ``max_tokens`` caps the rows the terms read per rank; ``slices`` is SIGReg's number of directions."""
 
     def __init__(self, variance: list[float], covariance: list[float], sigreg: list[float], slices: int = 256,
-                 max_tokens: int = 8192, target_std: float = 1.0, rows: str = "tokens"):
+                 max_tokens: int = 8192, target_std: float = 1.0):
         super().__init__()
-        self.rows = rows
         self.weights = list(zip(variance, covariance, sigreg))
         self.slices, self.max_tokens, self.target_std = slices, max_tokens, target_std
 
@@ -125,12 +109,7 @@ class AntiCollapse(torch.nn.Module):
         ``grid`` (T, H, W) (scalar)."""
         w_var, w_cov, w_sig = self.weights[level]
         seed = step * 1_000 + level  # one draw per (step, level), the same on every rank
-        if self.rows == "steps":
-            rows, where = step_means(z, idx, grid[1] * grid[2], grid[0])
-            x = content_centre(rows.unsqueeze(1), where.unsqueeze(1), grid[0])
-        else:
-            x = content_centre(z, idx, grid[0] * grid[1] * grid[2])
-        x = subsample_rows(x, self.max_tokens, seed)
+        x = subsample_rows(content_centre(z, idx, grid[0] * grid[1] * grid[2]), self.max_tokens, seed)
         total = x.new_zeros(())
         if w_var > 0 or w_cov > 0:
             variance, covariance = variance_covariance(x, self.target_std)

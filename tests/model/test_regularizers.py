@@ -13,7 +13,6 @@ from hjepa_fast.model.regularizers import (
     content_centre,
     random_directions,
     sigreg,
-    step_means,
     subsample_rows,
     variance_covariance,
 )
@@ -66,15 +65,6 @@ def test_content_centre_matches_a_loop_over_positions_value_and_gradient(seed):
     torch.testing.assert_close(g_ours, g_ref, atol=1e-5, rtol=1e-5)
 
 
-def test_step_means_average_each_clips_visible_tokens_per_time_step():
-    z, idx = tokens(B=4, K=6, D=3, length=12, seed=2)  # a grid of 4 steps x 3 tokens
-    rows, steps = step_means(z, idx, tokens_per_step=3, T=4)
-    expected = [(z[b, idx[b] // 3 == t].mean(0), t) for b in range(4) for t in range(4) if (idx[b] // 3 == t).any()]
-    assert len(rows) == len(expected)
-    torch.testing.assert_close(rows, torch.stack([r for r, _ in expected]).float())
-    assert steps.tolist() == [t for _, t in expected]
-
-
 @pytest.mark.parametrize("shape", [(50, 8), (33, 13)])
 def test_variance_covariance_matches_the_reference_value_and_gradient(shape):
     x = torch.randn(*shape, dtype=torch.float64) * torch.linspace(0.2, 2.0, shape[1], dtype=torch.float64)
@@ -100,7 +90,7 @@ def test_sigreg_matches_the_complex_characteristic_function_reference(shape):
 
 def test_collapsed_and_position_only_tokens_are_penalised_an_isotropic_set_is_not():
     g = torch.Generator().manual_seed(0)
-    B, K, D, length = 256, 16, 16, 16
+    B, K, D = 256, 16, 16
     idx = torch.arange(K).expand(B, K)
     terms = AntiCollapse([1.0], [1.0], [0.0]), AntiCollapse([0.0], [0.0], [1.0])
     isotropic = torch.randn(B, K, D, generator=g)
