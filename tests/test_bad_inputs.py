@@ -34,7 +34,7 @@ BAD_INPUTS = [
     ([*TRAIN, "model.drop_path=1.5"], 2, ["'model.drop_path' must be in [0, 1)"]),
     ([*TRAIN, "masks.target_scale=[0.3,0.2]"], 2, ["'masks.target_scale' must be [low, high]"]),
     ([*TRAIN, "masks.context_fraction=[0.5]"], 2, ["'masks.context_fraction' must be [low, high]"]),
-    ([*TRAIN, "masks.horizon=9"], 2, ["masks.* for level 2", "horizon"]),
+    ([*TRAIN, "masks.horizon=9"], 2, ["masks.* for level 1", "horizon"]),
     ([*TRAIN, "eval.context_fraction=1.0"], 2, ["'eval.context_fraction' must be in (0, 1)"]),
     ([*TRAIN, "model.levels=0"], 2, ["model.levels must be >= 1"]),
     ([*TRAIN, "train.batch_sise=4"], 2, ["unknown config key 'train.batch_sise'", "train.batch_size"]),

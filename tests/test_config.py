@@ -11,7 +11,7 @@ TINY_CPU = "configs/tiny_cpu.yaml"
 def test_overrides_apply_and_per_level_lists_follow_model_levels():
     cfg = load_config(TINY_CPU, ["model.levels=2", "train.batch_size=16", "train.lr=1e-4", "model.topdown=film"])
     assert cfg.model.levels == 2 and cfg.train.batch_size == 16 and cfg.train.lr == 1e-4
-    assert cfg.model.encoder_dims == [64, 64] and cfg.masks.strategies == ["multiblock", "future"]
+    assert cfg.model.encoder_dims == [64, 64] and cfg.masks.strategies == ["future", "future"]
     assert cfg.model.topdown == "film"
 
 
