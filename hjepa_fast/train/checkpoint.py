@@ -9,7 +9,6 @@ array) need the unsafe load; it happens only on request (``--trust-checkpoint`` 
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 from pathlib import Path
