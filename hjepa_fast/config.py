@@ -359,7 +359,7 @@ RANGES = {
     "model.predictor_depths": _AT_LEAST_1, "model.predictor_heads": _AT_LEAST_1, "model.mlp_ratio": _POSITIVE,
     "model.drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"), "model.action_dim": _AT_LEAST_0,
     "data.frames": _AT_LEAST_1, "data.frame_stride": _AT_LEAST_1, "data.digit_size": _AT_LEAST_1,
-    "data.num_workers": _AT_LEAST_0, "data.seed": _AT_LEAST_0, "data.digits": _AT_LEAST_1,
+    "data.num_workers": _AT_LEAST_0, "data.seed": _AT_LEAST_0, "data.digits": (lambda v: 1 <= v <= 100, "in [1, 100]"),
     "masks.num_blocks": _AT_LEAST_1, "masks.min_keep": _AT_LEAST_0, "masks.horizon": _AT_LEAST_1,
     "masks.target_scale": _SCALE, "masks.target_aspect": _POSITIVE, "masks.context_scale": _SCALE,
     "masks.temporal_scale": _FRACTION, "masks.context_fraction": _FRACTION, "masks.segment_fraction": _FRACTION,

@@ -100,8 +100,8 @@ class MovingDigits(torch.utils.data.Dataset):
             raise ValueError(f"frames must be >= 1, got {frames}")
         if not 1 <= digit_size <= size:
             raise ValueError(f"need 1 <= digit_size <= size, got digit_size={digit_size}, size={size}")
-        if digits < 1:
-            raise ValueError(f"digits must be >= 1, got {digits}")
+        if not 1 <= digits < _BACKGROUND_STREAM:
+            raise ValueError(f"digits must be in [1, {_BACKGROUND_STREAM}), got {digits}")
         if background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
         self.digits, self.background = digits, background

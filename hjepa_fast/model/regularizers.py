@@ -8,7 +8,9 @@ differs from another at the same place and time.
 
 Statistics are over the global batch: sums are all-reduced across ranks with a differentiable
 all-reduce, so under DDP / FSDP / DeepSpeed each rank's gradient is that of the global-batch term (the
-engines then average the ranks' gradients of one shared value). One process: the local batch.
+engines then average the ranks' gradients of one shared value). One process: the local batch. Under
+gradient accumulation the batch is the micro-batch of every rank; ``max_tokens`` caps rows per rank.
+Every rank of an initialised process group must call the term (it all-reduces).
 
 Shapes: ``z [B, K, D]`` embeddings of ``K`` tokens per clip at positions ``idx [B, K]`` into a grid of
 ``length`` positions (the level's ``T*N``)."""
@@ -33,12 +35,13 @@ def content_centre(z: torch.Tensor, idx: torch.Tensor, length: int) -> torch.Ten
     D = z.shape[-1]
     flat, pos = z.reshape(-1, D).float(), idx.reshape(-1)
     sums = global_sum(flat.new_zeros(length, D).index_add(0, pos, flat))
-    counts = global_sum(torch.bincount(pos, minlength=length).to(flat.dtype))
+    counts = global_sum(flat.new_zeros(length).index_add(0, pos, flat.new_ones(pos.numel())))  # no host sync
     return flat - (sums / counts.clamp_min(1.0).unsqueeze(1))[pos]
 
 
-def _global_count(rows: int, device: torch.device) -> torch.Tensor:
-    return global_sum(torch.tensor(float(rows), device=device))
+def _global_count(x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` summed over ranks, as a device scalar (a fill, not a host-to-device copy)."""
+    return global_sum(x.new_full((), float(x.shape[0])))
 
 
 def variance_covariance(x: torch.Tensor, target_std: float = 1.0, eps: float = 1e-4
@@ -47,7 +50,7 @@ def variance_covariance(x: torch.Tensor, target_std: float = 1.0, eps: float = 1
     variance = mean_d relu(target_std - sqrt(var_d + eps)) (a hinge: no gradient once a dimension spreads
     enough) and covariance = sum of squared off-diagonal covariances / D (decorrelates the dimensions).
     One ``D x D`` matmul, no loop over dimensions."""
-    n = _global_count(x.shape[0], x.device)
+    n = _global_count(x)
     cov = global_sum(x.T @ x) / n  # [D, D]; rows are centred already
     var = torch.diagonal(cov)
     variance = torch.relu(target_std - torch.sqrt(var + eps)).mean()
@@ -56,10 +59,11 @@ def variance_covariance(x: torch.Tensor, target_std: float = 1.0, eps: float = 1
 
 
 def random_directions(dim: int, slices: int, seed: int, device: torch.device) -> torch.Tensor:
-    """``[dim, slices]`` unit columns drawn from ``seed`` (the global step: every rank draws the same)."""
-    generator = torch.Generator().manual_seed(seed)
-    a = torch.randn(dim, slices, generator=generator)
-    return (a / a.norm(dim=0, keepdim=True)).to(device)
+    """``[dim, slices]`` unit columns drawn from ``seed`` (the global step: every rank draws the same), on
+    ``device`` by a generator there (no host-to-device copy per step)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    a = torch.randn(dim, slices, generator=generator, device=device)
+    return a / a.norm(dim=0, keepdim=True)
 
 
 def sigreg(x: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, points: int = 17) -> torch.Tensor:
@@ -69,7 +73,7 @@ def sigreg(x: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, points
     ``points`` nodes of the half line; the integrand is even). Divided by n (LeJEPA's statistic is n
     times this), so that its weight does not depend on the batch size. 0 for an isotropic Gaussian with
     unit variance, large for a collapsed set. Empirical characteristic function over the global batch."""
-    n = _global_count(x.shape[0], x.device)
+    n = _global_count(x)
     t = torch.linspace(0.0, t_max, points, device=x.device, dtype=x.dtype)
     proj = (x @ directions).unsqueeze(-1) * t  # [n, M, P]
     real = global_sum(torch.cos(proj).sum(0)) / n  # [M, P]
@@ -84,8 +88,8 @@ def subsample_rows(x: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
     the terms at batch 2048; the centring already used every token)."""
     if max_rows <= 0 or x.shape[0] <= max_rows:
         return x
-    generator = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(x.shape[0], generator=generator)[:max_rows].to(x.device)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    keep = torch.randperm(x.shape[0], generator=generator, device=x.device)[:max_rows]
     return x[keep]
 
 
@@ -109,11 +113,12 @@ class AntiCollapse(torch.nn.Module):
         ``grid`` (T, H, W) (scalar)."""
         w_var, w_cov, w_sig = self.weights[level]
         seed = step * 1_000 + level  # one draw per (step, level), the same on every rank
-        x = subsample_rows(content_centre(z, idx, grid[0] * grid[1] * grid[2]), self.max_tokens, seed)
-        total = x.new_zeros(())
-        if w_var > 0 or w_cov > 0:
-            variance, covariance = variance_covariance(x, self.target_std)
-            total = total + w_var * variance + w_cov * covariance
-        if w_sig > 0:
-            total = total + w_sig * sigreg(x, random_directions(x.shape[1], self.slices, seed, x.device))
+        with torch.autocast(z.device.type, enabled=False):  # float32 statistics under bf16 autocast
+            x = subsample_rows(content_centre(z, idx, grid[0] * grid[1] * grid[2]), self.max_tokens, seed)
+            total = x.new_zeros(())
+            if w_var > 0 or w_cov > 0:
+                variance, covariance = variance_covariance(x, self.target_std)
+                total = total + w_var * variance + w_cov * covariance
+            if w_sig > 0:
+                total = total + w_sig * sigreg(x, random_directions(x.shape[1], self.slices, seed, x.device))
         return total

@@ -28,7 +28,7 @@ def test_eval_writes_probes_horizon_and_collapse(run_dir, capsys):
     assert "speed trained" in out and "future-state error" in out and "RankMe" in out
     # std-0.02 predictor layers pass almost none of the context at initialisation, and two training steps
     # do not change that: the context-blind predictors fail the check, and the output says so
-    assert "prediction spread" in out and "WARNING: level1" in out
+    assert "prediction spread" in out and "WARNING: level1, level2, level3 predict(s) nearly the same" in out
     result = json.loads((run_dir / "eval.json").read_text())
     assert list(result["trained"]["all"]) == ["speed", "digit"]
     assert result["horizon"]["trained"]["level1"]["horizon"] == [1, 2]

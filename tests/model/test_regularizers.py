@@ -90,18 +90,26 @@ def test_sigreg_matches_the_complex_characteristic_function_reference(shape):
 
 def test_collapsed_and_position_only_tokens_are_penalised_an_isotropic_set_is_not():
     g = torch.Generator().manual_seed(0)
-    B, K, D = 256, 16, 16
+    B, K, D = 64, 256, 16
     idx = torch.arange(K).expand(B, K)
     terms = AntiCollapse([1.0], [1.0], [0.0]), AntiCollapse([0.0], [0.0], [1.0])
     isotropic = torch.randn(B, K, D, generator=g)
-    # every clip the same, but each position its own large, distinct code: spread out, yet no content
-    position_only = (torch.randn(1, K, D, generator=g) * 5).expand(B, K, D)
+    # every clip the same, each of 256 positions its own standard-normal code: no content at all
+    position_only = torch.randn(1, K, D, generator=g).expand(B, K, D)
     constant = torch.ones(B, K, D)
+    highs = []
     for term in terms:
-        low = term(0, isotropic, idx, (1, 4, 4), step=0).item()
+        low = term(0, isotropic, idx, (1, 16, 16), step=0).item()
         for collapsed in (position_only, constant):
-            high = term(0, collapsed, idx, (1, 4, 4), step=0).item()
-            assert high > 0.3 and low < 0.05 * high, (low, high)
+            highs.append(term(0, collapsed, idx, (1, 16, 16), step=0).item())
+            assert highs[-1] > 0.3 and low < 0.05 * highs[-1], (low, highs[-1])
+    # as a set of tokens the position codes look isotropic: terms on raw tokens would let them pass,
+    # the centring per position is what exposes them
+    raw = position_only.reshape(-1, D)
+    raw = raw - raw.mean(0)
+    raw_variance, raw_covariance = variance_covariance(raw)
+    raw_sigreg = sigreg(raw, random_directions(D, 256, seed=0, device=raw.device))
+    assert raw_variance + raw_covariance < 0.1 * highs[0] and raw_sigreg < 0.1 * highs[2]
 
 
 def test_the_variance_hinge_stops_pushing_once_a_dimension_has_spread():
