@@ -125,7 +125,7 @@ class TrainConfig:
     run_name: str = ""  # "": a time stamp
     log_every: int = 10
     ckpt_every: int = 100
-    # issue 27: per level, how tau goes from ema_tau_base to ema_tau_end: cosine | linear (I-JEPA, V-JEPA)
+    # per level, how tau goes from ema_tau_base to ema_tau_end: cosine | linear (I-JEPA, V-JEPA)
     ema_schedule: list[str] = field(default_factory=lambda: ["cosine", "cosine", "cosine"])
 
 
