@@ -20,6 +20,7 @@ from hjepa_fast.masks import LevelMasks
 from . import distributed
 from .builders import build_model, count_parameters, peak_lr
 from .checkpoint import rng_state, set_rng_state
+from .compile import apply_compile
 from .engine import CHECKPOINT, build_engine, checkpoint_format, has_checkpoint
 from .logging import MetricsLogger, plot_losses
 from .parallelize import apply_activation_checkpointing
@@ -31,7 +32,7 @@ __all__ = ["CHECKPOINT", "train", "resume_config", "pick_device"]
 # stretches the schedules from here on)
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.ckpt_every", "train.threads", "train.out_dir",
                      "train.run_name", "data.num_workers", "train.deepspeed", "train.grad_accumulation",
-                     "train.activation_checkpointing"}
+                     "train.activation_checkpointing", "train.compile", "train.fused_optimizer"}
 # (train.engine may change where the checkpoint format is the same: single <-> ddp)
 
 
@@ -145,6 +146,7 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
     _, micro = distributed.local_batch(cfg, info)
     model = build_model(cfg).to(device)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
+    apply_compile(model, cfg.train.compile)
     engine = build_engine(cfg, model, device, info)
     model.train()
     start = 0
