@@ -62,3 +62,13 @@ def test_target_encoders_stay_in_eval_mode():
     first, second = model.encode_targets(clips), model.encode_targets(clips)
     for a, b in zip(first, second):  # deterministic: no stochastic depth in the targets
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape,tubelet,patch", [((2, 6, 3, 20, 12), 2, 4), ((1, 3, 1, 15, 10), 3, 5)])
+def test_patch_embedding_equals_the_strided_convolution(shape, tubelet, patch):
+    from hjepa_fast.model.encoder import PatchEmbed3D
+
+    embed = PatchEmbed3D(shape[2], 7, patch, tubelet).double()
+    clips = torch.randn(shape, dtype=torch.float64)
+    want = embed.proj(clips.transpose(1, 2)).flatten(3).permute(0, 2, 3, 1)  # [B, T', H'W', D]
+    torch.testing.assert_close(embed(clips), want)
