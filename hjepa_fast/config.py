@@ -46,7 +46,7 @@ class ModelConfig:
     topdown: str = "cross"  # none | cross | film | prepend
     action_dim: int = 0  # 0: no actions; levels > 1 encode each window's chunk of actions (macro-actions)
     action_accumulate: bool = False  # each token also gets the summed embeddings of every action before its step
-    attention_backend: str = "auto"  # auto | sdpa | flash | xformers
+    attention_backend: str = "auto"  # auto | sdpa | cudnn | flash | xformers
     kernels: str = "auto"  # auto (Triton on CUDA) | reference (plain PyTorch) | triton (also on CPU, interpreter)
     share_encoders: bool = False  # levels > 1 reuse level 1's transformer blocks and norm (own tokenizer, predictor)
 
@@ -118,6 +118,9 @@ class TrainConfig:
     engine: str = "single"  # single | ddp | fsdp | deepspeed (multi-process: start with torchrun or deepspeed)
     deepspeed: str = ""  # engine=deepspeed: path to the DeepSpeed JSON (ZeRO stage etc.), e.g. configs/ds_zero2.json
     grad_accumulation: int = 1  # micro-batches per optimiser step: batch_size = ranks x grad_accumulation x micro
+    # none | blocks: regional torch.compile of every transformer block (train/compile.py)
+    compile: str = "none"
+    fused_optimizer: bool = True  # fused AdamW (one kernel per step) where every parameter is on CUDA
     # per level: recompute each transformer block of that level's online encoder and predictor in backward
     activation_checkpointing: list[bool] = field(default_factory=lambda: [False, False, False])
     threads: int = 0  # CPU threads for torch; 0: torch's default
@@ -160,7 +163,7 @@ CHOICES = {
     ("model", "abstraction"): ("average", "conv", "attention"),
     ("model", "topdown"): ("none", "cross", "film", "prepend"),
     ("model", "predictor_init"): ("trunc_normal", "xavier"),
-    ("model", "attention_backend"): ("auto", "sdpa", "flash", "xformers"),
+    ("model", "attention_backend"): ("auto", "sdpa", "cudnn", "flash", "xformers"),
     ("model", "kernels"): ("auto", "reference", "triton"),
     ("data", "dataset"): ("moving_digits", "video_folder", "rollouts"),
     ("data", "background"): ("black", "texture"),
@@ -169,6 +172,7 @@ CHOICES = {
     ("train", "target_encoder"): ("ema", "online"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("train", "compile"): ("none", "blocks"),
     ("train", "engine"): ("single", "ddp", "fsdp", "deepspeed"),
 }
 

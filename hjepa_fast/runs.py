@@ -37,7 +37,7 @@ DS_META = "hjepa_meta.pt"
 # stretches the schedules from here on)
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.ckpt_every", "train.threads", "train.out_dir",
                      "train.run_name", "data.num_workers", "train.deepspeed", "train.grad_accumulation",
-                     "train.activation_checkpointing"}
+                     "train.activation_checkpointing", "train.compile", "train.fused_optimizer"}
 # (train.engine may change where the checkpoint format is the same: single <-> ddp)
 
 

@@ -32,6 +32,7 @@ from hjepa_fast.runs import (
 
 from . import distributed
 from .builders import count_parameters, peak_lr
+from .compile import apply_compile
 from .engine import build_engine
 from .logging import MetricsLogger, plot_losses
 from .parallelize import apply_activation_checkpointing
@@ -118,6 +119,7 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
     _, micro = distributed.local_batch(cfg, info)
     model = build_model(cfg).to(device)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
+    apply_compile(model, cfg.train.compile)
     engine = build_engine(cfg, model, device, info)
     model.train()
     start = 0
