@@ -14,7 +14,8 @@ from hjepa_fast.masks import HierarchicalMaskSampler, build_sampler
 from hjepa_fast.model.hjepa import HJEPA
 
 _STRATEGY_PARAMS = {
-    "multiblock": ("num_blocks", "target_scale", "target_aspect", "context_scale", "temporal_scale", "min_keep"),
+    "multiblock": ("num_blocks", "target_scale", "target_aspect", "context_scale", "temporal_scale", "min_keep",
+                   "compat"),
     "future": ("context_fraction", "horizon"),
     "segment": ("segment_fraction",),
 }

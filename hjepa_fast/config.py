@@ -74,6 +74,8 @@ class MaskConfig:
     context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
     temporal_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     min_keep: int = 10
+    # none: independent scale and aspect draws, corners may reach the last row/column; ijepa: I-JEPA's draw
+    compat: str = "none"
     # future
     context_fraction: list[float] = field(default_factory=lambda: [0.5, 0.5])
     horizon: int = 1
@@ -165,6 +167,7 @@ CHOICES = {
     ("model", "predictor_init"): ("trunc_normal", "xavier"),
     ("model", "attention_backend"): ("auto", "sdpa", "cudnn", "flash", "xformers"),
     ("model", "kernels"): ("auto", "reference", "triton"),
+    ("masks", "compat"): ("none", "ijepa"),
     ("data", "dataset"): ("moving_digits", "video_folder", "rollouts"),
     ("data", "background"): ("black", "texture"),
     ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),

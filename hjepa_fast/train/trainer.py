@@ -158,8 +158,9 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
         wd = cosine(step, cfg.train.steps, cfg.train.weight_decay, cfg.train.weight_decay_end)
         engine.set_schedule(lr, wd)
         clips = batch["clips"].to(device, non_blocking=True)
-        masks = [LevelMasks(m.context.to(device), m.target.to(device)) for m in batch["masks"]]
-        actions = batch["actions"].to(device) if "actions" in batch else None
+        masks = [LevelMasks(m.context.to(device, non_blocking=True), m.target.to(device, non_blocking=True))
+                 for m in batch["masks"]]  # pinned by the loader on CUDA: no wait for the previous step
+        actions = batch["actions"].to(device, non_blocking=True) if "actions" in batch else None
         loss_sum = None
         monitor.armed = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps
         for i in range(accum):  # micro-batches: rows [i*micro, (i+1)*micro) of this rank's slice

@@ -72,3 +72,14 @@ def test_patch_embedding_equals_the_strided_convolution(shape, tubelet, patch):
     clips = torch.randn(shape, dtype=torch.float64)
     want = embed.proj(clips.transpose(1, 2)).flatten(3).permute(0, 2, 3, 1)  # [B, T', H'W', D]
     torch.testing.assert_close(embed(clips), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loader_pins_the_masks():
+    from hjepa_fast.masks import LevelMasks
+
+    batch = {"masks": [LevelMasks(torch.arange(6).view(2, 3), torch.arange(4).view(2, 2))]}
+    pinned = torch.utils.data._utils.pin_memory.pin_memory(batch)
+    assert all(m.context.is_pinned() and m.target.is_pinned() for m in pinned["masks"])
+    assert torch.equal(pinned["masks"][0].context, batch["masks"][0].context)

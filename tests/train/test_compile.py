@@ -70,3 +70,25 @@ def test_fused_optimizer_only_on_cuda_single_or_ddp():
         assert build_optimizer(cuda_model, cfg).defaults.get("fused")
         off = load_config("configs/tiny_cpu.yaml", ["train.fused_optimizer=false"])
         assert not build_optimizer(cuda_model, off).defaults.get("fused")
+
+
+def test_training_with_compiled_blocks_resumes_from_an_eager_checkpoint(make_config, tmp_path, monkeypatch):
+    from hjepa_fast.train import trainer
+
+    compiled: list[int] = []
+
+    def compile_cheaply(model, mode):  # the trainer's call, on Dynamo's codegen-free backend
+        compiled.append(apply_compile(model, mode, backend="aot_eager"))
+
+    monkeypatch.setattr(trainer, "apply_compile", compile_cheaply)
+    eager = make_config("train.steps=2", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=1")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trainer.train(eager, run_dir=run_dir, progress=False)
+    assert compiled == [0]
+    more = make_config("train.steps=4", "train.batch_size=4", "train.log_every=1", "train.compile=blocks")
+    torch._dynamo.reset()
+    result = trainer.train(more, run_dir=run_dir, resume=True, progress=False)
+    torch._dynamo.reset()
+    assert compiled[1] > 0 and result["step"] == 4
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result["losses"])
