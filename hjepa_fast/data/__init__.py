@@ -27,6 +27,7 @@ def build_dataset(
     root: str | None,
     seed: int,
     frame_stride: int = 1,
+    fps: float = 0.0,
     digit_size: int = 16,
     digits: int = 1,
     background: str = "black",
@@ -34,8 +35,8 @@ def build_dataset(
     """The data set `name` for `split`, as configured.
 
     video_folder reads `root/split` when that folder exists, else its files of `root` (split by file).
-    moving_digits is 1-channel and uses `digit_size`, `digits` and `background`; video_folder uses `root` and
-    `frame_stride`;
+    moving_digits is 1-channel and uses `digit_size`, `digits` and `background`; video_folder uses `root`,
+    `frame_stride` and `fps`;
     rollouts reads a `hjepa collect` folder `root` (items carry actions).
     """
     if name == "moving_digits":
@@ -49,9 +50,9 @@ def build_dataset(
         split_root = os.path.join(root, split)
         if os.path.isdir(split_root):
             return VideoFolder(split_root, frames=frames, size=size, frame_stride=frame_stride, channels=channels,
-                               seed=seed)
+                               seed=seed, fps=fps)
         return VideoFolder(root, frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed,
-                           split=split)
+                           split=split, fps=fps)
     if name == "rollouts":
         if root is None:
             raise ValueError("rollouts needs a root folder written by hjepa collect (got root=None)")

@@ -7,22 +7,18 @@ import os
 import sys
 import warnings
 import zlib
-from types import ModuleType
-from typing import Any
+from fractions import Fraction
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hjepa_fast.data.decode import VideoDecodeError, VideoInfo, import_av, probe, read_frames
 from hjepa_fast.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 VAL_FRACTION = 0.2  # of the files of a folder without train/ and val/ subfolders, held out for val
 _NOTED: set[str] = set()  # folders whose split by file has been announced in this process
-
-
-class VideoDecodeError(DataError, RuntimeError):
-    """A video file PyAV cannot open or decode."""
 
 
 def split_by_file(paths: list[str], root: str, split: str) -> list[int]:
@@ -45,15 +41,6 @@ def split_by_file(paths: list[str], root: str, split: str) -> list[int]:
     return [i for i in range(len(paths)) if (i in val) == (split == "val")]
 
 
-def _import_av() -> ModuleType:
-    """PyAV, imported on first use so that `hjepa_fast.data` imports without it."""
-    try:
-        import av
-    except ImportError as err:
-        raise ImportError("VideoFolder decodes videos with PyAV: `pip install av`") from err
-    return av
-
-
 def resize_center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 [T, C, H, W] -> uint8 [T, C, size, size]: shorter side to `size` (antialiased), center crop."""
     height, width = clip.shape[-2:]
@@ -74,10 +61,11 @@ class VideoFolder(torch.utils.data.Dataset):
     rank of its parent folder's name among all videos under `root`.
 
     Item `(index, step)` -> `{"clip": uint8 [frames, channels, size, size], "labels": {"class": k},
-    "step": step}`. The clip takes `frames` frames `frame_stride` apart from an offset drawn from
+    "step": step}`. The clip takes `frames` frames `frame_stride` source frames apart, or with `fps` > 0
+    frames 1/fps seconds apart (the nearest source frame to each time), from an offset drawn from
     (seed, index) only, so the same index always gives the same clip; videos too short are padded by
-    repeating their last frame. Decoding runs from the start of the file up to the clip (no seeking), which
-    is exact for every codec at the cost of decoding the skipped frames. A video that does not decode is
+    repeating their last frame. Decoding seeks to the keyframe before the clip and stops after its last
+    frame (`hjepa_fast.data.decode`); frames stay uint8 from the decoder to the batch. A video that does not decode is
     skipped with a warning (item `index` then reads the next video that does), so one bad file in a large
     folder does not end a run; a folder where none decodes is refused.
     """
@@ -91,10 +79,13 @@ class VideoFolder(torch.utils.data.Dataset):
         channels: int = 3,
         seed: int = 0,
         split: str | None = None,
+        fps: float = 0.0,
     ) -> None:
-        _import_av()  # fail early with the install hint; the module is not stored, so the set pickles
+        import_av()  # fail early with the install hint; the module is not stored, so the set pickles
         if frames < 1 or frame_stride < 1 or size < 1:
             raise ValueError(f"frames, size, frame_stride must be >= 1, got {frames}, {size}, {frame_stride}")
+        if fps < 0:
+            raise ValueError(f"fps must be > 0 (sample at that rate) or 0 (use frame_stride), got {fps}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         if not os.path.isdir(root):
@@ -103,6 +94,7 @@ class VideoFolder(torch.utils.data.Dataset):
         self.frames = frames
         self.size = size
         self.frame_stride = frame_stride
+        self.fps = fps
         self.channels = channels
         self.seed = seed
         self.paths = sorted(
@@ -119,59 +111,20 @@ class VideoFolder(torch.utils.data.Dataset):
         if split is not None:
             keep = split_by_file(self.paths, root, split)
             self.paths, self.targets = [self.paths[i] for i in keep], [self.targets[i] for i in keep]
-        self._num_frames: dict[int, int] = {}  # per-process cache: files whose header lacks a frame count
+        self._info: dict[int, VideoInfo] = {}  # per-process cache of probed videos
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _open(self, index: int) -> Any:
-        """An open PyAV input container of video `index`, with at least one video stream."""
-        av = _import_av()
-        path = self.paths[index]
-        try:
-            container = av.open(path)
-        except av.FFmpegError as err:
-            raise VideoDecodeError(f"cannot decode video {path!r}: {err}") from err
-        if not container.streams.video:
-            container.close()
-            raise VideoDecodeError(f"cannot decode video {path!r}: it has no video stream")
-        return container
+    def info(self, index: int) -> VideoInfo:
+        """Frame count, rate and time base of video `index` (probed once per process, then cached)."""
+        if index not in self._info:
+            self._info[index] = probe(self.paths[index])
+        return self._info[index]
 
-    def _decode(self, index: int, wanted: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
-        """Frames {frame number: uint8 [H, W, C]} whose numbers are in `wanted` (None = count only).
-
-        Returns them with the number of frames decoded; stops after the last wanted frame.
-        """
-        av = _import_av()
-        pixel_format = "rgb24" if self.channels == 3 else "gray"
-        last = max(wanted) if wanted else -1
-        out: dict[int, np.ndarray] = {}
-        count = 0
-        container = self._open(index)
-        try:
-            for count, frame in enumerate(container.decode(video=0), start=1):
-                if wanted is not None and count - 1 in wanted:
-                    out[count - 1] = frame.to_ndarray(format=pixel_format).reshape(
-                        frame.height, frame.width, -1
-                    )
-                    if count - 1 == last:
-                        break
-        except av.FFmpegError as err:
-            raise VideoDecodeError(f"cannot decode video {self.paths[index]!r}: {err}") from err
-        finally:
-            container.close()
-        if count == 0:
-            raise VideoDecodeError(f"cannot decode video {self.paths[index]!r}: no frames decoded")
-        return out, count
-
-    def num_frames(self, index: int) -> int:
-        """Frame count of video `index`, from the header when present, else by decoding it once."""
-        if index not in self._num_frames:
-            container = self._open(index)
-            declared = container.streams.video[0].frames
-            container.close()
-            self._num_frames[index] = declared if declared > 0 else self._decode(index, None)[1]
-        return self._num_frames[index]
+    def frame_step(self, info: VideoInfo) -> Fraction:
+        """Source frames between two clip frames: `frame_stride`, or the video's rate / `fps`."""
+        return info.fps / Fraction(self.fps) if self.fps > 0 else Fraction(self.frame_stride)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, step = key
@@ -192,14 +145,16 @@ class VideoFolder(torch.utils.data.Dataset):
 
     def _read(self, index: int, step: int) -> dict:
         """Item `(index, step)` read from video `index` (raises VideoDecodeError where it does not decode)."""
-        span = (self.frames - 1) * self.frame_stride + 1
+        info = self.info(index)
+        step_frames = self.frame_step(info)
+        span = round((self.frames - 1) * step_frames) + 1
         rng = np.random.default_rng((self.seed, index))
-        offset = int(rng.integers(max(self.num_frames(index) - span, 0) + 1))
-        numbers = [offset + k * self.frame_stride for k in range(self.frames)]
-        decoded, _ = self._decode(index, set(numbers))
-        if not decoded:  # header over-counted frames: fall back to the start of the video
-            numbers = [k * self.frame_stride for k in range(self.frames)]
-            decoded, _ = self._decode(index, set(numbers))
+        offset = int(rng.integers(max(info.num_frames - span, 0) + 1))
+        numbers = [offset + round(k * step_frames) for k in range(self.frames)]
+        pixel_format = "rgb24" if self.channels == 3 else "gray"
+        decoded = read_frames(self.paths[index], numbers, info, pixel_format)
+        if not decoded:
+            raise VideoDecodeError(f"cannot decode video {self.paths[index]!r}: no frames decoded")
         # Missing numbers lie past the end: repeat the last frame actually decoded.
         last = decoded[max(decoded)]
         clip = np.stack([decoded.get(n, last) for n in numbers])

@@ -63,7 +63,7 @@ def _check_masks_leave_input(hier: HierarchicalMaskSampler, cfg: Config, batches
 def build_dataset_for(cfg: Config, split: str):
     return build_dataset(cfg.data.dataset, split, frames=cfg.data.frames, size=cfg.model.img_size,
                          channels=cfg.model.in_chans, root=cfg.data.root, seed=cfg.data.seed,
-                         frame_stride=cfg.data.frame_stride, digit_size=cfg.data.digit_size,
+                         frame_stride=cfg.data.frame_stride, fps=cfg.data.fps, digit_size=cfg.data.digit_size,
                          digits=cfg.data.digits, background=cfg.data.background)
 
 

@@ -140,3 +140,17 @@ def test_a_corrupt_video_is_skipped_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="bad.mp4"):
         item = ds[(0, 0)]
     assert torch.equal(item["clip"], ds[(1, 0)]["clip"])
+
+
+def test_fps_sampling_takes_the_nearest_frame_to_each_time(tmp_path: Path) -> None:
+    """At 10 fps source, fps=5 takes every 2nd frame and fps=4 frames 2.5 apart (rounded); uint8 throughout."""
+    (tmp_path / "a").mkdir()
+    write_video(tmp_path / "a" / "v.mp4", 20, "mpeg4")
+    for fps, gaps in ((5.0, {2}), (4.0, {2, 3})):
+        clip = VideoFolder(str(tmp_path), frames=5, size=16, fps=fps)[(0, 0)]["clip"]
+        numbers = frame_numbers(clip)
+        assert clip.dtype == torch.uint8
+        assert {b - a for a, b in zip(numbers, numbers[1:])} == gaps
+        assert numbers[-1] - numbers[0] == round(4 * 10 / fps)
+    with pytest.raises(ValueError, match="fps"):
+        VideoFolder(str(tmp_path), fps=-1.0)

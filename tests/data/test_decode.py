@@ -1,0 +1,57 @@
+"""The seeking reader returns exactly the frames of a decode from the start, on short- and long-GOP videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hjepa_fast.data.decode import VideoDecodeError, probe, read_frames, read_frames_from_start
+
+VIDEOS = {  # name: (frames, write_clip options)
+    "h264_gop4.mp4": (60, {"gop": 4}),
+    "h264_gop250.mp4": (75, {"gop": 250}),  # one keyframe: every seek lands on frame 0
+    "h264_gop12_fps30.mkv": (70, {"gop": 12, "fps": 30}),
+    "mpeg4_gop10.mp4": (50, {"codec": "mpeg4", "gop": 10}),
+    "ffv1.mkv": (40, {"codec": "ffv1", "gop": 1}),  # no frame count in the header
+}
+
+
+@pytest.mark.parametrize("name", list(VIDEOS))
+def test_seeking_reader_equals_full_decode(make_clip, full_decode, name: str) -> None:
+    frames, options = VIDEOS[name]
+    path = make_clip(name, frames, **options)
+    reference = full_decode(path)
+    info = probe(str(path))
+    assert info.num_frames == len(reference) == frames
+    rng = np.random.default_rng(0)
+    picks = [[0], [frames - 1], list(range(frames - 5, frames)), [7, 3, 7, 30]]
+    picks += [sorted(rng.choice(frames, size=4, replace=False).tolist()) for _ in range(4)]
+    for numbers in picks:
+        got = read_frames(str(path), numbers, info)
+        assert sorted(got) == sorted(set(numbers))
+        for n in numbers:
+            assert np.array_equal(got[n], reference[n]), f"{name}: frame {n} differs"
+    assert sorted(read_frames_from_start(str(path), [2, 9])) == [2, 9]
+
+
+def test_frames_past_the_end_are_absent_and_gray_has_one_channel(make_clip, full_decode) -> None:
+    frames, options = VIDEOS["h264_gop4.mp4"]
+    path = str(make_clip("h264_gop4.mp4", frames, **options))
+    info = probe(path)
+    got = read_frames(path, [58, 59, 60, 75], info)
+    assert sorted(got) == [58, 59]
+    gray = read_frames(path, [10], info, pixel_format="gray")[10]
+    assert gray.shape == (48, 64, 1) and gray.dtype == np.uint8
+    assert np.array_equal(gray, full_decode(path, "gray")[10])
+
+
+def test_unreadable_files_raise_naming_the_file(tmp_path, make_clip) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(make_clip("h264_gop4.mp4", 60, gop=4).read_bytes()[:3000])
+    for path in (empty, noise, truncated):
+        with pytest.raises(VideoDecodeError, match=path.name):
+            probe(str(path))
