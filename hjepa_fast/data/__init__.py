@@ -9,10 +9,10 @@ import os
 
 from hjepa_fast.data.moving_digits import MovingDigits
 from hjepa_fast.data.rollouts import Rollouts
-from hjepa_fast.data.sampler import StepBatchSampler
+from hjepa_fast.data.sampler import SampleKey, StepBatchSampler
 from hjepa_fast.data.video_folder import VideoFolder
 
-__all__ = ["DATASETS", "MovingDigits", "Rollouts", "StepBatchSampler", "VideoFolder", "build_dataset"]
+__all__ = ["DATASETS", "MovingDigits", "Rollouts", "SampleKey", "StepBatchSampler", "VideoFolder", "build_dataset"]
 
 DATASETS = ("moving_digits", "video_folder", "rollouts")
 

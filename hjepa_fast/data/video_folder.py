@@ -13,7 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hjepa_fast.data.clips import clip_frame_numbers
 from hjepa_fast.data.decode import VideoDecodeError, VideoInfo, import_av, probe, read_frames
+from hjepa_fast.data.sampler import SampleKey
 from hjepa_fast.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -60,13 +62,15 @@ class VideoFolder(torch.utils.data.Dataset):
     """Every video under `root` (recursive, sorted), or with `split` its files of `split_by_file`; label =
     rank of its parent folder's name among all videos under `root`.
 
-    Item `(index, step)` -> `{"clip": uint8 [frames, channels, size, size], "labels": {"class": k},
-    "step": step}`. The clip takes `frames` frames `frame_stride` source frames apart, or with `fps` > 0
-    frames 1/fps seconds apart (the nearest source frame to each time), from an offset drawn from
-    (seed, index) only, so the same index always gives the same clip; videos too short are padded by
-    repeating their last frame. Decoding seeks to the keyframe before the clip and stops after its last
-    frame (`hjepa_fast.data.decode`); frames stay uint8 from the decoder to the batch. A video that does not decode is
-    skipped with a warning (item `index` then reads the next video that does), so one bad file in a large
+    Item `SampleKey(index, step, slot, part, parts)` (or `(index, step)`) -> `{"clip": uint8 [frames,
+    channels, size, size], "labels": {"class": k}, "step": step}`. The clip takes `frames` frames
+    `frame_stride` source frames apart, or with `fps` > 0 frames 1/fps seconds apart (the nearest source
+    frame to each time), from an offset drawn in part `part` of `parts` of the video by a generator seeded
+    by (seed, step, slot, index): every visit of a video draws a fresh clip, and a resumed or re-sharded run
+    draws the same clips as an uninterrupted one. Videos too short are padded by repeating their last
+    frame. Decoding seeks to the keyframe before the clip and stops after its last frame
+    (`hjepa_fast.data.decode`); frames stay uint8 from the decoder to the batch. A video that does not
+    decode is skipped with a warning (item `index` then reads the next video that does), so one bad file in a large
     folder does not end a run; a folder where none decodes is refused.
     """
 
@@ -126,14 +130,15 @@ class VideoFolder(torch.utils.data.Dataset):
         """Source frames between two clip frames: `frame_stride`, or the video's rate / `fps`."""
         return info.fps / Fraction(self.fps) if self.fps > 0 else Fraction(self.frame_stride)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, step = key
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
+        key = SampleKey(*key)
+        index = key.index
         if not 0 <= index < len(self.paths):
             raise IndexError(f"video index {index} out of range [0, {len(self.paths)})")
         first_error = None
         for k in range(len(self.paths)):
             try:
-                item = self._read(index, step)
+                item = self._read(key._replace(index=index))
             except VideoDecodeError as err:
                 first_error = first_error or err
                 index = (index + 1) % len(self.paths)
@@ -143,14 +148,12 @@ class VideoFolder(torch.utils.data.Dataset):
             return item
         raise VideoDecodeError(f"no video under {self.root!r} decodes; first: {first_error}")
 
-    def _read(self, index: int, step: int) -> dict:
-        """Item `(index, step)` read from video `index` (raises VideoDecodeError where it does not decode)."""
+    def _read(self, key: SampleKey) -> dict:
+        """Item `key` read from video `key.index` (raises VideoDecodeError where it does not decode)."""
+        index = key.index
         info = self.info(index)
-        step_frames = self.frame_step(info)
-        span = round((self.frames - 1) * step_frames) + 1
-        rng = np.random.default_rng((self.seed, index))
-        offset = int(rng.integers(max(info.num_frames - span, 0) + 1))
-        numbers = [offset + round(k * step_frames) for k in range(self.frames)]
+        rng = np.random.default_rng([self.seed, key.step, key.slot, index])
+        numbers = clip_frame_numbers(info.num_frames, self.frames, self.frame_step(info), rng, key.part, key.parts)
         pixel_format = "rgb24" if self.channels == 3 else "gray"
         decoded = read_frames(self.paths[index], numbers, info, pixel_format)
         if not decoded:
@@ -162,5 +165,5 @@ class VideoFolder(torch.utils.data.Dataset):
         return {
             "clip": resize_center_crop(clip_t, self.size),
             "labels": {"class": self.targets[index]},
-            "step": step,
+            "step": key.step,
         }

@@ -74,7 +74,7 @@ def build_train_loader(cfg: Config, start_step: int = 0, rank: int = 0, world: i
     ``rank`` gets its rows of every global batch and of the global batch's masks."""
     dataset = build_dataset_for(cfg, "train")
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
-                               total_steps=cfg.train.steps - start_step)
+                               total_steps=cfg.train.steps - start_step, clips_per_video=cfg.data.clips_per_video)
     masks = build_mask_sampler(cfg)
     if world > 1:
         sampler = RankSlice(sampler, rank, world)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from video_files import LEVEL0, LEVEL_STEP, write_video
 
-from hjepa_fast.data import VideoFolder, build_dataset
+from hjepa_fast.data import SampleKey, StepBatchSampler, VideoFolder, build_dataset
 from hjepa_fast.data.video_folder import resize_center_crop
 
 av = pytest.importorskip("av")
@@ -58,15 +58,45 @@ def test_clip_is_consecutive_strided_frames(root: Path, index: int) -> None:
     assert 0 <= numbers[0] and numbers[-1] <= 19
 
 
-def test_clip_depends_on_seed_and_index_only(root: Path) -> None:
+def test_clip_is_a_function_of_seed_step_slot_and_index(root: Path) -> None:
     ds = VideoFolder(str(root), frames=4, size=16)
-    first = ds[(0, 0)]["clip"]
-    assert torch.equal(first, ds[(0, 999)]["clip"])
-    assert torch.equal(first, VideoFolder(str(root), frames=4, size=16)[(0, 5)]["clip"])
-    offsets = {
-        frame_numbers(VideoFolder(str(root), frames=4, size=16, seed=s)[(0, 0)]["clip"])[0] for s in range(8)
-    }
-    assert len(offsets) > 1  # the seed really moves the offset (17 possible values)
+    first = ds[SampleKey(0, 3, 1)]["clip"]
+    assert torch.equal(first, VideoFolder(str(root), frames=4, size=16)[SampleKey(0, 3, 1)]["clip"])
+    for vary in ({"step": 4}, {"slot": 2}):  # offsets differ across steps, slots and seeds (17 possible values)
+        starts = {frame_numbers(ds[SampleKey(0, 3, 1)._replace(**{k: v + d for k, v in vary.items()})]["clip"])[0]
+                  for d in range(8)}
+        assert len(starts) > 1
+    seeds = {frame_numbers(VideoFolder(str(root), frames=4, size=16, seed=s)[(0, 0)]["clip"])[0] for s in range(8)}
+    assert len(seeds) > 1
+
+
+def test_two_epochs_draw_different_clips_and_a_resumed_run_the_same(root: Path) -> None:
+    """Batch 3 over 3 videos: one epoch a step. Each video's clip changes between epochs; a sampler started
+    at step 2 (a resumed run) yields exactly the batches of steps 2.. of an uninterrupted one."""
+    ds = VideoFolder(str(root), frames=4, size=16)
+
+    def batches(start: int, steps: int) -> list[dict]:
+        sampler = StepBatchSampler(len(ds), 3, seed=5, start_step=start, total_steps=steps)
+        return [{key.index: ds[key]["clip"] for key in keys} for keys in sampler]
+
+    full = batches(0, 4)
+    starts = [[frame_numbers(epoch[v])[0] for epoch in full] for v in (0, 1)]  # the two 20-frame videos
+    assert all(len(set(s)) > 1 for s in starts), starts
+    resumed = batches(2, 2)
+    for a, b in zip(full[2:], resumed, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[v], b[v]) for v in a)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_several_clips_per_video_come_from_its_equal_parts(root: Path, parts: int) -> None:
+    """20 frames in `parts` parts: the clip of part p starts in it, and for 3 parts (6-7 frames each) the
+    4-frame clip fits inside."""
+    ds = VideoFolder(str(root), frames=4, size=16)
+    for part in range(parts):
+        low, high = part * 20 // parts, (part + 1) * 20 // parts
+        for step in range(6):
+            numbers = frame_numbers(ds[SampleKey(0, step, 0, part, parts)]["clip"])
+            assert low <= numbers[0] and numbers[-1] < high, (part, numbers)
 
 
 def test_short_video_padded_with_last_frame(root: Path) -> None:
