@@ -28,6 +28,10 @@ def build_dataset(
     seed: int,
     frame_stride: int = 1,
     fps: float = 0.0,
+    augment: bool = False,
+    crop_scale: tuple[float, float] = (0.3, 1.0),
+    crop_aspect: tuple[float, float] = (0.75, 1.35),
+    hflip: bool = False,
     digit_size: int = 16,
     digits: int = 1,
     background: str = "black",
@@ -36,7 +40,7 @@ def build_dataset(
 
     video_folder reads `root/split` when that folder exists, else its files of `root` (split by file).
     moving_digits is 1-channel and uses `digit_size`, `digits` and `background`; video_folder uses `root`,
-    `frame_stride` and `fps`;
+    `frame_stride`, `fps` and the augmentation (`augment`, `crop_scale`, `crop_aspect`, `hflip`: training only);
     rollouts reads a `hjepa collect` folder `root` (items carry actions).
     """
     if name == "moving_digits":
@@ -48,11 +52,11 @@ def build_dataset(
         if root is None:
             raise ValueError("video_folder needs a root folder (got root=None)")
         split_root = os.path.join(root, split)
+        options = dict(frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed, fps=fps,
+                       augment=augment, crop_scale=crop_scale, crop_aspect=crop_aspect, hflip=hflip)
         if os.path.isdir(split_root):
-            return VideoFolder(split_root, frames=frames, size=size, frame_stride=frame_stride, channels=channels,
-                               seed=seed, fps=fps)
-        return VideoFolder(root, frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed,
-                           split=split, fps=fps)
+            return VideoFolder(split_root, **options)
+        return VideoFolder(root, split=split, **options)
     if name == "rollouts":
         if root is None:
             raise ValueError("rollouts needs a root folder written by hjepa collect (got root=None)")

@@ -11,8 +11,8 @@ from fractions import Fraction
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from hjepa_fast.data.augment import center_box, crop_resize, random_resized_box
 from hjepa_fast.data.clips import clip_frame_numbers
 from hjepa_fast.data.decode import VideoDecodeError, VideoInfo, import_av, probe, read_frames
 from hjepa_fast.data.sampler import SampleKey
@@ -43,35 +43,26 @@ def split_by_file(paths: list[str], root: str, split: str) -> list[int]:
     return [i for i in range(len(paths)) if (i in val) == (split == "val")]
 
 
-def resize_center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [T, C, H, W] -> uint8 [T, C, size, size]: shorter side to `size` (antialiased), center crop."""
-    height, width = clip.shape[-2:]
-    if min(height, width) != size:
-        scale = size / min(height, width)
-        new_hw = (max(size, round(height * scale)), max(size, round(width * scale)))
-        resized = F.interpolate(
-            clip.float(), size=new_hw, mode="bilinear", antialias=True, align_corners=False
-        )
-        clip = resized.round().clamp(0, 255).to(torch.uint8)
-        height, width = new_hw
-    top, left = (height - size) // 2, (width - size) // 2
-    return clip[..., top : top + size, left : left + size]
-
-
 class VideoFolder(torch.utils.data.Dataset):
     """Every video under `root` (recursive, sorted), or with `split` its files of `split_by_file`; label =
     rank of its parent folder's name among all videos under `root`.
 
     Item `SampleKey(index, step, slot, part, parts)` (or `(index, step)`) -> `{"clip": uint8 [frames,
-    channels, size, size], "labels": {"class": k}, "step": step}`. The clip takes `frames` frames
-    `frame_stride` source frames apart, or with `fps` > 0 frames 1/fps seconds apart (the nearest source
-    frame to each time), from an offset drawn in part `part` of `parts` of the video by a generator seeded
-    by (seed, step, slot, index): every visit of a video draws a fresh clip, and a resumed or re-sharded run
-    draws the same clips as an uninterrupted one. Videos too short are padded by repeating their last
-    frame. Decoding seeks to the keyframe before the clip and stops after its last frame
-    (`hjepa_fast.data.decode`); frames stay uint8 from the decoder to the batch. A video that does not
-    decode is skipped with a warning (item `index` then reads the next video that does), so one bad file in a large
-    folder does not end a run; a folder where none decodes is refused.
+    channels, size, size], "labels": {"class": k}, "step": step}`.
+
+    - Frames: `frames` of them, `frame_stride` source frames apart, or with `fps` > 0 1/fps seconds apart
+      (the nearest source frame to each time), from a start drawn in part `part` of `parts` equal parts of
+      the video. Videos too short are padded by repeating their last frame.
+    - Crop: the centred square, or with `augment` a random resized crop (area `crop_scale` of the frame,
+      aspect `crop_aspect`; with `hflip` mirrored with probability 1/2), one box per clip; then resized to
+      `size`.
+    - Randomness: one generator seeded by (seed, step, slot, index) draws start, box and flip, so every visit
+      of a video draws a fresh clip and a resumed or re-sharded run draws the same clips as an uninterrupted
+      one.
+    - Decoding seeks to the keyframe before the clip and stops after its last frame
+      (`hjepa_fast.data.decode`); frames stay uint8 from the decoder to the batch.
+    - A video that does not decode is skipped with a warning (item `index` then reads the next video that
+      does), so one bad file in a large folder does not end a run; a folder where none decodes is refused.
     """
 
     def __init__(
@@ -84,12 +75,20 @@ class VideoFolder(torch.utils.data.Dataset):
         seed: int = 0,
         split: str | None = None,
         fps: float = 0.0,
+        augment: bool = False,
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+        crop_aspect: tuple[float, float] = (0.75, 1.35),
+        hflip: bool = False,
     ) -> None:
         import_av()  # fail early with the install hint; the module is not stored, so the set pickles
         if frames < 1 or frame_stride < 1 or size < 1:
             raise ValueError(f"frames, size, frame_stride must be >= 1, got {frames}, {size}, {frame_stride}")
         if fps < 0:
             raise ValueError(f"fps must be > 0 (sample at that rate) or 0 (use frame_stride), got {fps}")
+        if not (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1] <= 1):
+            raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {crop_scale}")
+        if not (len(crop_aspect) == 2 and 0 < crop_aspect[0] <= crop_aspect[1]):
+            raise ValueError(f"crop_aspect must be [low, high] with 0 < low <= high, got {crop_aspect}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         if not os.path.isdir(root):
@@ -99,6 +98,8 @@ class VideoFolder(torch.utils.data.Dataset):
         self.size = size
         self.frame_stride = frame_stride
         self.fps = fps
+        self.augment, self.hflip = augment, hflip
+        self.crop_scale, self.crop_aspect = tuple(crop_scale), tuple(crop_aspect)
         self.channels = channels
         self.seed = seed
         self.paths = sorted(
@@ -161,9 +162,15 @@ class VideoFolder(torch.utils.data.Dataset):
         # Missing numbers lie past the end: repeat the last frame actually decoded.
         last = decoded[max(decoded)]
         clip = np.stack([decoded.get(n, last) for n in numbers])
-        clip_t = torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()  # [T, C, H, W]
+        clip_t = torch.from_numpy(clip).permute(0, 3, 1, 2)  # [T, C, H, W]
+        height, width = clip_t.shape[-2:]
+        if self.augment:
+            box = random_resized_box(height, width, self.crop_scale, self.crop_aspect, rng)
+            flip = self.hflip and bool(rng.random() < 0.5)
+        else:
+            box, flip = center_box(height, width), False
         return {
-            "clip": resize_center_crop(clip_t, self.size),
+            "clip": crop_resize(clip_t, box, self.size, flip).contiguous(),
             "labels": {"class": self.targets[index]},
             "step": key.step,
         }

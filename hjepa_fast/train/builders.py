@@ -60,10 +60,13 @@ def _check_masks_leave_input(hier: HierarchicalMaskSampler, cfg: Config, batches
         ) from None
 
 
-def build_dataset_for(cfg: Config, split: str):
+def build_dataset_for(cfg: Config, split: str, train: bool = False):
+    """``train``: the training loader's set, augmented where ``data.augment`` says (evaluation never is)."""
     return build_dataset(cfg.data.dataset, split, frames=cfg.data.frames, size=cfg.model.img_size,
                          channels=cfg.model.in_chans, root=cfg.data.root, seed=cfg.data.seed,
-                         frame_stride=cfg.data.frame_stride, fps=cfg.data.fps, digit_size=cfg.data.digit_size,
+                         frame_stride=cfg.data.frame_stride, fps=cfg.data.fps, augment=train and cfg.data.augment,
+                         crop_scale=tuple(cfg.data.crop_scale), crop_aspect=tuple(cfg.data.crop_aspect),
+                         hflip=cfg.data.hflip, digit_size=cfg.data.digit_size,
                          digits=cfg.data.digits, background=cfg.data.background)
 
 
@@ -72,7 +75,7 @@ def build_train_loader(cfg: Config, start_step: int = 0, rank: int = 0, world: i
     function (inside the workers) from a generator seeded by (train.seed, step): resuming at a step
     reproduces the batches and masks an uninterrupted run would have seen. With ``world`` > 1, rank
     ``rank`` gets its rows of every global batch and of the global batch's masks."""
-    dataset = build_dataset_for(cfg, "train")
+    dataset = build_dataset_for(cfg, "train", train=True)
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
                                total_steps=cfg.train.steps - start_step, clips_per_video=cfg.data.clips_per_video)
     masks = build_mask_sampler(cfg)

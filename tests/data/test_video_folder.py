@@ -11,7 +11,7 @@ import torch
 from video_files import LEVEL0, LEVEL_STEP, write_video
 
 from hjepa_fast.data import SampleKey, StepBatchSampler, VideoFolder, build_dataset
-from hjepa_fast.data.video_folder import resize_center_crop
+from hjepa_fast.data.augment import center_box, crop_resize
 
 av = pytest.importorskip("av")
 
@@ -111,16 +111,16 @@ def test_grayscale_matches_rgb_brightness(root: Path) -> None:
     assert (rgb.float().mean((1, 2, 3)) - gray.float().mean((1, 2, 3))).abs().max() < 8
 
 
-def test_resize_center_crop() -> None:
-    """Shorter side goes to `size`, then the middle is kept: left/right thirds of a 48-wide image drop."""
+def test_center_crop_then_resize() -> None:
+    """The middle square is kept, then resized: the outer sixths of a 48-wide image drop."""
     clip = torch.zeros(2, 1, 32, 48, dtype=torch.uint8)
     clip[..., 16:32] = 100
     clip[..., 32:] = 200
-    out = resize_center_crop(clip, 16)  # 32x48 -> 16x24 -> crop columns 4..20
+    out = crop_resize(clip, center_box(32, 48), 16)  # columns 8..40 -> 16 wide
     assert out.shape == (2, 1, 16, 16) and out.dtype == torch.uint8
     assert (out[..., 5:11] == 100).all()  # the 100-band, away from blended edges
     assert out[..., 0].float().mean() < 100 < out[..., -1].float().mean()
-    assert torch.equal(resize_center_crop(clip[..., :32], 32), clip[..., :32])
+    assert torch.equal(crop_resize(clip[..., :32], center_box(32, 32), 32), clip[..., :32])
 
 
 def test_pickles_for_worker_processes(root: Path) -> None:
