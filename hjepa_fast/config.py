@@ -63,6 +63,8 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])  # augment: crop area / frame area
     crop_aspect: list[float] = field(default_factory=lambda: [0.75, 1.35])  # augment: crop width / height
     hflip: bool = False  # augment: mirror half the clips left-right
+    pad_short: bool = False  # video_folder: a video shorter than a clip repeats its last frame (False: skipped)
+    max_bad_fraction: float = 0.05  # video_folder: stop when more than this fraction of the files is skipped
     digit_size: int = 16  # moving_digits only: side of the moving digit in pixels
     digits: int = 1  # moving_digits only: the labelled digit plus digits - 1 distractors (they pass behind it)
     background: str = "black"  # moving_digits only: black | texture (a procedural texture panning across)
@@ -370,7 +372,7 @@ RANGES = {
     "model.drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"), "model.action_dim": _AT_LEAST_0,
     "data.frames": _AT_LEAST_1, "data.frame_stride": _AT_LEAST_1, "data.fps": _AT_LEAST_0,
     "data.clips_per_video": _AT_LEAST_1, "data.crop_scale": _SCALE, "data.crop_aspect": _POSITIVE,
-    "data.digit_size": _AT_LEAST_1,
+    "data.max_bad_fraction": _FRACTION, "data.digit_size": _AT_LEAST_1,
     "data.num_workers": _AT_LEAST_0, "data.seed": _AT_LEAST_0, "data.digits": (lambda v: 1 <= v <= 100, "in [1, 100]"),
     "masks.num_blocks": _AT_LEAST_1, "masks.min_keep": _AT_LEAST_0, "masks.horizon": _AT_LEAST_1,
     "masks.target_scale": _SCALE, "masks.target_aspect": _POSITIVE, "masks.context_scale": _SCALE,

@@ -32,6 +32,8 @@ def build_dataset(
     crop_scale: tuple[float, float] = (0.3, 1.0),
     crop_aspect: tuple[float, float] = (0.75, 1.35),
     hflip: bool = False,
+    pad_short: bool = False,
+    max_bad_fraction: float = 0.05,
     digit_size: int = 16,
     digits: int = 1,
     background: str = "black",
@@ -40,7 +42,8 @@ def build_dataset(
 
     video_folder reads `root/split` when that folder exists, else its files of `root` (split by file).
     moving_digits is 1-channel and uses `digit_size`, `digits` and `background`; video_folder uses `root`,
-    `frame_stride`, `fps` and the augmentation (`augment`, `crop_scale`, `crop_aspect`, `hflip`: training only);
+    `frame_stride`, `fps`, the augmentation (`augment`, `crop_scale`, `crop_aspect`, `hflip`: training only) and
+    the bad-file rules (`pad_short`, `max_bad_fraction`);
     rollouts reads a `hjepa collect` folder `root` (items carry actions).
     """
     if name == "moving_digits":
@@ -53,7 +56,8 @@ def build_dataset(
             raise ValueError("video_folder needs a root folder (got root=None)")
         split_root = os.path.join(root, split)
         options = dict(frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed, fps=fps,
-                       augment=augment, crop_scale=crop_scale, crop_aspect=crop_aspect, hflip=hflip)
+                       augment=augment, crop_scale=crop_scale, crop_aspect=crop_aspect, hflip=hflip,
+                       pad_short=pad_short, max_bad_fraction=max_bad_fraction)
         if os.path.isdir(split_root):
             return VideoFolder(split_root, **options)
         return VideoFolder(root, split=split, **options)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import warnings
 import zlib
 from fractions import Fraction
 
@@ -13,9 +12,10 @@ import numpy as np
 import torch
 
 from hjepa_fast.data.augment import center_box, crop_resize, random_resized_box
-from hjepa_fast.data.clips import clip_frame_numbers
+from hjepa_fast.data.clips import clip_frame_numbers, clip_span
 from hjepa_fast.data.decode import VideoDecodeError, VideoInfo, import_av, probe, read_frames
 from hjepa_fast.data.sampler import SampleKey
+from hjepa_fast.data.skips import NoUsableVideoError, SkippedFiles
 from hjepa_fast.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -43,6 +43,10 @@ def split_by_file(paths: list[str], root: str, split: str) -> list[int]:
     return [i for i in range(len(paths)) if (i in val) == (split == "val")]
 
 
+class VideoTooShortError(DataError):
+    """A video with fewer frames than one clip spans."""
+
+
 class VideoFolder(torch.utils.data.Dataset):
     """Every video under `root` (recursive, sorted), or with `split` its files of `split_by_file`; label =
     rank of its parent folder's name among all videos under `root`.
@@ -61,8 +65,10 @@ class VideoFolder(torch.utils.data.Dataset):
       one.
     - Decoding seeks to the keyframe before the clip and stops after its last frame
       (`hjepa_fast.data.decode`); frames stay uint8 from the decoder to the batch.
-    - A video that does not decode is skipped with a warning (item `index` then reads the next video that
-      does), so one bad file in a large folder does not end a run; a folder where none decodes is refused.
+    - Bad files: a video that does not open or decode (corrupt, empty, no video stream), or one shorter than
+      a clip (unless `pad_short`: then its last frame repeats), is skipped: item `index` reads the next
+      video that is usable, each skipped file is logged once (`SkippedFiles`, shared by the DataLoader's
+      workers), and past `max_bad_fraction` of the files skipped the run stops with an error naming it.
     """
 
     def __init__(
@@ -79,6 +85,8 @@ class VideoFolder(torch.utils.data.Dataset):
         crop_scale: tuple[float, float] = (0.3, 1.0),
         crop_aspect: tuple[float, float] = (0.75, 1.35),
         hflip: bool = False,
+        pad_short: bool = False,
+        max_bad_fraction: float = 0.05,
     ) -> None:
         import_av()  # fail early with the install hint; the module is not stored, so the set pickles
         if frames < 1 or frame_stride < 1 or size < 1:
@@ -102,6 +110,7 @@ class VideoFolder(torch.utils.data.Dataset):
         self.crop_scale, self.crop_aspect = tuple(crop_scale), tuple(crop_aspect)
         self.channels = channels
         self.seed = seed
+        self.pad_short = pad_short
         self.paths = sorted(
             os.path.join(folder, name)
             for folder, _, names in os.walk(root)
@@ -117,6 +126,7 @@ class VideoFolder(torch.utils.data.Dataset):
             keep = split_by_file(self.paths, root, split)
             self.paths, self.targets = [self.paths[i] for i in keep], [self.targets[i] for i in keep]
         self._info: dict[int, VideoInfo] = {}  # per-process cache of probed videos
+        self.skipped = SkippedFiles(len(self.paths), root, max_bad_fraction)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -136,25 +146,27 @@ class VideoFolder(torch.utils.data.Dataset):
         index = key.index
         if not 0 <= index < len(self.paths):
             raise IndexError(f"video index {index} out of range [0, {len(self.paths)})")
-        first_error = None
-        for k in range(len(self.paths)):
-            try:
-                item = self._read(key._replace(index=index))
-            except VideoDecodeError as err:
-                first_error = first_error or err
-                index = (index + 1) % len(self.paths)
+        for candidate in [*range(index, len(self.paths)), *range(index)]:
+            if candidate in self.skipped:
                 continue
-            if k:
-                warnings.warn(f"skipped {k} video(s) that do not decode, first: {first_error}", stacklevel=2)
-            return item
-        raise VideoDecodeError(f"no video under {self.root!r} decodes; first: {first_error}")
+            try:
+                return self._read(key._replace(index=candidate))
+            except (VideoDecodeError, VideoTooShortError) as err:
+                self.skipped.skip(candidate, str(err))
+        # Reached where other workers skipped the last files (this process raised otherwise, in skip).
+        raise NoUsableVideoError(f"no video under {self.root!r} decodes or is long enough: all {len(self)} skipped")
 
     def _read(self, key: SampleKey) -> dict:
-        """Item `key` read from video `key.index` (raises VideoDecodeError where it does not decode)."""
+        """Item `key` read from video `key.index`; raises VideoDecodeError where it does not decode and
+        VideoTooShortError where it is shorter than a clip (and `pad_short` is off)."""
         index = key.index
         info = self.info(index)
+        frame_step = self.frame_step(info)
+        if not self.pad_short and info.num_frames < clip_span(self.frames, frame_step):
+            raise VideoTooShortError(f"video {self.paths[index]!r} is too short: {info.num_frames} frames, a clip "
+                                     f"spans {clip_span(self.frames, frame_step)} (data.pad_short pads it instead)")
         rng = np.random.default_rng([self.seed, key.step, key.slot, index])
-        numbers = clip_frame_numbers(info.num_frames, self.frames, self.frame_step(info), rng, key.part, key.parts)
+        numbers = clip_frame_numbers(info.num_frames, self.frames, frame_step, rng, key.part, key.parts)
         pixel_format = "rgb24" if self.channels == 3 else "gray"
         decoded = read_frames(self.paths[index], numbers, info, pixel_format)
         if not decoded:

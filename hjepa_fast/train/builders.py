@@ -66,7 +66,8 @@ def build_dataset_for(cfg: Config, split: str, train: bool = False):
                          channels=cfg.model.in_chans, root=cfg.data.root, seed=cfg.data.seed,
                          frame_stride=cfg.data.frame_stride, fps=cfg.data.fps, augment=train and cfg.data.augment,
                          crop_scale=tuple(cfg.data.crop_scale), crop_aspect=tuple(cfg.data.crop_aspect),
-                         hflip=cfg.data.hflip, digit_size=cfg.data.digit_size,
+                         hflip=cfg.data.hflip, pad_short=cfg.data.pad_short,
+                         max_bad_fraction=cfg.data.max_bad_fraction, digit_size=cfg.data.digit_size,
                          digits=cfg.data.digits, background=cfg.data.background)
 
 
