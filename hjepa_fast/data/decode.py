@@ -11,6 +11,7 @@ frame before the clip.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from types import ModuleType
@@ -50,9 +51,16 @@ class VideoInfo:
         """Timestamp (in ``time_base`` ticks) at which frame ``number`` is shown."""
         return self.start + round(Fraction(number) / (self.fps * self.time_base))
 
+    @functools.cached_property
+    def _frames_per_tick(self) -> tuple[int, int]:
+        """``time_base * fps`` as (numerator, denominator): ``number`` runs per packet, in integers."""
+        ratio = self.time_base * self.fps
+        return ratio.numerator, ratio.denominator
+
     def number(self, pts: int) -> int:
         """Frame number of a frame shown at timestamp ``pts`` (nearest frame of the constant-rate grid)."""
-        return round((pts - self.start) * self.time_base * self.fps)
+        num, den = self._frames_per_tick
+        return (2 * (pts - self.start) * num + den) // (2 * den)
 
 
 def open_video(path: str) -> Any:

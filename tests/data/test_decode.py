@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
-from hjepa_fast.data.decode import VideoDecodeError, probe, read_frames, read_frames_from_start
+from hjepa_fast.data.decode import VideoDecodeError, VideoInfo, probe, read_frames, read_frames_from_start
 
 VIDEOS = {  # name: (frames, write_clip options)
     "h264_gop4.mp4": (60, {"gop": 4}),
@@ -55,3 +57,15 @@ def test_unreadable_files_raise_naming_the_file(tmp_path, make_clip) -> None:
     for path in (empty, noise, truncated):
         with pytest.raises(VideoDecodeError, match=path.name):
             probe(str(path))
+
+
+@pytest.mark.parametrize("fps, time_base, start", [(Fraction(30000, 1001), Fraction(1, 90000), 0),
+                                                   (Fraction(25), Fraction(1, 12800), 1024),
+                                                   (Fraction(24), Fraction(1, 1000), -42)])
+def test_frame_numbers_and_timestamps_round_trip(fps: Fraction, time_base: Fraction, start: int) -> None:
+    """NTSC's 29.97 fps has no whole number of ticks per frame: each frame still maps back to its number,
+    and a timestamp off the grid by under half a frame maps to the nearest frame."""
+    info = VideoInfo(5000, fps, start, time_base)
+    assert [info.number(info.pts(n)) for n in range(5000)] == list(range(5000))
+    almost_half = int(0.45 / (fps * time_base))
+    assert info.number(info.pts(100) + almost_half) == 100 and info.number(info.pts(100) - almost_half) == 100
