@@ -23,7 +23,7 @@ import torch
 from benchmarks.harness import device_info, measure, parser, write_results
 from hjepa_fast.data import SampleKey, VideoFolder
 from hjepa_fast.data.clips import clip_frame_numbers
-from hjepa_fast.data.decode import import_av, probe, read_frames, read_frames_from_start
+from hjepa_fast.data.decode import Video, import_av
 
 FPS, FRAMES, STRIDE = 30, 16, 2
 
@@ -58,6 +58,12 @@ def write_videos(folder: Path, count: int, seconds: int, width: int, height: int
     return paths
 
 
+def read(path: str, numbers: list[int], from_start: bool, threads: int | None) -> tuple[dict, int]:
+    """One clip's frames as the benchmarked reader gets them (one open of the file), and the frame count."""
+    with Video(path, threads=threads) as video:
+        return (video.read_from_start if from_start else video.read)(numbers), video.info.num_frames
+
+
 def main() -> None:
     cli = parser(__doc__.splitlines()[0])
     cli.add_argument("--videos", type=int, default=4)
@@ -73,20 +79,18 @@ def main() -> None:
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_videos(Path(tmp), args.videos, args.seconds, width, height, args.gop)
-        infos = [probe(p) for p in paths]
+        counts = [read(p, [], False, 1)[1] for p in paths]
         rng = np.random.default_rng(1)
         picks = [int(rng.integers(len(paths))) for _ in range(args.clips)]
-        clips = [(paths[v], infos[v], clip_frame_numbers(infos[v].num_frames, FRAMES, Fraction(STRIDE), rng))
-                 for v in picks]
-        mean_start = np.mean([numbers[0] for _, _, numbers in clips])
+        clips = [(paths[v], clip_frame_numbers(counts[v], FRAMES, Fraction(STRIDE), rng)) for v in picks]
+        mean_start = np.mean([numbers[0] for _, numbers in clips])
         folder = VideoFolder(tmp, frames=FRAMES, size=224, frame_stride=STRIDE)
         assert folder.paths == paths, "VideoFolder lists the videos in the order they were written"
         keys = [SampleKey(v, 0, slot) for slot, v in enumerate(picks)]
         paths_to_time = {
-            "from start, PyAV default threads (before)": lambda: [read_frames_from_start(p, n, threads=None)
-                                                                  for p, _, n in clips],
-            "from start": lambda: [read_frames_from_start(p, n) for p, _, n in clips],
-            "seeking": lambda: [read_frames(p, n, info) for p, info, n in clips],
+            "from start, PyAV default threads (before)": lambda: [read(p, n, True, None) for p, n in clips],
+            "from start": lambda: [read(p, n, True, 1) for p, n in clips],
+            "seeking": lambda: [read(p, n, False, 1) for p, n in clips],
             "VideoFolder item (seek, crop, 224 px)": lambda: [folder[k] for k in keys],
         }
         rows = []

@@ -1,15 +1,16 @@
 """Frame-exact clip decoding with PyAV: seek to the keyframe before the clip, decode only up to its last frame.
 
 A video's frames are numbered 0 .. n-1 in presentation order; frame k is the one shown at
-``start + k / fps``, where ``fps`` is the stream's average rate (constant-frame-rate videos: every camera and
-encoder setting we train on). The seeking reader maps each decoded frame's timestamp back to its number, so
-it returns exactly the frames a decode from the start would have returned at those positions (tested against
-one on short- and long-GOP H.264 and MPEG-4), at the cost of at most one GOP of extra frames instead of every
-frame before the clip.
+``start + k / fps``, where ``fps`` is the stream's average rate (a variable-rate video is read on that grid:
+the nearest frame to each time). The seeking reader maps each decoded frame's timestamp back to its number,
+so it returns exactly the frames a decode from the start would have returned at those positions (tested
+against one on short- and long-GOP H.264, MPEG-4 and FFV1), at the cost of at most one GOP of extra frames
+instead of every frame before the clip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
@@ -68,7 +69,7 @@ def open_video(path: str) -> Any:
     av = import_av()
     try:
         container = av.open(path)
-    except (av.FFmpegError, OSError) as err:  # OSError: PyAV < 9 and some I/O errors
+    except (av.FFmpegError, OSError) as err:  # OSError: unreadable files (permissions, I/O)
         raise VideoDecodeError(f"cannot open video {path!r}: {err}") from err
     if not container.streams.video:
         container.close()
@@ -76,122 +77,134 @@ def open_video(path: str) -> Any:
     return container
 
 
-def probe(path: str) -> VideoInfo:
-    """The ``VideoInfo`` of ``path``'s first video stream."""
-    av = import_av()
-    with open_video(path) as container:
-        stream = container.streams.video[0]
+# Containers whose packets carry presentation timestamps (the seeking reader needs them). AVI stores decode
+# order only: with B-frames its timestamps do not say which frame is shown when, so AVI is read from the start.
+TIMESTAMPED_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
+
+
+class Video:
+    """One open video file: its ``VideoInfo`` and frame-exact reads, one open per clip.
+
+    ``with Video(path) as video: frames = video.read(numbers)``. ``num_frames``: the frame count where the
+    caller knows it (a file whose header has none is otherwise counted by demuxing it, which reads every
+    packet and decodes nothing; ``counted`` says it was). ``threads``: decoder and pixel-conversion threads
+    (1 = one core, as a DataLoader worker should use; None = PyAV's defaults). Every error is a
+    VideoDecodeError naming the file."""
+
+    def __init__(self, path: str, num_frames: int | None = None, threads: int | None = 1) -> None:
+        self.av = import_av()
+        self.path, self.threads, self.counted = path, threads, False
+        self.container = open_video(path)
+        try:
+            self.stream = self.container.streams.video[0]
+            if threads is not None:
+                self.stream.codec_context.thread_count = threads
+            self.info = self._probe(num_frames)
+            self.timestamped = bool(TIMESTAMPED_FORMATS & set(self.container.format.name.split(",")))
+        except BaseException:
+            self.container.close()
+            raise
+
+    def __enter__(self) -> Video:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.container.close()
+
+    def _probe(self, num_frames: int | None) -> VideoInfo:
+        stream = self.stream
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not fps or stream.time_base is None:
-            raise VideoDecodeError(f"cannot decode video {path!r}: its stream has no frame rate or time base")
-        num_frames = stream.frames
-        if num_frames <= 0:  # no count in the header (mkv, webm): count packets, which is I/O only
-            try:
-                num_frames = sum(1 for packet in container.demux(stream) if packet.size)
-            except av.FFmpegError as err:
-                raise VideoDecodeError(f"cannot decode video {path!r}: {err}") from err
+            raise VideoDecodeError(f"cannot decode video {self.path!r}: its stream has no frame rate or time base")
+        if num_frames is None:
+            num_frames = stream.frames
+        if num_frames <= 0:  # no count in the header (mkv, webm)
+            with self._errors_named():
+                num_frames = sum(1 for packet in self.container.demux(stream) if packet.size)
+            self.counted = True
         if num_frames <= 0:
-            raise VideoDecodeError(f"cannot decode video {path!r}: no frames")
+            raise VideoDecodeError(f"cannot decode video {self.path!r}: no frames")
         return VideoInfo(num_frames, Fraction(fps), stream.start_time or 0, Fraction(stream.time_base))
+
+    @contextlib.contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        """Turns PyAV's errors into a VideoDecodeError naming the file."""
+        try:
+            yield
+        except self.av.FFmpegError as err:
+            raise VideoDecodeError(f"cannot decode video {self.path!r}: {err}") from err
+
+    def read(self, numbers: Sequence[int], pixel_format: str = "rgb24") -> dict[int, np.ndarray]:
+        """Frames ``{number: uint8 [H, W, C]}`` of ``numbers`` (any order, repeats allowed), by seeking.
+
+        Seeks to the keyframe at or before the first wanted frame and decodes until the last one; numbers
+        past the end of the video are absent from the result. Decodes from the start instead in a container
+        without presentation timestamps (AVI), and where the seek lands after the wanted frame or decoded
+        frames carry no timestamps or timestamps out of order."""
+        wanted = sorted(set(numbers))
+        out: dict[int, np.ndarray] = {}
+        if not wanted:
+            return out
+        if not self.timestamped:
+            return self.read_from_start(wanted, pixel_format)
+        with self._errors_named():
+            self.container.seek(self.info.pts(wanted[0]), backward=True, any_frame=False, stream=self.stream)
+            if not self._collect(wanted, pixel_format, out, exact_count=False):
+                return self.read_from_start(wanted, pixel_format)
+        return out
+
+    def read_from_start(self, numbers: Sequence[int], pixel_format: str = "rgb24") -> dict[int, np.ndarray]:
+        """The reference reader: the same frames by decoding from the first frame, counting. Exact for every
+        container and codec; its cost grows with the position of the clip in the video (with
+        ``threads=None`` it is the reader VideoFolder used before it seeked)."""
+        wanted = sorted(set(numbers))
+        out: dict[int, np.ndarray] = {}
+        if not wanted:
+            return out
+        with self._errors_named():
+            self.container.seek(self.info.start, backward=True, any_frame=False, stream=self.stream)
+            self._collect(wanted, pixel_format, out, exact_count=True)
+        return out
+
+    def _collect(self, wanted: list[int], pixel_format: str, out: dict[int, np.ndarray], exact_count: bool) -> bool:
+        """Decode from the container's position into ``out``; False where the position was past ``wanted[0]``.
+
+        ``exact_count``: number frames by counting from the start instead of by timestamp, and decode every
+        frame; else the decoder drops the frames no other frame refers to (B-frames, mostly) unless they
+        are wanted: what is dropped is never shown, nor needed to decode what is shown."""
+        targets = set(wanted)
+        previous = -1
+        for count, frame in enumerate(self._decoded(None if exact_count else targets)):
+            if exact_count:
+                number = count
+            elif frame.pts is None:
+                return False
+            else:
+                number = self.info.number(frame.pts)
+                if count == 0 and number > wanted[0]:
+                    return False  # the seek overshot: the keyframe index is missing or coarse
+                if number <= previous:
+                    return False  # timestamps out of presentation order: they cannot number the frames
+                previous = number
+            if number in targets:
+                out[number] = _to_array(frame, pixel_format, self.threads)
+            if number >= wanted[-1]:
+                break
+        return True
+
+    def _decoded(self, keep: set[int] | None) -> Iterator[Any]:
+        """Frames decoded from the container's position. With ``keep``, a packet whose frame number is not in
+        it is decoded with ``skip_frame=NONREF``: the decoder drops it unless another frame refers to it."""
+        context = self.stream.codec_context
+        context.skip_frame = "DEFAULT"
+        for packet in self.container.demux(self.stream):
+            if keep is not None:
+                needed = packet.pts is None or self.info.number(packet.pts) in keep
+                context.skip_frame = "DEFAULT" if needed else "NONREF"
+            yield from packet.decode()
 
 
 def _to_array(frame: Any, pixel_format: str, threads: int | None) -> np.ndarray:
     """uint8 [H, W, C] of a decoded frame (C = 3 for rgb24, 1 for gray), converted by swscale on ``threads``
-    threads (PyAV's default, None, costs 1.4 ms a 320x240 frame here against 0.12 ms on one thread)."""
+    threads (PyAV's default, None, cost 1.4 ms a 320x240 frame here against 0.12 ms on one thread)."""
     return frame.to_ndarray(format=pixel_format, threads=threads).reshape(frame.height, frame.width, -1)
-
-
-def read_frames(
-    path: str, numbers: Sequence[int], info: VideoInfo, pixel_format: str = "rgb24", threads: int | None = 1
-) -> dict[int, np.ndarray]:
-    """Frames ``{number: uint8 [H, W, C]}`` of ``numbers`` (any order, repeats allowed), by seeking.
-
-    Seeks to the keyframe at or before the first wanted frame and decodes until the last one. Numbers past
-    the end of the video are absent from the result. ``threads``: decoder and conversion threads (1 = one
-    core per worker, as a DataLoader worker should use; None = PyAV's defaults). Falls back to a decode from
-    the start where the container's seek lands after the wanted frame or frames carry no timestamp."""
-    av = import_av()
-    wanted = sorted(set(numbers))
-    if not wanted:
-        return {}
-    out: dict[int, np.ndarray] = {}
-    with open_video(path) as container:
-        stream = container.streams.video[0]
-        if threads is not None:
-            stream.codec_context.thread_count = threads
-        try:
-            for exact_count in (False, True):  # True: the fallback, from the start
-                out.clear()
-                seek_to = info.start if exact_count else info.pts(wanted[0])
-                container.seek(seek_to, backward=True, any_frame=False, stream=stream)
-                if _collect(container, stream, wanted, info, pixel_format, threads, out, exact_count):
-                    break
-        except av.FFmpegError as err:
-            raise VideoDecodeError(f"cannot decode video {path!r}: {err}") from err
-    return out
-
-
-def _collect(
-    container: Any, stream: Any, wanted: list[int], info: VideoInfo, pixel_format: str, threads: int | None,
-    out: dict[int, np.ndarray], exact_count: bool,
-) -> bool:
-    """Decode from the container's position into ``out``; False where the position was past ``wanted[0]``.
-
-    ``exact_count``: number frames by counting from the start (the fallback) instead of by timestamp, and
-    decode every frame; else the decoder drops the frames no other frame refers to (B-frames, mostly)
-    unless they are wanted: what is dropped is never shown, nor needed to decode what is shown."""
-    targets = set(wanted)
-    for count, frame in enumerate(_decoded(container, stream, info, None if exact_count else targets)):
-        if exact_count:
-            number = count
-        elif frame.pts is None:
-            return False
-        else:
-            number = info.number(frame.pts)
-            if count == 0 and number > wanted[0]:
-                return False  # the seek overshot: the keyframe index is missing or coarse
-        if number in targets:
-            out[number] = _to_array(frame, pixel_format, threads)
-        if number >= wanted[-1]:
-            break
-    return True
-
-
-def _decoded(container: Any, stream: Any, info: VideoInfo, keep: set[int] | None) -> Iterator[Any]:
-    """Frames decoded from the container's position. With ``keep``, a packet whose frame number is not in
-    it is decoded with ``skip_frame=NONREF``: the decoder drops it unless another frame refers to it."""
-    context = stream.codec_context
-    for packet in container.demux(stream):
-        if keep is not None:
-            needed = packet.pts is None or info.number(packet.pts) in keep
-            context.skip_frame = "DEFAULT" if needed else "NONREF"
-        yield from packet.decode()
-
-
-def read_frames_from_start(
-    path: str, numbers: Sequence[int], pixel_format: str = "rgb24", threads: int | None = 1
-) -> dict[int, np.ndarray]:
-    """The reference reader: frames ``{number: uint8 [H, W, C]}`` by decoding from the first frame, counting.
-
-    Exact for every container and codec; its cost grows with the position of the clip in the video (it is
-    what the seeking reader is tested and benchmarked against; with ``threads=None`` it is the reader
-    VideoFolder used before it seeked)."""
-    av = import_av()
-    wanted = set(numbers)
-    out: dict[int, np.ndarray] = {}
-    if not wanted:
-        return out
-    last = max(wanted)
-    with open_video(path) as container:
-        stream = container.streams.video[0]
-        if threads is not None:
-            stream.codec_context.thread_count = threads
-        try:
-            for number, frame in enumerate(container.decode(stream)):
-                if number in wanted:
-                    out[number] = _to_array(frame, pixel_format, threads)
-                if number >= last:
-                    break
-        except av.FFmpegError as err:
-            raise VideoDecodeError(f"cannot decode video {path!r}: {err}") from err
-    return out

@@ -13,13 +13,14 @@ import torch
 
 from hjepa_fast.data.augment import center_box, crop_resize, random_resized_box
 from hjepa_fast.data.clips import clip_frame_numbers, clip_span
-from hjepa_fast.data.decode import VideoDecodeError, VideoInfo, import_av, probe, read_frames
+from hjepa_fast.data.decode import Video, VideoDecodeError, VideoInfo, import_av
 from hjepa_fast.data.sampler import SampleKey
 from hjepa_fast.data.skips import NoUsableVideoError, SkippedFiles
 from hjepa_fast.errors import DataError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 VAL_FRACTION = 0.2  # of the files of a folder without train/ and val/ subfolders, held out for val
+COUNTS_KEPT = 100_000  # frame counts of header-less files (mkv, webm) a process remembers (~10 MB)
 _NOTED: set[str] = set()  # folders whose split by file has been announced in this process
 
 
@@ -56,7 +57,7 @@ class VideoFolder(torch.utils.data.Dataset):
 
     - Frames: `frames` of them, `frame_stride` source frames apart, or with `fps` > 0 1/fps seconds apart
       (the nearest source frame to each time), from a start drawn in part `part` of `parts` equal parts of
-      the video. Videos too short are padded by repeating their last frame.
+      the video (`hjepa_fast.data.clips`).
     - Crop: the centred square, or with `augment` a random resized crop (area `crop_scale` of the frame,
       aspect `crop_aspect`; with `hflip` mirrored with probability 1/2), one box per clip; then resized to
       `size`.
@@ -125,21 +126,32 @@ class VideoFolder(torch.utils.data.Dataset):
         if split is not None:
             keep = split_by_file(self.paths, root, split)
             self.paths, self.targets = [self.paths[i] for i in keep], [self.targets[i] for i in keep]
-        self._info: dict[int, VideoInfo] = {}  # per-process cache of probed videos
+        self._counts: dict[int, int] = {}  # frame counts that had to be counted (no count in the header)
         self.skipped = SkippedFiles(len(self.paths), root, max_bad_fraction)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def info(self, index: int) -> VideoInfo:
-        """Frame count, rate and time base of video `index` (probed once per process, then cached)."""
-        if index not in self._info:
-            self._info[index] = probe(self.paths[index])
-        return self._info[index]
-
     def frame_step(self, info: VideoInfo) -> Fraction:
         """Source frames between two clip frames: `frame_stride`, or the video's rate / `fps`."""
         return info.fps / Fraction(self.fps) if self.fps > 0 else Fraction(self.frame_stride)
+
+    def _frame_numbers(self, key: SampleKey, info: VideoInfo, rng: np.random.Generator) -> list[int]:
+        """Source frame numbers of item `key`'s clip; VideoTooShortError where the video is shorter than a
+        clip and `pad_short` is off."""
+        spacing = self.frame_step(info)
+        span = clip_span(self.frames, spacing)
+        if not self.pad_short and info.num_frames < span:
+            raise VideoTooShortError(f"video {self.paths[key.index]!r} is too short: {info.num_frames} frames, a "
+                                     f"clip spans {span} (data.pad_short pads it instead)")
+        return clip_frame_numbers(info.num_frames, self.frames, spacing, rng, key.part, key.parts)
+
+    def _remember_count(self, index: int, count: int) -> None:
+        """Keep a counted frame count, forgetting the oldest beyond COUNTS_KEPT (memory stays bounded on
+        a million files)."""
+        self._counts[index] = count
+        if len(self._counts) > COUNTS_KEPT:
+            del self._counts[next(iter(self._counts))]
 
     def __getitem__(self, key: tuple[int, ...]) -> dict:
         key = SampleKey(*key)
@@ -157,21 +169,20 @@ class VideoFolder(torch.utils.data.Dataset):
         raise NoUsableVideoError(f"no video under {self.root!r} decodes or is long enough: all {len(self)} skipped")
 
     def _read(self, key: SampleKey) -> dict:
-        """Item `key` read from video `key.index`; raises VideoDecodeError where it does not decode and
-        VideoTooShortError where it is shorter than a clip (and `pad_short` is off)."""
+        """Item `key` read from video `key.index` (one open of the file); raises VideoDecodeError where it does
+        not decode and VideoTooShortError where it is shorter than a clip (and `pad_short` is off)."""
         index = key.index
-        info = self.info(index)
-        frame_step = self.frame_step(info)
-        if not self.pad_short and info.num_frames < clip_span(self.frames, frame_step):
-            raise VideoTooShortError(f"video {self.paths[index]!r} is too short: {info.num_frames} frames, a clip "
-                                     f"spans {clip_span(self.frames, frame_step)} (data.pad_short pads it instead)")
-        rng = np.random.default_rng([self.seed, key.step, key.slot, index])
-        numbers = clip_frame_numbers(info.num_frames, self.frames, frame_step, rng, key.part, key.parts)
         pixel_format = "rgb24" if self.channels == 3 else "gray"
-        decoded = read_frames(self.paths[index], numbers, info, pixel_format)
+        rng = np.random.default_rng([self.seed, key.step, key.slot, index])  # draws start, then box and flip
+        with Video(self.paths[index], num_frames=self._counts.get(index)) as video:
+            if video.counted:
+                self._remember_count(index, video.info.num_frames)
+            numbers = self._frame_numbers(key, video.info, rng)
+            decoded = video.read(numbers, pixel_format)
         if not decoded:
             raise VideoDecodeError(f"cannot decode video {self.paths[index]!r}: no frames decoded")
-        # Missing numbers lie past the end: repeat the last frame actually decoded.
+        # Missing numbers lie past the end (a short video with pad_short, or a header that over-counts):
+        # repeat the last frame actually decoded.
         last = decoded[max(decoded)]
         clip = np.stack([decoded.get(n, last) for n in numbers])
         clip_t = torch.from_numpy(clip).permute(0, 3, 1, 2)  # [T, C, H, W]
