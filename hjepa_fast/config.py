@@ -54,7 +54,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = "moving_digits"  # moving_digits | video_folder | rollouts
-    root: str | None = None  # video_folder and rollouts (a hjepa collect folder)
+    root: str | None = None  # video_folder (videos, or shards: a folder or fsspec URL) and rollouts (hjepa collect)
     frames: int = 16
     frame_stride: int = 1  # video_folder only: take every n-th frame
     fps: float = 0.0  # video_folder only: > 0 samples frames at this rate (frame_stride then unused)

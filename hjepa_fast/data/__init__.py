@@ -10,9 +10,11 @@ import os
 from hjepa_fast.data.moving_digits import MovingDigits
 from hjepa_fast.data.rollouts import Rollouts
 from hjepa_fast.data.sampler import SampleKey, StepBatchSampler
+from hjepa_fast.data.shards import VideoShards, has_shards
 from hjepa_fast.data.video_folder import VideoFolder
 
-__all__ = ["DATASETS", "MovingDigits", "Rollouts", "SampleKey", "StepBatchSampler", "VideoFolder", "build_dataset"]
+__all__ = ["DATASETS", "MovingDigits", "Rollouts", "SampleKey", "StepBatchSampler", "VideoFolder", "VideoShards",
+           "build_dataset"]
 
 DATASETS = ("moving_digits", "video_folder", "rollouts")
 
@@ -40,7 +42,9 @@ def build_dataset(
 ) -> MovingDigits | VideoFolder | Rollouts:
     """The data set `name` for `split`, as configured.
 
-    video_folder reads `root/split` when that folder exists, else its files of `root` (split by file).
+    video_folder reads `root/split` when that folder exists, else its files of `root` (split by file); a
+    `root` (a folder or fsspec URL) that holds shards written by `hjepa_fast.data.shards` is read the same
+    way, through VideoShards.
     moving_digits is 1-channel and uses `digit_size`, `digits` and `background`; video_folder uses `root`,
     `frame_stride`, `fps`, the augmentation (`augment`, `crop_scale`, `crop_aspect`, `hflip`: training only) and
     the bad-file rules (`pad_short`, `max_bad_fraction`);
@@ -58,6 +62,10 @@ def build_dataset(
         options = dict(frames=frames, size=size, frame_stride=frame_stride, channels=channels, seed=seed, fps=fps,
                        augment=augment, crop_scale=crop_scale, crop_aspect=crop_aspect, hflip=hflip,
                        pad_short=pad_short, max_bad_fraction=max_bad_fraction)
+        if has_shards(split_root):
+            return VideoShards(split_root, **options)
+        if has_shards(root):
+            return VideoShards(root, split=split, **options)
         if os.path.isdir(split_root):
             return VideoFolder(split_root, **options)
         return VideoFolder(root, split=split, **options)

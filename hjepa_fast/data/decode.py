@@ -16,7 +16,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -64,11 +64,12 @@ class VideoInfo:
         return (2 * (pts - self.start) * num + den) // (2 * den)
 
 
-def open_video(path: str) -> Any:
-    """An open PyAV container of ``path`` with at least one video stream; VideoDecodeError names the file."""
+def open_video(source: str | BinaryIO, path: str) -> Any:
+    """An open PyAV container of ``source`` (a path, or a file object of a video's bytes) with at least one
+    video stream; a VideoDecodeError names ``path``."""
     av = import_av()
     try:
-        container = av.open(path)
+        container = av.open(source)
     except (av.FFmpegError, OSError) as err:  # OSError: unreadable files (permissions, I/O)
         raise VideoDecodeError(f"cannot open video {path!r}: {err}") from err
     if not container.streams.video:
@@ -85,16 +86,19 @@ TIMESTAMPED_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
 class Video:
     """One open video file: its ``VideoInfo`` and frame-exact reads, one open per clip.
 
-    ``with Video(path) as video: frames = video.read(numbers)``. ``num_frames``: the frame count where the
+    ``with Video(path) as video: frames = video.read(numbers)``; ``source`` may also be a file object (a
+    video's bytes in a shard), then ``name`` names it in errors. ``num_frames``: the frame count where the
     caller knows it (a file whose header has none is otherwise counted by demuxing it, which reads every
     packet and decodes nothing; ``counted`` says it was). ``threads``: decoder and pixel-conversion threads
     (1 = one core, as a DataLoader worker should use; None = PyAV's defaults). Every error is a
     VideoDecodeError naming the file."""
 
-    def __init__(self, path: str, num_frames: int | None = None, threads: int | None = 1) -> None:
+    def __init__(self, source: str | BinaryIO, num_frames: int | None = None, threads: int | None = 1,
+                 name: str | None = None) -> None:
         self.av = import_av()
-        self.path, self.threads, self.counted = path, threads, False
-        self.container = open_video(path)
+        self.path = name if name is not None else str(source)
+        self.threads, self.counted = threads, False
+        self.container = open_video(source, self.path)
         try:
             self.stream = self.container.streams.video[0]
             if threads is not None:

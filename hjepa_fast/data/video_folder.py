@@ -44,6 +44,21 @@ def split_by_file(paths: list[str], root: str, split: str) -> list[int]:
     return [i for i in range(len(paths)) if (i in val) == (split == "val")]
 
 
+def list_videos(root: str) -> list[str]:
+    """Every video file under the folder `root` (recursive), sorted."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"video folder not found: {root!r}")
+    paths = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(root)
+        for name in names
+        if name.lower().endswith(VIDEO_EXTENSIONS)
+    )
+    if not paths:
+        raise DataError(f"no videos under {root!r}; accepted extensions: {', '.join(VIDEO_EXTENSIONS)}")
+    return paths
+
+
 class VideoTooShortError(DataError):
     """A video with fewer frames than one clip spans."""
 
@@ -100,8 +115,6 @@ class VideoFolder(torch.utils.data.Dataset):
             raise ValueError(f"crop_aspect must be [low, high] with 0 < low <= high, got {crop_aspect}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"video folder not found: {root!r}")
         self.root = root
         self.frames = frames
         self.size = size
@@ -112,14 +125,7 @@ class VideoFolder(torch.utils.data.Dataset):
         self.channels = channels
         self.seed = seed
         self.pad_short = pad_short
-        self.paths = sorted(
-            os.path.join(folder, name)
-            for folder, _, names in os.walk(root)
-            for name in names
-            if name.lower().endswith(VIDEO_EXTENSIONS)
-        )
-        if not self.paths:
-            raise DataError(f"no videos under {root!r}; accepted extensions: {', '.join(VIDEO_EXTENSIONS)}")
+        self.paths = self._list(root)
         parents = [os.path.basename(os.path.dirname(p)) for p in self.paths]
         self.classes = sorted(set(parents))
         self.targets = [self.classes.index(p) for p in parents]
@@ -131,6 +137,14 @@ class VideoFolder(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def _list(self, root: str) -> list[str]:
+        """The videos under `root`, sorted (their parent folders name the classes)."""
+        return list_videos(root)
+
+    def _video(self, index: int) -> Video:
+        """Video `index`, open (its frame count passed where it had to be counted before)."""
+        return Video(self.paths[index], num_frames=self._counts.get(index))
 
     def frame_step(self, info: VideoInfo) -> Fraction:
         """Source frames between two clip frames: `frame_stride`, or the video's rate / `fps`."""
@@ -174,7 +188,7 @@ class VideoFolder(torch.utils.data.Dataset):
         index = key.index
         pixel_format = "rgb24" if self.channels == 3 else "gray"
         rng = np.random.default_rng([self.seed, key.step, key.slot, index])  # draws start, then box and flip
-        with Video(self.paths[index], num_frames=self._counts.get(index)) as video:
+        with self._video(index) as video:
             if video.counted:
                 self._remember_count(index, video.info.num_frames)
             numbers = self._frame_numbers(key, video.info, rng)
