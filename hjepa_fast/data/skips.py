@@ -32,7 +32,7 @@ class SkippedFiles:
             raise ValueError(f"max_fraction must be in [0, 1], got {max_fraction}")
         self.count, self.root, self.max_fraction = count, root, max_fraction
         self._flags = torch.zeros(count, dtype=torch.bool).share_memory_()
-        self._lock: Any = multiprocessing.Lock()
+        self._lock: Any = _new_lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -43,7 +43,7 @@ class SkippedFiles:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self._lock is None:
-            self._lock = multiprocessing.Lock()
+            self._lock = _new_lock()
 
     def __contains__(self, index: int) -> bool:
         return bool(self._flags[index])
@@ -61,9 +61,9 @@ class SkippedFiles:
             skipped = int(self._flags.sum())
         if first:
             log.warning("skipping a video (%d of %d skipped so far): %s", skipped, self.count, reason)
-        self.check(reason)
+        self._check(reason)
 
-    def check(self, last: str) -> None:
+    def _check(self, last: str) -> None:
         """Raise DataError if every file, or more than ``max_fraction`` of them, is skipped (``last``: the
         latest reason, for the message)."""
         skipped = len(self)
@@ -75,6 +75,12 @@ class SkippedFiles:
                 f"more than data.max_bad_fraction={self.max_fraction}; last: {last}. Remove or re-encode them, "
                 "or raise data.max_bad_fraction"
             )
+
+
+def _new_lock() -> Any:
+    """A lock that forked, spawned and forkserver workers can all share: one made in the default (fork)
+    context refuses to be sent to spawned workers (DataLoader(multiprocessing_context="spawn"))."""
+    return multiprocessing.get_context("spawn").Lock()
 
 
 class NoUsableVideoError(DataError, RuntimeError):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from video_files import write_video
 
 from hjepa_fast.cli import main
@@ -108,3 +109,15 @@ def test_skip_flags_travel_to_worker_starts_and_plain_copies_are_independent() -
     assert 2 in copy and 1 in copy and 1 not in flags and len(flags) == 1
     with pytest.raises(ValueError, match="max_fraction"):
         SkippedFiles(4, "root", 1.5)
+
+
+@pytest.mark.slow  # spawned workers import torch afresh: ~10 s
+def test_spawned_workers_share_the_skip_flags_with_the_parent(folder: Path) -> None:
+    """Workers started by spawn (pickled data set) mark the parent's flags: the memory is shared."""
+    from hjepa_fast.data import StepBatchSampler
+
+    ds = VideoFolder(str(folder / "train"), frames=8, size=16, max_bad_fraction=0.6)
+    sampler = StepBatchSampler(len(ds), 7, seed=0, total_steps=2)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=2, multiprocessing_context="spawn")
+    assert sum(len(batch["clip"]) for batch in loader) == 14
+    assert len(ds.skipped) == len(BAD)
