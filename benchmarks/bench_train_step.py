@@ -7,11 +7,14 @@ fused EMA update of every level's target encoder. It runs on one fixed synthetic
 clips, masks drawn once by the config's sampler): data loading is left out, and ``torch.compile`` sees
 one shape (real training draws new mask sizes each step).
 
-Variants, each one switch away from the baseline (``model.kernels=auto``, attention ``sdpa``, eager,
-no activation checkpointing): ``kernels=reference`` (plain PyTorch ops), ``torch.compile`` of the model,
-attention ``flash`` / ``xformers`` (CUDA, where installed; masked attention always runs SDPA),
-``activation checkpointing`` of every level (``train.activation_checkpointing``). ``speedup`` is the
-baseline's median step time over the variant's.
+Variants against one baseline (``model.kernels=auto``, attention ``sdpa``, eager, foreach AdamW, no
+activation checkpointing): one switch each, ``kernels=reference`` (plain PyTorch ops), ``fused AdamW``
+(``train.fused_optimizer``), attention ``cudnn`` / ``flash`` / ``xformers`` (CUDA; masked attention
+always runs SDPA), ``compile blocks`` (``train.compile=blocks``), ``torch.compile`` of the whole model,
+``activation checkpointing`` of every level; then the switches together: ``fast`` (fused AdamW, cuDNN
+attention, compiled blocks: the recipe's settings), ``fast + checkpointing`` and ``fast`` at twice the
+micro-batch. ``speedup`` is the baseline's median step time over the variant's. ``--profile`` adds a
+``torch.profiler`` summary of one warm step of the baseline and of ``fast`` (``step_profile.py``).
 
 Measures: median and IQR of the step time. On CPU all variants are built first and timed round-robin,
 so that the load of a shared machine hits them alike; on CUDA one variant at a time. The step ends with a
@@ -28,7 +31,8 @@ out-of-memory error. On CPU only the tiny config runs (one ViT-B 3-level step of
 2/3 of it the target encoders' forward on all 3,136 level-1 tokens), on one thread by default: on a
 shared machine two spinning OpenMP threads stall a tiny step for seconds.
 
-``python -m benchmarks.bench_train_step [--quick] [--device cuda|cpu] [--out DIR] [--batch N]``
+``python -m benchmarks.bench_train_step [--quick] [--device cuda|cpu] [--out DIR] [--batch N] [--configs ...]
+[--variants ...] [--profile]``
 """
 from __future__ import annotations
 
@@ -45,24 +49,28 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import DEFAULT_OUT, device_info, write_results
+from benchmarks.step_profile import format_profile, profile_step
 from hjepa_fast.config import Config, TrainConfig, level_time_steps, load_config
 from hjepa_fast.flops import StepFlops, mask_token_counts, peak_bf16_flops, step_flops
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.masks import LevelMasks
 from hjepa_fast.model.attention import resolve_backend
 from hjepa_fast.train.builders import build_mask_sampler, build_model, build_optimizer
+from hjepa_fast.train.compile import apply_compile
 from hjepa_fast.train.ema import TargetEMA
 
 CONFIGS = {"tiny_cpu": ("configs/tiny_cpu.yaml", []),
            "vitb_3level": ("configs/vitb_3level.yaml", ["data.root=synthetic"])}  # synthetic clips: no videos read
-BASELINE = ["model.kernels=auto", "model.attention_backend=sdpa"]
+BASELINE = ["model.kernels=auto", "model.attention_backend=sdpa", "train.fused_optimizer=false", "train.compile=none"]
+FAST = ["train.fused_optimizer=true", "model.attention_backend=cudnn", "train.compile=blocks"]
 
 
 @dataclasses.dataclass
 class Variant:
     name: str
     overrides: list[str]
-    compile: bool = False
+    compile: bool = False  # torch.compile of the whole model
+    batch_factor: int = 1  # micro-batch = the baseline's x this
 
 
 def parse_args(description: str, batch_help: str) -> argparse.Namespace:
@@ -75,6 +83,10 @@ def parse_args(description: str, batch_help: str) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: stable medians)")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds after which no new measurement starts (results so far are kept)")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None, help="default: all")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="variants to run after the baseline, in this order (default: all)")
+    parser.add_argument("--profile", action="store_true", help="profile one step of baseline and fast")
     return parser.parse_args()
 
 
@@ -88,8 +100,10 @@ def activation_checkpointing_available() -> bool:
 
 def variants(device: torch.device, quick: bool, levels: int) -> tuple[list[Variant], list[str]]:
     """The variants this device runs, and a note for each one it skips."""
-    out, skipped = [Variant("baseline", []), Variant("kernels=reference", ["model.kernels=reference"])], []
-    for backend in ("flash", "xformers"):
+    out = [Variant("baseline", []), Variant("kernels=reference", ["model.kernels=reference"]),
+           Variant("fused AdamW", ["train.fused_optimizer=true"])]
+    skipped = []
+    for backend in ("cudnn", "flash", "xformers"):
         if device.type != "cuda":
             skipped.append(f"attention={backend}: CUDA only (on CPU every backend runs SDPA)")
             continue
@@ -105,9 +119,13 @@ def variants(device: torch.device, quick: bool, levels: int) -> tuple[list[Varia
     else:
         skipped.append("activation checkpointing: train.activation_checkpointing is not in this version")
     if device.type == "cuda" or not quick:  # last: the slowest to build, the first to give way to a deadline
-        out.append(Variant("torch.compile", [], compile=True))
+        flags = ",".join(["true"] * levels)
+        out += [Variant("compile blocks", ["train.compile=blocks"]), Variant("fast", FAST),
+                Variant("fast + checkpointing", [*FAST, f"train.activation_checkpointing=[{flags}]"]),
+                Variant("fast, 2x micro-batch", FAST, batch_factor=2),
+                Variant("torch.compile", [], compile=True)]
     else:
-        skipped.append("torch.compile: left out of --quick on CPU (compiling the tiny model took ~150 s on a "
+        skipped.append("compiled variants: left out of --quick on CPU (compiling the tiny model took ~150 s on a "
                        "busy 2-core machine)")
     return out, skipped
 
@@ -151,6 +169,7 @@ def build_step(cfg: Config, device: torch.device, compile_model: bool = False) -
         from hjepa_fast.train.parallelize import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
+    apply_compile(model, cfg.train.compile)
     model.train()
     optimizer = build_optimizer(model, cfg)
     targets, sources = model.ema_pairs()
@@ -221,7 +240,7 @@ def round_robin(steps: dict[str, Callable[[], None]], estimate_s: float, quick: 
 
 def variant_config(config: str, variant: Variant, batch: int) -> Config:
     path, base = CONFIGS[config]
-    return load_config(path, [*base, *BASELINE, *variant.overrides, f"train.batch_size={batch}"])
+    return load_config(path, [*base, *BASELINE, *variant.overrides, f"train.batch_size={batch * variant.batch_factor}"])
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -237,16 +256,18 @@ def _free(device: torch.device) -> None:
 
 
 def measure_case(config: str, batch: int, todo: list[Variant], device: torch.device, quick: bool, rows: list[dict],
-                 skipped: list[str], out_of_time: Callable[[], bool], save: Callable[[], None]) -> None:
+                 skipped: list[str], out_of_time: Callable[[], bool], save: Callable[[], None],
+                 profiles: dict[str, dict] | None = None) -> None:
     """Append a row per variant of one config to ``rows``, calling ``save`` after each measurement (partial
     results survive a timeout). CPU: all variants built, then timed round-robin. CUDA: one variant at a
     time (a dedicated GPU has no neighbours, and each variant gets all the memory); the baseline first,
-    halving the batch on each out-of-memory error."""
+    halving the batch on each out-of-memory error. ``profiles``: where given, the baseline's and fast's
+    step profiles go there, keyed by ``config variant``."""
     groups = [todo] if device.type == "cpu" else [[v] for v in todo]
     cfg = variant_config(config, todo[0], batch)
     tokens_per_clip = sum(level_time_steps(cfg)) * (cfg.model.img_size // cfg.model.patch_size) ** 2
     peak_flops = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    baseline_ms = None
+    baseline_rate = None
     for group in groups:
         prepared: dict[str, Prepared] = {}
         for variant in group:
@@ -273,18 +294,21 @@ def measure_case(config: str, batch: int, todo: list[Variant], device: torch.dev
         memory = {name: step_memory(p.step, device) for name, p in prepared.items()}
         times = round_robin({name: p.step for name, p in prepared.items()},
                             max(p.estimate_s for p in prepared.values()), quick)
+        factors = {v.name: v.batch_factor for v in group}
         for name, p in prepared.items():
-            t, s = times[name], times[name]["ms"] * 1e-3
-            baseline_ms = t["ms"] if name == "baseline" else baseline_ms
-            row = {"config": config, "variant": name, "batch": batch, **t, "first_step_s": p.first_s,
-                   "steps_per_s": 1 / s, "clips_per_s": batch / s, "tokens_per_s": batch * tokens_per_clip / s,
+            t, s, b = times[name], times[name]["ms"] * 1e-3, batch * factors[name]
+            baseline_rate = b / s if name == "baseline" else baseline_rate
+            row = {"config": config, "variant": name, "batch": b, **t, "first_step_s": p.first_s,
+                   "steps_per_s": 1 / s, "clips_per_s": b / s, "tokens_per_s": b * tokens_per_clip / s,
                    "tokens_per_clip": tokens_per_clip, "flops_per_step": p.flops.train_step,
                    "tflops": p.flops.train_step / s / 1e12, **memory[name],
-                   "speedup": baseline_ms / t["ms"] if baseline_ms else None}
+                   "speedup": b / s / baseline_rate if baseline_rate else None}
             if peak_flops:
                 row["mfu"] = p.flops.train_step / s / peak_flops
             rows.append(row)
             print(format_row(row), flush=True)
+            if profiles is not None and name in ("baseline", "fast"):
+                profiles[f"{config} {name} B{b}"] = profile_step(p.step, device)
         save()
         del prepared
         _free(device)
@@ -294,7 +318,7 @@ def format_row(r: dict) -> str:
     mem = f"step +{r['step_mem_mb']:6.0f} MB" if "step_mem_mb" in r else "step +     - MB"
     mem += f" peak {r['peak_mem_mb']:6.0f} MB" if "peak_mem_mb" in r else ""
     mfu = f"  MFU {r['mfu']:5.1%}" if "mfu" in r else ""
-    return (f"{r['config']:<12} {r['variant']:<25} B{r['batch']:<4} {r['ms']:9.1f} ms "
+    return (f"{r['config']:<12} {r['variant']:<21} B{r['batch']:<4} {r['ms']:9.1f} ms "
             f"(IQR {r['ms_q25']:.1f}-{r['ms_q75']:.1f}) {r['clips_per_s']:8.1f} clips/s "
             f"{r['tokens_per_s']:10.0f} tok/s {mem}{mfu}" + ("" if r["speedup"] is None else f"  x{r['speedup']:.2f}"))
 
@@ -315,22 +339,34 @@ def main() -> None:
         cases["vitb_3level"] = args.batch or (16 if args.quick else 64)
     else:
         info["skipped"].append("vitb_3level: needs a GPU (one step of one clip is ~1.4 TFLOP)")
+    cases = {c: b for c, b in cases.items() if args.configs is None or c in args.configs}
     rows: list[dict] = []
+    profiles: dict[str, dict] | None = {} if args.profile else None
 
     def out_of_time() -> bool:
         return args.deadline is not None and time.perf_counter() - started > args.deadline
 
+    def save() -> tuple[Path, Path]:
+        if profiles:
+            info["profiles"] = profiles
+            (args.out / "train_step_profile.md").write_text(
+                f"{info.get('name', device.type)}, torch {torch.__version__}\n\n"
+                + "\n".join(format_profile(key, summary) for key, summary in profiles.items()))
+        return write_results("train_step", info, rows, args.out, label="variant", group="config")
+
     for config, batch in cases.items():
         path, base = CONFIGS[config]
         todo, skipped = variants(device, args.quick, load_config(path, base).model.levels)
+        if args.variants is not None:  # the baseline, then the named ones in the order given
+            by_name = {v.name: v for v in todo}
+            todo = [todo[0], *(by_name[n] for n in args.variants if n in by_name and n != "baseline")]
         info["skipped"] += [f"{config} {s}" for s in skipped]
         if device.type == "cpu":  # one-time allocations (thread pools, workspaces) must not land on a variant
             build_step(variant_config(config, todo[0], 2), device)[0]()
-        measure_case(config, batch, todo, device, args.quick, rows, info["skipped"], out_of_time,
-                     lambda: write_results("train_step", info, rows, args.out, label="variant", group="config"))
+        measure_case(config, batch, todo, device, args.quick, rows, info["skipped"], out_of_time, save, profiles)
     for note in info["skipped"]:
         print("skipped:", note)
-    json_path, png_path = write_results("train_step", info, rows, args.out, label="variant", group="config")
+    json_path, png_path = save()
     print(f"wrote {json_path} and {png_path}")
 
 

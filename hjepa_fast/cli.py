@@ -18,7 +18,7 @@ TRUST_HELP = ("also load checkpoints that a safe load refuses (those of older ve
 def _trust_checkpoints(args: argparse.Namespace) -> None:
     """``--trust-checkpoint``: the opt-in, through the environment so that every rank and loader sees it."""
     if args.trust_checkpoint:
-        from hjepa_fast.train.checkpoint import TRUST_ENV
+        from hjepa_fast.checkpoint import TRUST_ENV
 
         os.environ[TRUST_ENV] = "1"
 
@@ -26,7 +26,8 @@ def _trust_checkpoints(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     _trust_checkpoints(args)
     from hjepa_fast.config import load_config
-    from hjepa_fast.train.trainer import resume_config, train
+    from hjepa_fast.runs import resume_config
+    from hjepa_fast.train.trainer import train
 
     run_dir = Path(args.resume) if args.resume else None
     # overrides apply to --config, else (resuming) to the run's own config, else to the defaults
@@ -63,7 +64,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> None:
-    from hjepa_fast.eval.ablate import ablate
+    from hjepa_fast.ablate import ablate
 
     report = ablate(args.config, args.seeds, args.budget, args.variants, args.out, args.overrides)
     print(report["table"])
@@ -103,13 +104,27 @@ def _info(args: argparse.Namespace) -> None:
     print(f"CPU threads: {torch.get_num_threads()}")
 
 
-def _bench(args: argparse.Namespace) -> None:
-    root = Path(__file__).resolve().parent.parent  # benchmarks/ lives beside the package, not inside it
-    if not (root / "benchmarks" / "run.py").is_file():
-        raise ConfigError("hjepa bench needs a source checkout (benchmarks/ is not installed with the package)")
-    sys.path.insert(0, str(root))
-    from benchmarks.run import main as run_benchmarks
+BENCHMARKS_MISSING = ("hjepa bench runs the benchmarks of a source checkout (benchmarks/ is not installed with "
+                      "the package): run it from the checkout's root, or put the checkout on PYTHONPATH")
 
+
+def _benchmark_runner():
+    """``benchmarks.run.main``, an optional import: ``benchmarks/`` belongs to the source checkout, not to
+    the installed package. It is found as ``python -m benchmarks.run`` finds it: on the import path, with
+    the current directory first; where it is not there, the user gets ``BENCHMARKS_MISSING``."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        from benchmarks.run import main
+    except ModuleNotFoundError as e:
+        if e.name not in ("benchmarks", "benchmarks.run"):
+            raise  # a dependency of the benchmarks is missing: its own message says which
+        raise UserError(BENCHMARKS_MISSING) from None
+    return main
+
+
+def _bench(args: argparse.Namespace) -> None:
+    run_benchmarks = _benchmark_runner()
     argv = [*(["--quick"] if args.quick else []), *(["--out", args.out] if args.out else []),
             *(["--device", args.device] if args.device else []),
             *(["--budget", str(args.budget)] if args.budget else []), *(["--only", *args.only] if args.only else [])]

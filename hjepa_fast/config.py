@@ -46,7 +46,7 @@ class ModelConfig:
     topdown: str = "cross"  # none | cross | film | prepend
     action_dim: int = 0  # 0: no actions; levels > 1 encode each window's chunk of actions (macro-actions)
     action_accumulate: bool = False  # each token also gets the summed embeddings of every action before its step
-    attention_backend: str = "auto"  # auto | sdpa | flash | xformers
+    attention_backend: str = "auto"  # auto | sdpa | cudnn | flash | xformers
     kernels: str = "auto"  # auto (Triton on CUDA) | reference (plain PyTorch) | triton (also on CPU, interpreter)
     share_encoders: bool = False  # levels > 1 reuse level 1's transformer blocks and norm (own tokenizer, predictor)
 
@@ -82,6 +82,8 @@ class MaskConfig:
     context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
     temporal_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     min_keep: int = 10
+    # none: independent scale and aspect draws, corners may reach the last row/column; ijepa: I-JEPA's draw
+    compat: str = "none"
     # future
     context_fraction: list[float] = field(default_factory=lambda: [0.5, 0.5])
     horizon: int = 1
@@ -126,6 +128,9 @@ class TrainConfig:
     engine: str = "single"  # single | ddp | fsdp | deepspeed (multi-process: start with torchrun or deepspeed)
     deepspeed: str = ""  # engine=deepspeed: path to the DeepSpeed JSON (ZeRO stage etc.), e.g. configs/ds_zero2.json
     grad_accumulation: int = 1  # micro-batches per optimiser step: batch_size = ranks x grad_accumulation x micro
+    # none | blocks: regional torch.compile of every transformer block (train/compile.py)
+    compile: str = "none"
+    fused_optimizer: bool = True  # fused AdamW (one kernel per step) where every parameter is on CUDA
     # per level: recompute each transformer block of that level's online encoder and predictor in backward
     activation_checkpointing: list[bool] = field(default_factory=lambda: [False, False, False])
     threads: int = 0  # CPU threads for torch; 0: torch's default
@@ -168,8 +173,9 @@ CHOICES = {
     ("model", "abstraction"): ("average", "conv", "attention"),
     ("model", "topdown"): ("none", "cross", "film", "prepend"),
     ("model", "predictor_init"): ("trunc_normal", "xavier"),
-    ("model", "attention_backend"): ("auto", "sdpa", "flash", "xformers"),
+    ("model", "attention_backend"): ("auto", "sdpa", "cudnn", "flash", "xformers"),
     ("model", "kernels"): ("auto", "reference", "triton"),
+    ("masks", "compat"): ("none", "ijepa"),
     ("data", "dataset"): ("moving_digits", "video_folder", "rollouts"),
     ("data", "background"): ("black", "texture"),
     ("loss", "weighting"): ("uniform", "increasing", "curriculum", "uncertainty"),
@@ -177,6 +183,7 @@ CHOICES = {
     ("train", "target_encoder"): ("ema", "online"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("train", "compile"): ("none", "blocks"),
     ("train", "engine"): ("single", "ddp", "fsdp", "deepspeed"),
 }
 

@@ -32,6 +32,11 @@ class LevelMasks:
     context: torch.Tensor  # [B, Nc] int64
     target: torch.Tensor  # [B, Nt] int64
 
+    def pin_memory(self) -> LevelMasks:
+        """Page-locked copies (a DataLoader with ``pin_memory`` calls this): a non-blocking copy to the GPU
+        from them does not wait for the work already queued there."""
+        return LevelMasks(self.context.pin_memory(), self.target.pin_memory())
+
 
 def _check_grid(grid: Any) -> Grid:
     if len(grid) != 3 or any(int(g) != g or g < 1 for g in grid):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 import torch
@@ -74,3 +75,24 @@ def test_bench_only_help_names_every_benchmark():
     subcommands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     only = next(a for a in subcommands.choices["bench"]._actions if a.dest == "only")
     assert sorted(name.strip() for name in only.help.split(",")) == sorted(BENCHMARKS)
+
+
+def test_bench_outside_a_checkout_says_where_to_run_it(monkeypatch, tmp_path, capsys):
+    """``benchmarks/`` is not installed with the package: where it cannot be imported, ``hjepa bench`` exits
+    with one line saying how to reach it (and runs nothing)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # as if no checkout were on the import path
+    monkeypatch.setitem(sys.modules, "benchmarks.run", None)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the command adds the current directory to a copy
+    assert main(["bench", "--quick"]) == 2
+    assert capsys.readouterr().err.strip() == f"hjepa: error: {cli.BENCHMARKS_MISSING}"
+
+
+def test_bench_from_the_checkout_runs_the_benchmarks(monkeypatch):
+    """From the checkout's root ``hjepa bench`` imports ``benchmarks.run`` and hands it the flags."""
+    import benchmarks.run
+
+    seen = []
+    monkeypatch.setattr(benchmarks.run, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["bench", "--quick", "--only", "ema"]) == 0
+    assert seen == [["--quick", "--only", "ema"]]

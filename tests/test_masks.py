@@ -464,3 +464,15 @@ def test_vitb_recipe_counts_at_batch_2048_match_batch_8():
     small, large = per_clip_counts(hier, 8, range(16)), per_clip_counts(hier, 2048, range(16))
     assert torch.equal(small[:, 2], large[:, 2])
     assert ((large / small - 1).abs() < 0.05).all(), (small, large)
+
+
+def test_masks_compat_setting_reaches_every_multiblock_level():
+    from hjepa_fast.config import ConfigError, load_config
+    from hjepa_fast.train.builders import build_mask_sampler
+
+    strategies = "masks.strategies=[multiblock,multiblock,multiblock]"
+    peer = build_mask_sampler(load_config("configs/tiny_cpu.yaml", [strategies, "masks.compat=ijepa"]))
+    ours = build_mask_sampler(load_config("configs/tiny_cpu.yaml", [strategies]))
+    assert [s.compat for s in peer.samplers] == ["ijepa"] * 3 and [s.compat for s in ours.samplers] == ["none"] * 3
+    with pytest.raises(ConfigError, match="masks.compat"):
+        load_config("configs/tiny_cpu.yaml", ["masks.compat=vjepa"])

@@ -1,7 +1,7 @@
 """Future-state error against horizon, in the data's own units.
 
-A ridge probe is fitted, per level, on the *target* encoder's per-step features to read the ground-truth
-state (the digit's centre, in pixels). It is then applied to the model's *predicted* features of the
+A ridge probe is fitted, per level, on the *target* encoder's per-step token grid (averaged into at most
+4 x 4 cells, ``features._cell_means``) to read the ground-truth state (the digit's centre, in pixels). It is then applied to the model's *predicted* features of the
 future steps: horizon h at level l is the step h steps of level l after the context (h * frames-per-step
 frames ahead).
 
@@ -80,18 +80,18 @@ def horizon_curves(model: HJEPA, train: FeatureSet, val: FeatureSet, horizon: in
         if tr.states is None or va.states is None:
             raise ConfigError("the data set has no ground-truth state (a positions() method) for the "
                               "future-state probe; data.dataset=moving_digits has one")
-        probe = fit_state_probe(tr.steps, tr.states)
+        probe = fit_state_probe(tr.grid, tr.states)
         H = min(horizon, T - c)
         future = slice(c, c + H)
-        last = np.repeat(va.steps[:, c - 1:c], H, axis=1)
-        offset = (tr.predicted[:, :H] - tr.steps[:, future]).mean(axis=0, keepdims=True)  # [1, H, D]
+        last = np.repeat(va.grid[:, c - 1:c], H, axis=1)
+        offset = (tr.predicted_grid[:, :H] - tr.grid[:, future]).mean(axis=0, keepdims=True)  # [1, H, G*D]
         truth = va.states[:, future]
         curves[f"level{level + 1}"] = {
             "horizon": list(range(1, H + 1)),
             "frames_ahead": [h * (model.frames // T) for h in range(1, H + 1)],
-            "error": state_error(probe, va.predicted[:, :H] - offset, truth).tolist(),
-            "error_raw": state_error(probe, va.predicted[:, :H], truth).tolist(),
-            "floor": state_error(probe, va.steps[:, future], truth).tolist(),
+            "error": state_error(probe, va.predicted_grid[:, :H] - offset, truth).tolist(),
+            "error_raw": state_error(probe, va.predicted_grid[:, :H], truth).tolist(),
+            "floor": state_error(probe, va.grid[:, future], truth).tolist(),
             "copy_last": state_error(probe, last, truth).tolist(),
             "mean_state": mean_state_error(tr.states[:, future], truth).tolist(),
             "spread_ratio": spread_ratio(va.predicted[:, :H], va.steps[:, future]),

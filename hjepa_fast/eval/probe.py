@@ -8,19 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
+from hjepa_fast.builders import build_dataset_for, build_model
+from hjepa_fast.checkpoint import load_model_state
 from hjepa_fast.config import Config, ConfigError, config_from_dict, to_dict
 from hjepa_fast.kernels import set_kernel_mode
+from hjepa_fast.metrics import collapse_report
 from hjepa_fast.model.hjepa import HJEPA
-from hjepa_fast.train.builders import build_dataset_for, build_model
-from hjepa_fast.train.checkpoint import load_checkpoint, load_model_state
-from hjepa_fast.train.trainer import CHECKPOINT, pick_device
+from hjepa_fast.runs import CHECKPOINT, load_run, pick_device
 
 from .features import FeatureSet, context_cut, extract_features
 from .horizon import check_horizon, horizon_curves
-from .metrics import collapse_report
+
+__all__ = ["BLIND_SPREAD", "check_labels", "evaluate_model", "evaluate_run", "format_table", "linear_probe",
+           "load_run", "plot_horizon", "probe_features"]  # load_run lives in hjepa_fast.runs: re-exported
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
@@ -74,18 +76,6 @@ def evaluate_model(model: HJEPA, cfg: Config, device: torch.device, progress: st
         "collapse": {f"level{i + 1}": collapse_report(torch.from_numpy(v.pooled)) for i, v in enumerate(val.levels)},
         "context_frames": cut,
     }
-
-
-def load_run(run_dir: str | Path) -> tuple[Config, dict]:
-    """A run folder's config and final checkpoint; refuses a folder that lacks either."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
-    if not (run_dir / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint ({CHECKPOINT}): the run has not finished a "
-                                "checkpoint yet, or was trained with a sharded engine (fsdp, deepspeed)")
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    return cfg, load_checkpoint(run_dir / CHECKPOINT, expect=("model", "step"))
 
 
 def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: bool = False) -> dict:

@@ -1,7 +1,10 @@
-"""One entry point for attention: flash-attn, xformers or torch SDPA, picked once per call site.
+"""One entry point for attention: flash-attn, xformers, cuDNN or torch SDPA, picked once per call site.
 
 Unmasked attention on CUDA in half precision goes to flash-attn, then xformers, when installed (or when
-forced by ``model.attention_backend``); everything else, and any call with a mask, goes to torch SDPA.
+forced by ``model.attention_backend``); ``cudnn`` runs torch SDPA with cuDNN's fused attention first in
+its priority list (Hopper's fastest kernel that ships with torch; torch otherwise tries its own flash
+kernel first), falling back to torch's own order where cuDNN refuses a shape. Everything else, and any
+call with a mask, goes to torch SDPA.
 """
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ import importlib
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-BACKENDS = ("auto", "sdpa", "flash", "xformers")
+BACKENDS = ("auto", "sdpa", "cudnn", "flash", "xformers")
+_CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.MATH]
 _MODULES = {"flash": "flash_attn", "xformers": "xformers.ops"}
 _INSTALL = {"flash": "pip install flash-attn (or the 'gpu' extra)", "xformers": "pip install xformers"}
 
@@ -31,7 +37,7 @@ def resolve_backend(backend: str) -> str:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
         return next((b for b in ("flash", "xformers") if _load(b) is not None), "sdpa")
-    if backend != "sdpa" and _load(backend) is None:
+    if backend not in ("sdpa", "cudnn") and _load(backend) is None:
         raise ImportError(f"attention backend {backend!r} is not installed: {_INSTALL[backend]}")
     return backend
 
@@ -48,4 +54,7 @@ def attention(
     if fused_ok and backend == "xformers":
         out = _load("xformers").memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
+    if fused_ok and backend == "cudnn":
+        with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

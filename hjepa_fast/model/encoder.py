@@ -4,6 +4,7 @@ dropped, not zeroed."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .posembed import sincos_3d
@@ -26,16 +27,22 @@ def scatter_tokens(z: torch.Tensor, idx: torch.Tensor, length: int) -> tuple[tor
 
 
 class PatchEmbed3D(nn.Module):
-    """Clips ``[B, T, C, H, W]`` -> tokens ``[B, T / tubelet, (H/p)*(W/p), D]`` by a Conv3d whose kernel
-    is one tubelet x patch (tubelet 1 is timm's PatchEmbed with a time axis)."""
+    """Clips ``[B, T, C, H, W]`` -> tokens ``[B, T / tubelet, (H/p)*(W/p), D]``: each tubelet x patch
+    flattened and projected, the Conv3d whose kernel equals its stride written as one matmul. The weight
+    stays a Conv3d's (checkpoints unchanged); cuDNN's 3-d convolution took 36 ms of a 550 ms ViT-B step
+    on an H200 in bf16 (a generic implicit-GEMM kernel), the matmul a few."""
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, tubelet: int):
         super().__init__()
+        self.patch_size, self.tubelet = patch_size, tubelet
         self.proj = nn.Conv3d(in_chans, dim, (tubelet, patch_size, patch_size), (tubelet, patch_size, patch_size))
 
     def forward(self, clips: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.proj(clips.transpose(1, 2))  # [B, D, T', H', W']
-        return x.flatten(3).permute(0, 2, 3, 1)
+        B, T, C, H, W = clips.shape
+        t, p = self.tubelet, self.patch_size
+        x = clips.reshape(B, T // t, t, C, H // p, p, W // p, p).permute(0, 1, 4, 6, 3, 2, 5, 7)
+        x = x.reshape(B, T // t, (H // p) * (W // p), C * t * p * p)  # one row per patch, the kernel's order
+        return F.linear(x, self.proj.weight.flatten(1), self.proj.bias)
 
 
 class LevelEncoder(nn.Module):

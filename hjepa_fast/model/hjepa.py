@@ -130,6 +130,14 @@ class HJEPA(nn.Module):
             return actions.reshape(B, T, F // T, A).mean(2)
         return actions.reshape(B, T, F // T * A)
 
+    def train(self, mode: bool = True) -> HJEPA:
+        """Train mode for the online modules; the target encoders always stay in eval mode: a target is a
+        deterministic function of the EMA weights (no stochastic depth in the teacher, as in DINO), and
+        every target forward is one graph for ``torch.compile``."""
+        super().train(mode)
+        self.target_encoders.eval()
+        return self
+
     @property
     def levels(self) -> int:
         return len(self.encoders)

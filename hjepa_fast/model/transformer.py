@@ -1,12 +1,30 @@
-"""Pre-norm transformer blocks on timm's layers (Mlp, DropPath), with our attention dispatch and an
+"""Pre-norm transformer blocks on timm's Mlp, with our attention dispatch, stochastic depth and an
 optional cross-attention for top-down context."""
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath, Mlp
+from timm.layers import Mlp
 from torch import nn
 
 from .attention import attention
+
+
+class StochasticDepth(nn.Module):
+    """Per-sample residual-branch drop in training (timm's DropPath, scaled by the keep rate). The rate is
+    a 0-dim buffer, not a Python float: blocks of every non-zero rate are then one graph to
+    ``torch.compile`` (a float attribute is a guard: one graph per rate). Rate 0 is a no-op."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.register_buffer("rate", torch.tensor(float(rate)), persistent=False)
+        self.active = rate > 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.active):
+            return x
+        keep = 1.0 - self.rate
+        kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device) < keep
+        return x * (kept / keep).to(x.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -41,7 +59,7 @@ class Block(nn.Module):
             self.cross = MultiHeadAttention(dim, heads, context_dim=context_dim, backend=backend)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = StochasticDepth(drop_path)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hjepa_fast.builders import build_model
+from hjepa_fast.checkpoint import load_model_state
 from hjepa_fast.config import ConfigError
 from hjepa_fast.envs import Env, make_env
-from hjepa_fast.eval.probe import load_run
 from hjepa_fast.kernels import set_kernel_mode
-from hjepa_fast.train.builders import build_model
-from hjepa_fast.train.checkpoint import load_model_state
-from hjepa_fast.train.engine import CHECKPOINT
+from hjepa_fast.runs import CHECKPOINT, load_run
 
 from .agent import OracleAgent, PlanningAgent, RandomAgent
 from .planners import build_planner

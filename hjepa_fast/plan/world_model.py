@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hjepa_fast.builders import build_mask_sampler
 from hjepa_fast.config import Config, ConfigError
 from hjepa_fast.flops import encoder_forward, predictor_forward
 from hjepa_fast.masks import LevelMasks
 from hjepa_fast.model.hjepa import HJEPA
-from hjepa_fast.train.builders import build_mask_sampler
 
 
 @dataclass

@@ -1,74 +1,19 @@
-"""Turn a Config into the objects a run needs: model, masks, data loader, optimiser."""
+"""The training-only builders: the step-seeded data loader (sharded over ranks) and the optimiser. The
+model, data sets and mask sampler come from ``hjepa_fast.builders``, re-exported here for the imports
+that name this module."""
 from __future__ import annotations
-
-import math
-import warnings
 
 import torch
 from torch import nn
 
-from hjepa_fast.config import Config, ConfigError, level_time_steps
-from hjepa_fast.data import StepBatchSampler, build_dataset
-from hjepa_fast.masks import HierarchicalMaskSampler, LevelMasks, MaskCollator, build_sampler
+from hjepa_fast.builders import build_dataset_for, build_mask_sampler, build_model
+from hjepa_fast.config import Config
+from hjepa_fast.data import StepBatchSampler
+from hjepa_fast.masks import LevelMasks, MaskCollator
 from hjepa_fast.model.hjepa import HJEPA
 
-_STRATEGY_PARAMS = {
-    "multiblock": ("num_blocks", "target_scale", "target_aspect", "context_scale", "temporal_scale", "min_keep"),
-    "future": ("context_fraction", "horizon"),
-    "segment": ("segment_fraction",),
-}
-
-
-def build_model(cfg: Config) -> HJEPA:
-    """The H-JEPA stack, initialised from ``train.seed`` (so a random baseline is reproducible)."""
-    torch.manual_seed(cfg.train.seed)
-    return HJEPA(cfg.model, cfg.data.frames, cfg.loss)
-
-
-def build_mask_sampler(cfg: Config) -> HierarchicalMaskSampler:
-    side = cfg.model.img_size // cfg.model.patch_size
-    grids = [(steps, side, side) for steps in level_time_steps(cfg)]
-    strides = [math.prod(cfg.model.temporal_strides[: level + 1]) for level in range(cfg.model.levels)]
-    samplers = []
-    for level, (strategy, grid) in enumerate(zip(cfg.masks.strategies, grids)):
-        params = {name: getattr(cfg.masks, name) for name in _STRATEGY_PARAMS[strategy]}
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        try:
-            samplers.append(build_sampler(strategy, grid, **params))
-        except ValueError as e:  # a setting that fits its range but not this level's grid (masks.horizon=9, ...)
-            raise ConfigError(f"masks.* for level {level + 1} ({strategy}, grid T x H x W = {grid}): {e}") from None
-    hier = HierarchicalMaskSampler(samplers, grids, strides, min_keep=cfg.masks.min_keep)
-    _check_masks_leave_input(hier, cfg)
-    return hier
-
-
-def _check_masks_leave_input(hier: HierarchicalMaskSampler, cfg: Config, batches: int = 16) -> None:
-    """Refuse at start-up, not at step 10,000, a mix of strategies whose targets can cover all of level 1.
-
-    Each level's targets are held out of level 1's context (no leakage), so independent temporal draws at
-    several levels (a segment here, a future there) can leave a sample nothing to see."""
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for _ in range(batches):
-                hier.sample(cfg.train.batch_size, generator)
-    except ValueError as e:
-        raise ConfigError(
-            f"masks.strategies={cfg.masks.strategies} can hide all of level 1's input ({e}). Mixes that share "
-            "one time split are safe: multiblock at any level, or 'future' at every level that is not multiblock"
-        ) from None
-
-
-def build_dataset_for(cfg: Config, split: str, train: bool = False):
-    """``train``: the training loader's set, augmented where ``data.augment`` says (evaluation never is)."""
-    return build_dataset(cfg.data.dataset, split, frames=cfg.data.frames, size=cfg.model.img_size,
-                         channels=cfg.model.in_chans, root=cfg.data.root, seed=cfg.data.seed,
-                         frame_stride=cfg.data.frame_stride, fps=cfg.data.fps, augment=train and cfg.data.augment,
-                         crop_scale=tuple(cfg.data.crop_scale), crop_aspect=tuple(cfg.data.crop_aspect),
-                         hflip=cfg.data.hflip, pad_short=cfg.data.pad_short,
-                         max_bad_fraction=cfg.data.max_bad_fraction, digit_size=cfg.data.digit_size,
-                         digits=cfg.data.digits, background=cfg.data.background)
+__all__ = ["RankSlice", "RankSliceMasks", "build_dataset_for", "build_mask_sampler", "build_model",
+           "build_optimizer", "build_train_loader", "count_parameters", "peak_lr"]
 
 
 def build_train_loader(cfg: Config, start_step: int = 0, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
@@ -123,13 +68,18 @@ class RankSliceMasks:
 
 def build_optimizer(model: HJEPA, cfg: Config) -> torch.optim.Optimizer:
     """AdamW over the online parameters; no weight decay on biases, norms, tokens and loss weights
-    (every tensor with fewer than 2 dimensions). Each group records whether it decays."""
+    (every tensor with fewer than 2 dimensions). Each group records whether it decays. With
+    ``train.fused_optimizer``, one process or DDP, and every parameter on CUDA, the fused implementation
+    (a few kernels per step instead of a launch series per tensor group); elsewhere torch's default
+    (foreach). Both keep the same state, so a run resumes under either."""
     decay, no_decay = [], []
     for p in model.online_parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay, "decays": True},
               {"params": no_decay, "weight_decay": 0.0, "decays": False}]
-    return torch.optim.AdamW(groups, lr=peak_lr(cfg), betas=(0.9, 0.999))
+    fused = (cfg.train.fused_optimizer and cfg.train.engine in ("single", "ddp")
+             and all(p.is_cuda for p in decay + no_decay))
+    return torch.optim.AdamW(groups, lr=peak_lr(cfg), betas=(0.9, 0.999), **({"fused": True} if fused else {}))
 
 
 def peak_lr(cfg: Config) -> float:

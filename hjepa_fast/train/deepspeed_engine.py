@@ -19,17 +19,16 @@ from typing import Any
 
 import torch
 
+from hjepa_fast.checkpoint import load_checkpoint, save_checkpoint
 from hjepa_fast.config import Config, ConfigError
 from hjepa_fast.kernels import EMASchedule, ema_update_
 from hjepa_fast.model.hjepa import level_parameters
+from hjepa_fast.runs import DS_CHECKPOINT, DS_META
 
 from .builders import build_optimizer
-from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo, barrier, local_batch
 from .parallelize import detach_targets
 
-DS_CHECKPOINT = "checkpoint_ds"
-DS_META = "hjepa_meta.pt"
 INSTALL = "pip install 'hjepa_fast[deepspeed]'   (or: pip install deepspeed)"
 
 

@@ -25,17 +25,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from hjepa_fast.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from hjepa_fast.config import Config
 from hjepa_fast.errors import CheckpointError
 from hjepa_fast.model.hjepa import HJEPA
+from hjepa_fast.runs import CHECKPOINT, DCP_CHECKPOINT, checkpoint_format, has_checkpoint
 
 from .builders import build_optimizer
-from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .distributed import DistInfo, barrier
 from .ema import TargetEMA
 
-CHECKPOINT = "checkpoint.pt"  # single / ddp: one file with everything
-DCP_CHECKPOINT = "checkpoint"  # fsdp: a torch.distributed.checkpoint folder (+ meta.pt)
+# the run folder's file names and checks live in hjepa_fast.runs; re-exported for the imports that name them
+__all__ = ["CHECKPOINT", "DCP_CHECKPOINT", "DDPEngine", "FSDPEngine", "SingleProcessEngine", "build_engine",
+           "checkpoint_format", "has_checkpoint"]
 
 
 class SingleProcessEngine:
@@ -180,18 +182,6 @@ class FSDPEngine(SingleProcessEngine):
         set_state_dict(self.model, self.optimizer, model_state_dict=states["model"],
                        optim_state_dict=states["optimizer"])
         return meta
-
-
-def checkpoint_format(engine: str) -> str:
-    """Engines that share a format can resume each other's runs (single <-> ddp)."""
-    return {"single": "torch", "ddp": "torch", "fsdp": "dcp", "deepspeed": "deepspeed"}[engine]
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    from .deepspeed_engine import DS_CHECKPOINT, DS_META
-
-    return any(p.is_file() for p in (run_dir / CHECKPOINT, run_dir / DCP_CHECKPOINT / "meta.pt",
-                                     run_dir / DS_CHECKPOINT / DS_META))
 
 
 def build_engine(cfg: Config, model: HJEPA, device: torch.device, info: DistInfo):

@@ -12,35 +12,35 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hjepa_fast.config import Config, ConfigError, config_from_dict, to_dict
-from hjepa_fast.eval.metrics import feature_spread, rankme
+from hjepa_fast.builders import build_model
+from hjepa_fast.checkpoint import rng_state, set_rng_state
+from hjepa_fast.config import Config, ConfigError, to_dict
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.masks import LevelMasks
+from hjepa_fast.metrics import feature_spread, rankme
+from hjepa_fast.runs import (
+    CHECKPOINT,
+    RESUMABLE_CHANGES,
+    RunLock,
+    create_run_dir,
+    has_checkpoint,
+    pick_device,
+    remove_stale_temporaries,
+    resume_config,
+    write_config,
+)
 
 from . import distributed
-from .builders import build_model, count_parameters, peak_lr
-from .checkpoint import rng_state, set_rng_state
-from .engine import CHECKPOINT, build_engine, checkpoint_format, has_checkpoint
+from .builders import count_parameters, peak_lr
+from .compile import apply_compile
+from .engine import build_engine
 from .logging import MetricsLogger, plot_losses
 from .parallelize import apply_activation_checkpointing
-from .run_folder import RunLock, create_run_dir, remove_stale_temporaries, write_config
 from .schedules import cosine, warmup_cosine
 
-__all__ = ["CHECKPOINT", "train", "resume_config", "pick_device"]
-# settings a resumed run may change: they do not alter the steps already taken (a new train.steps
-# stretches the schedules from here on)
-RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.ckpt_every", "train.threads", "train.out_dir",
-                     "train.run_name", "data.num_workers", "train.deepspeed", "train.grad_accumulation",
-                     "train.activation_checkpointing"}
-# (train.engine may change where the checkpoint format is the same: single <-> ddp)
-
-
-def pick_device(cfg: Config, local_rank: int = 0) -> torch.device:
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
-    if cfg.train.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(f"cuda:{local_rank}" if cfg.train.device == "cuda" else cfg.train.device)
+# CHECKPOINT, pick_device, resume_config and RESUMABLE_CHANGES live in hjepa_fast.runs; this module
+# re-exports them for the imports that name it
+__all__ = ["CHECKPOINT", "RESUMABLE_CHANGES", "train", "resume_config", "pick_device"]
 
 
 def _autocast(cfg: Config, device: torch.device):
@@ -73,32 +73,6 @@ class CollapseMonitor:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
-
-
-def _flat(tree: dict) -> dict:
-    return {f"{s}.{k}": v for s, values in tree.items() for k, v in values.items()}
-
-
-def resume_config(run_dir: Path, requested: Config | None) -> Config:
-    """The run's own config; a requested config may differ only in RESUMABLE_CHANGES."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml")
-    import yaml
-
-    saved = config_from_dict(yaml.safe_load(saved_path.read_text()))
-    if requested is None:
-        return saved
-    a, b = _flat(to_dict(saved)), _flat(to_dict(requested))
-    differing = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES
-                       and not (k == "train.engine" and checkpoint_format(a[k]) == checkpoint_format(b[k])))
-    if differing:
-        changes = ", ".join(f"{k} ({a[k]!r} -> {b[k]!r})" for k in differing)
-        raise ConfigError(f"cannot resume {run_dir} with a different config: {changes}")
-    for key in (*RESUMABLE_CHANGES, "train.engine"):
-        section, name = key.split(".")
-        setattr(getattr(saved, section), name, getattr(getattr(requested, section), name))
-    return saved
 
 
 def train(cfg: Config, run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> dict:
@@ -145,6 +119,7 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
     _, micro = distributed.local_batch(cfg, info)
     model = build_model(cfg).to(device)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
+    apply_compile(model, cfg.train.compile)
     engine = build_engine(cfg, model, device, info)
     model.train()
     start = 0
@@ -183,8 +158,9 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
         wd = cosine(step, cfg.train.steps, cfg.train.weight_decay, cfg.train.weight_decay_end)
         engine.set_schedule(lr, wd)
         clips = batch["clips"].to(device, non_blocking=True)
-        masks = [LevelMasks(m.context.to(device), m.target.to(device)) for m in batch["masks"]]
-        actions = batch["actions"].to(device) if "actions" in batch else None
+        masks = [LevelMasks(m.context.to(device, non_blocking=True), m.target.to(device, non_blocking=True))
+                 for m in batch["masks"]]  # pinned by the loader on CUDA: no wait for the previous step
+        actions = batch["actions"].to(device, non_blocking=True) if "actions" in batch else None
         loss_sum = None
         monitor.armed = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps
         for i in range(accum):  # micro-batches: rows [i*micro, (i+1)*micro) of this rank's slice

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
+from hjepa_fast.ablate import variants
 from hjepa_fast.cli import main
 from hjepa_fast.config import load_config
-from hjepa_fast.eval.ablate import variants
 
 from .test_eval_cli import TINY_RUN
 

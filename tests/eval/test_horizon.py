@@ -69,7 +69,7 @@ def test_a_constant_offset_is_calibrated_away():
     steps = rng.normal(size=(n, T, D))
     states = steps @ rng.normal(size=(D, 2)) + 5.0
     offset = rng.normal(size=D) * 3.0
-    level = LevelFeatures(steps.mean(1), steps, steps[:, c:] + offset, states)
+    level = LevelFeatures(steps.mean(1), steps, steps[:, c:] + offset, states, steps, steps[:, c:] + offset)
     features = FeatureSet([level], {}, [c])
     model = SimpleNamespace(grids=[(T, 1, 1)], frames=T)
     curve = horizon_curves(model, features, features, T - c)["level1"]
@@ -99,3 +99,25 @@ def test_a_horizon_beyond_the_clip_is_refused(make_config):
     with pytest.raises(ConfigError, match=r"eval.horizon=5 is beyond the clip: .* level 1 has 4 future steps"):
         check_horizon(model, 8, 5)
     assert check_horizon(model, 8, 3) == 3 and check_horizon(model, 8, 0) == 4
+
+
+def test_the_state_probe_reads_where_on_the_grid_the_object_is():
+    from hjepa_fast.eval.features import _cell_means
+
+    # one "object" token on a field of identical background tokens: every position has the same spatial
+    # mean, so only the cell grid tells positions apart
+    n, H, W, D = 200, 8, 8, 6
+    rng = np.random.default_rng(0)
+    where = rng.integers(0, H * W, size=n)
+    tokens = torch.zeros(n, H * W, D)
+    tokens[..., 0] = 1.0
+    tokens[torch.arange(n), torch.from_numpy(where), 1] = 3.0
+    states = np.stack([where // W, where % W], axis=-1)[:, None].astype(float)  # [n, 1, 2]
+    grid = _cell_means(tokens, 1, H, W).numpy()
+    assert grid.shape == (n, 1, 16 * D)
+    unit = torch.nn.functional.normalize(tokens, dim=-1).view(n, 4, 2, 4, 2, D)
+    torch.testing.assert_close(torch.from_numpy(grid).view(n, D, 4, 4), unit.mean((2, 4)).permute(0, 3, 1, 2))
+    mean = torch.nn.functional.normalize(tokens, dim=-1).mean(1, keepdim=True).numpy()
+    from_grid = state_error(fit_state_probe(grid, states), grid, states)[0]
+    from_mean = state_error(fit_state_probe(mean, states), mean, states)[0]
+    assert from_grid < 0.5 * from_mean  # cells of 2 x 2 tokens: about a token's accuracy

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from hjepa_fast.eval.metrics import collapse_report, rankme
 from hjepa_fast.eval.probe import linear_probe
+from hjepa_fast.metrics import collapse_report, rankme
 from hjepa_fast.train.builders import build_model
 from hjepa_fast.train.trainer import CollapseMonitor
 

@@ -6,11 +6,22 @@ import math
 
 import pytest
 import torch
+from kernel_tolerance import assert_within_torch_error
 
 from hjepa_fast.kernels import ema_update_, ema_update_reference_, kernel_mode
 from hjepa_fast.kernels.ema import EMASchedule, MultiLevelEMA, ema_flat_, ema_flat_triton_, ema_update_triton_
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+def float64(groups):
+    """A float64 copy of a list of tensor lists: the start of the exact update."""
+    return [[t.detach().double() for t in group] for group in groups]
+
+
+def assert_groups_close(got, torch_out, exact):
+    """Every tensor of ``got`` within torch's own error (``torch_out``, same dtype) of the float64 ``exact``."""
+    for got_group, torch_group, exact_group in zip(got, torch_out, exact, strict=True):
+        for a, b, c in zip(got_group, torch_group, exact_group, strict=True):
+            assert_within_torch_error(a.detach(), b.detach(), c)
 
 
 def random_groups(dtype, seed=0):
@@ -25,18 +36,14 @@ def random_groups(dtype, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ema_update_matches_the_per_tensor_loop(dtype):
     targets, sources = random_groups(dtype)
-    expected = [[t.clone() for t in group] for group in targets]
+    reference, exact = [[t.clone() for t in group] for group in targets], float64(targets)
     taus = [0.9, 0.5, 0.996]
     ema_update_(targets, sources, taus)
-    for group, src, exp, tau in zip(targets, sources, expected, taus):
-        for t, s, e in zip(group, src, exp):
-            want = (tau * e.double() + (1 - tau) * s.double()).to(dtype)
-            torch.testing.assert_close(t, want, rtol=TOL[dtype], atol=TOL[dtype])
-    reference = [[t.clone() for t in group] for group in expected]
     ema_update_reference_(reference, sources, taus)
-    for group, ref in zip(targets, reference):
-        for t, r in zip(group, ref):
-            torch.testing.assert_close(t, r, rtol=TOL[dtype], atol=TOL[dtype])
+    for group, src, tau in zip(exact, float64(sources), taus):  # tau * t + (1 - tau) * s in float64
+        for t, s in zip(group, src):
+            t.mul_(tau).add_(s, alpha=1 - tau)
+    assert_groups_close(targets, reference, exact)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -75,22 +82,17 @@ def test_ema_refuses_mismatches(targets, sources, taus, message):
 SHAPES = [[(), (7,), (3, 5)], [(64, 33), (1,)], [(2, 3, 4, 5)]]
 
 
-def close(a, b, dtype):
-    torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype])
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_per_tensor_path_matches_the_loop_with_non_contiguous_tensors(dtype):
     targets, sources = random_groups(dtype)
     targets[1][0] = torch.randn(33, 64).to(dtype).t()  # non-contiguous target
     sources[2][0] = torch.randn(5, 4, 3, 2).to(dtype).permute(3, 2, 1, 0)  # non-contiguous source
-    expected = [[t.clone() for t in g] for g in targets]
+    expected, exact = [[t.clone() for t in g] for g in targets], float64(targets)
     taus = [0.9, 0.0, 0.7]
     ema_update_triton_(targets, sources, taus)
     ema_update_reference_(expected, sources, taus)
-    for tg, eg in zip(targets, expected):
-        for t, e in zip(tg, eg):
-            close(t, e, dtype)
+    ema_update_reference_(exact, float64(sources), taus)
+    assert_groups_close(targets, expected, exact)
     assert all(torch.equal(t, s) for t, s in zip(targets[1], sources[1]))  # tau=0 wrote every element
 
 
@@ -101,12 +103,13 @@ def test_flat_kernel_with_level_boundaries_inside_blocks(dtype, block):
     n, starts = 301, [0, 37, 37, 200]  # level 1 is empty; 301 is not a multiple of the block
     weights = torch.tensor([0.25, 0.5, 1.0, 0.0])
     target, source = (torch.randn(n, generator=g).to(dtype) for _ in range(2))
-    expected = target.clone()
+    expected, exact = target.clone(), target.double()
     bounds = [*starts, n]
     for lvl, w in enumerate(weights.tolist()):
         expected[bounds[lvl]:bounds[lvl + 1]].lerp_(source[bounds[lvl]:bounds[lvl + 1]], w)
+        exact[bounds[lvl]:bounds[lvl + 1]].lerp_(source[bounds[lvl]:bounds[lvl + 1]].double(), w)
     ema_flat_triton_(target, source, torch.tensor(starts), weights, block=block)
-    close(target, expected, dtype)
+    assert_within_torch_error(target, expected, exact)
     assert torch.equal(target[37:200], source[37:200])  # w=1 copies exactly, unwritten elements would fail
     assert torch.equal(target[200:], expected[200:])  # w=0 keeps exactly
 
@@ -136,12 +139,11 @@ def test_flat_op_passes_opcheck_and_compiles_fullgraph():
 
 def test_functional_foreach_path_compiles_fullgraph():
     targets, sources = random_groups(torch.float32)
-    eager = [[t.clone() for t in g] for g in targets]
+    eager, exact = [[t.clone() for t in g] for g in targets], float64(targets)
     ema_update_(eager, sources, [0.9, 0.5, 0.99])
+    ema_update_reference_(exact, float64(sources), [0.9, 0.5, 0.99])
     torch.compile(lambda t, s: ema_update_(t, s, [0.9, 0.5, 0.99]), fullgraph=True)(targets, sources)
-    for tg, eg in zip(targets, eager):
-        for t, e in zip(tg, eg):
-            close(t, e, torch.float32)
+    assert_groups_close(targets, eager, exact)
 
 
 def make_levels(dtypes=(torch.float32, torch.bfloat16, torch.float32), seed=3):
@@ -172,17 +174,17 @@ def test_multilevel_ema_matches_the_loop_over_scheduled_steps(mode, kind, monkey
     monkeypatch.setattr(ema_module, "ema_flat_triton_", lambda *a, **k: launches.append(1) or launch(*a, **k))
     targets, sources = make_levels(), make_levels(seed=4)
     expected, src = snapshot(targets), snapshot(sources)
+    exact, src64 = float64(expected), float64(src)
     schedule = EMASchedule(SCHEDULE.tau_base, SCHEDULE.tau_end, SCHEDULE.total_steps, kind)
     ema = MultiLevelEMA(targets, sources, schedule)
     with kernel_mode(mode):
         for _ in range(6):  # past total_steps: held at tau_end
             taus = ema.step()
             ema_update_reference_(expected, src, taus)
+            ema_update_reference_(exact, src64, taus)
     assert ema.step_count == 6 and taus == [0.99, 1.0, 0.0]
     assert len(launches) == (12 if mode == "triton" else 0)  # one launch per (dtype, device) bucket and step
-    for m, eg in zip(targets, expected):
-        for p, e in zip(m.parameters(), eg):
-            close(p.detach(), e, p.dtype)
+    assert_groups_close(snapshot(targets), expected, exact)
     assert all(torch.equal(p, s) for p, s in zip(targets[2].parameters(), sources[2].parameters()))
 
 
@@ -320,11 +322,12 @@ def test_gpu_multilevel_ema_vit_b_shapes_matches_and_is_deterministic(dtype):
     for _ in range(2):
         targets, sources = levels(0), levels(1)
         expected, src = snapshot(targets), snapshot(sources)
+        exact, src64 = float64(expected), float64(src)
         ema = MultiLevelEMA(targets, sources, EMASchedule([0.996, 0.9, 0.5], [0.9999, 0.99, 0.9], 10))
         for _ in range(3):
-            ema_update_reference_(expected, src, ema.step())
-        for m, eg in zip(targets, expected):
-            for p, e in zip(m.parameters(), eg):
-                close(p.detach(), e, dtype)
+            taus = ema.step()
+            ema_update_reference_(expected, src, taus)
+            ema_update_reference_(exact, src64, taus)
+        assert_groups_close(snapshot(targets), expected, exact)
         runs.append(snapshot(targets))
     assert all(torch.equal(a, b) for ga, gb in zip(*runs) for a, b in zip(ga, gb))

@@ -2,17 +2,16 @@
 real on CUDA) against the reference, forward and all three gradients, with and without hidden steps."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
+from kernel_tolerance import assert_within_torch_error
 
 import hjepa_fast.kernels.temporal_pool as tp
 from hjepa_fast.kernels import kernel_mode, temporal_attention_pool, temporal_attention_pool_reference
 from hjepa_fast.kernels.temporal_pool import temporal_attention_pool_triton
-
-TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
-GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +34,32 @@ def naive_pool(q, k, v, window, visible):
         weights = torch.softmax(scores, 0)
         out[b, w, n, h] = sum(wt * v[b, t, n, h].double() for wt, t in zip(weights, seen))
     return out
+
+
+def pool_float64(q, k, v, window, visible):
+    """The reference's arithmetic in float64 (the reference computes in float32): the exact result of
+    inputs given as float64, gradients included."""
+    B, T, N, H, Dh = k.shape
+    kw, vw = (x.reshape(B, T // window, window, N, H, Dh) for x in (k, v))
+    scores = torch.einsum("bwknhd,hd->bwknh", kw, q) / math.sqrt(Dh)
+    if visible is None:
+        weights = torch.softmax(scores, dim=2)
+    else:
+        vis = visible.reshape(B, T // window, window, N, 1)
+        weights = torch.softmax(scores.masked_fill(~vis, -1e30), dim=2) * vis.any(dim=2, keepdim=True)
+    return torch.einsum("bwknh,bwknhd->bwnhd", weights, vw)
+
+
+def assert_pool_matches(q, k, v, window, visible, grad=None, kernel=temporal_attention_pool_triton):
+    """The kernel's output and gradients (q, k, v) within torch's own error at their dtypes (the reference)
+    of the float64 result."""
+    got = pool_and_grads(kernel, q, k, v, window, visible, grad)
+    ours = pool_and_grads(temporal_attention_pool_reference, q, k, v, window, visible, grad)
+    exact = pool_and_grads(pool_float64, q.double(), k.double(), v.double(), window, visible,
+                           None if grad is None else grad.double())
+    for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, ours, exact):
+        assert_within_torch_error(a, b, c, name=name)
+    return got
 
 
 def make_inputs(B, T, N, H, Dh, window, masked, dtype, seed=0):
@@ -63,7 +88,8 @@ def test_temporal_attention_pool_matches_a_loop(impl, dtype, window, N, Dh, mask
     q, k, v, visible = make_inputs(B, T, N, H, Dh, window, masked, dtype, seed=window)
     out = impl(q, k, v, window, visible)
     assert out.shape == (B, T // window, N, H, Dh) and out.dtype == dtype
-    torch.testing.assert_close(out.double(), naive_pool(q, k, v, window, visible), rtol=TOL[dtype], atol=TOL[dtype])
+    assert_within_torch_error(out, temporal_attention_pool_reference(q, k, v, window, visible),
+                              naive_pool(q, k, v, window, visible))
 
 
 SHAPES = [  # B, T, N, H, Dh, window, masked
@@ -82,12 +108,7 @@ def test_triton_matches_reference_forward_and_backward(shape, dtype):
     q, k, v, visible = make_inputs(*dims, window, masked, dtype, seed=sum(shape))
     B, T, N, H, Dh = dims
     grad = torch.randn(B, T // window, N, H, Dh, generator=torch.Generator().manual_seed(1)).to(dtype)
-    got = pool_and_grads(temporal_attention_pool_triton, q, k, v, window, visible, grad)
-    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, window, visible, grad)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        tol = TOL[dtype] if name == "out" else GRAD_TOL[dtype]
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m, name=name: f"{name}: {m}")
+    got = assert_pool_matches(q, k, v, window, visible, grad)
     if masked:  # the all-hidden window: zero output, zero gradients for its keys and values
         assert got[0][0, 0, 0].eq(0).all() and got[2][0, :window, 0].eq(0).all() and got[3][0, :window, 0].eq(0).all()
 
@@ -100,10 +121,7 @@ def test_non_contiguous_inputs_and_stride0_grad():
     q = torch.randn(Dh, H, generator=g).t()
     visible = (torch.rand(B, N, T, generator=g) > 0.3).transpose(1, 2)
     assert not (k.is_contiguous() or v.is_contiguous() or q.is_contiguous() or visible.is_contiguous())
-    got = pool_and_grads(temporal_attention_pool_triton, q, k, v, window, visible)
-    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, window, visible)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_pool_matches(q, k, v, window, visible)
 
 
 def test_query_gradient_is_deterministic():
@@ -172,7 +190,8 @@ def test_compiles_fullgraph_and_passes_opcheck():
         torch.testing.assert_close(a, b)
 
 
-def test_model_attention_pool_unchanged_by_the_kernel():
+def test_model_attention_pool_unchanged_by_the_kernel(monkeypatch):
+    from hjepa_fast.model import abstraction
     from hjepa_fast.model.abstraction import TemporalAttentionPool
 
     torch.manual_seed(0)
@@ -181,14 +200,17 @@ def test_model_attention_pool_unchanged_by_the_kernel():
     visible = torch.rand(2, 8, 3) > 0.4
     visible[0, :4, 0] = False
     results = {}
-    for mode in ("reference", "triton"):
-        module.zero_grad()
-        with kernel_mode(mode):
-            out = module(x, visible)
+    for mode, m, inputs in [("reference", module, x), ("triton", module, x),
+                            ("exact", copy.deepcopy(module).double(), x.double())]:
+        m.zero_grad()
+        if mode == "exact":  # the pool in float64 (the reference computes in float32)
+            monkeypatch.setattr(abstraction, "temporal_attention_pool", pool_float64)
+        with kernel_mode("reference" if mode == "exact" else mode):
+            out = m(inputs, visible)
         out.square().sum().backward()
-        results[mode] = [out] + [p.grad.clone() for p in module.parameters() if p.grad is not None]
-    for a, b in zip(results["reference"], results["triton"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        results[mode] = [out] + [p.grad.clone() for p in m.parameters() if p.grad is not None]
+    for got, ours, exact in zip(results["triton"], results["reference"], results["exact"], strict=True):
+        assert_within_torch_error(got, ours, exact)
 
 
 @pytest.mark.gpu
@@ -199,29 +221,20 @@ def test_gpu_vit_b_shapes_and_determinism(dtype, masked):
     B, T, N, H, Dh, window = 2, 8, 196, 12, 64, 4
     q, k, v, visible = (t if t is None else t.cuda() for t in make_inputs(B, T, N, H, Dh, window, masked, dtype))
     grad = torch.randn(B, T // window, N, H, Dh, device="cuda").to(dtype)
-    runs = [pool_and_grads(temporal_attention_pool_triton, q, k, v, window, visible, grad) for _ in range(2)]
-    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, window, visible, grad)
-    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
-    for a, b, c in zip(*runs, want):
+    runs = [assert_pool_matches(q, k, v, window, visible, grad) for _ in range(2)]
+    for a, b in zip(*runs):
         assert torch.equal(a, b)  # bitwise determinism, the query gradient included
-        torch.testing.assert_close(a, c, rtol=tol, atol=tol)
     torch._dynamo.reset()  # each case compiles the same function anew: stay under the recompile limit
     with kernel_mode("auto"):
-        compiled = pool_and_grads(torch.compile(temporal_attention_pool, fullgraph=True), q, k, v, window, visible,
-                                  grad)
-    for a, c in zip(compiled, runs[0]):
-        torch.testing.assert_close(a, c, rtol=tol, atol=tol)
+        compiled = torch.compile(temporal_attention_pool, fullgraph=True)
+        assert_pool_matches(q, k, v, window, visible, grad, kernel=compiled)
 
 
 def test_mixed_dtypes_as_under_autocast():
     """The model passes an fp32 query with bf16 keys/values under autocast: gradients keep each dtype."""
     q, k, v, visible = make_inputs(2, 8, 3, 2, 16, 4, True, torch.bfloat16)
-    q = q.float()
-    got = pool_and_grads(temporal_attention_pool_triton, q, k, v, 4, visible)
-    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, 4, visible)
-    for a, b in zip(got, want):
-        assert a.dtype == b.dtype
-        torch.testing.assert_close(a, b, rtol=3e-2, atol=3e-2)
+    got = assert_pool_matches(q.float(), k, v, 4, visible)
+    assert [t.dtype for t in got] == [torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]
 
 
 @pytest.mark.gpu
@@ -232,7 +245,4 @@ def test_gpu_integer_arguments_equal_to_one(masked):
     q, k, v, visible = (t if t is None else t.cuda() for t in make_inputs(1, 2, 1, 1, 16, 2, masked, torch.float32))
     if visible is not None:
         visible[0, 1, 0] = True  # one visible key: the window pools it alone
-    got = pool_and_grads(temporal_attention_pool_triton, q, k, v, 2, visible)
-    want = pool_and_grads(temporal_attention_pool_reference, q, k, v, 2, visible)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_pool_matches(q, k, v, 2, visible)

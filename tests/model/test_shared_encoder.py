@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
+from hjepa_fast.ablate import variants
+from hjepa_fast.checkpoint import load_checkpoint
 from hjepa_fast.config import ConfigError, load_config
-from hjepa_fast.eval.ablate import variants
 from hjepa_fast.kernels import EMASchedule, MultiLevelEMA
 from hjepa_fast.train.builders import build_model, count_parameters
-from hjepa_fast.train.checkpoint import load_checkpoint
 from hjepa_fast.train.deepspeed_engine import DeepSpeedTargetEMA
 from hjepa_fast.train.ema import TargetEMA
 from hjepa_fast.train.parallelize import apply_activation_checkpointing, apply_fsdp

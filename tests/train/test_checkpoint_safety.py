@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from hjepa_fast.checkpoint import TRUST_ENV, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hjepa_fast.cli import main
 from hjepa_fast.errors import CheckpointError
-from hjepa_fast.train.checkpoint import TRUST_ENV, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 class ShellCommand:

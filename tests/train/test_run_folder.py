@@ -13,9 +13,9 @@ import yaml
 from conftest import TINY_CLI
 
 from hjepa_fast.cli import main
+from hjepa_fast.runs import RunLock, create_run_dir
 from hjepa_fast.train import trainer
 from hjepa_fast.train.ema import TargetEMA
-from hjepa_fast.train.run_folder import RunLock, create_run_dir
 
 
 def metrics_steps(run_dir) -> list[int]:

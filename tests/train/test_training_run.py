@@ -7,8 +7,8 @@ import csv
 import pytest
 import torch
 
+from hjepa_fast.checkpoint import load_checkpoint, save_checkpoint
 from hjepa_fast.train.builders import build_dataset_for, build_model
-from hjepa_fast.train.checkpoint import load_checkpoint, save_checkpoint
 from hjepa_fast.train.ema import TargetEMA
 from hjepa_fast.train.trainer import train
 
