@@ -170,6 +170,12 @@ class Video:
             self._collect(wanted, pixel_format, out, exact_count=True)
         return out
 
+    def frames(self) -> Iterator[Any]:
+        """Every frame (PyAV VideoFrames) from the first, in order: what a re-encode reads."""
+        with self._errors_named():
+            self.container.seek(self.info.start, backward=True, any_frame=False, stream=self.stream)
+            yield from self._decoded(None)
+
     def _collect(self, wanted: list[int], pixel_format: str, out: dict[int, np.ndarray], exact_count: bool) -> bool:
         """Decode from the container's position into ``out``; False where the position was past ``wanted[0]``.
 

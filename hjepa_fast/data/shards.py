@@ -10,7 +10,7 @@ resume, per-rank rows of the global batch and bad-file handling are exactly Vide
 ``VideoShards`` item equals the ``VideoFolder`` item of the same key (tested). A folder with ``train/``
 and ``val/`` gets ``DST/train`` and ``DST/val``.
 
-    python -m hjepa_fast.data.shards SRC DST [--shard-mb 1024]
+    python -m hjepa_fast.data.shards SRC DST [--shard-mb 1024] [--gop 30]
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import posixpath
 import tarfile
 from typing import Any, BinaryIO
 
-from hjepa_fast.data.decode import Video, VideoDecodeError
+from hjepa_fast.data.decode import Video, VideoDecodeError, import_av
+from hjepa_fast.data.skips import log
 from hjepa_fast.data.video_folder import VideoFolder, list_videos
 from hjepa_fast.errors import DataError
 
@@ -31,16 +32,39 @@ INDEX = "index.json"
 FORMAT = "hjepa-video-shards/1"
 
 
-def write_shards(src: str, dst: str, shard_bytes: int = 1 << 30) -> list[str]:
+def write_shards(src: str, dst: str, shard_bytes: int = 1 << 30, gop: int | None = None) -> list[str]:
     """Pack the videos under ``src`` into shards of about ``shard_bytes`` under ``dst`` (``src/train`` and
-    ``src/val`` each into their own, where both exist). Returns the index files written."""
+    ``src/val`` each into their own, where both exist). ``gop``: re-encode every video to H.264 mp4 with a
+    keyframe at most every ``gop`` frames (``reencode``), which is what makes seeking pay on long-GOP
+    sources; None stores the files as they are. Returns the index files written."""
     if shard_bytes < 1:
         raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
+    if gop is not None and gop < 1:
+        raise ValueError(f"gop must be >= 1 or None, got {gop}")
     splits = ["train", "val"] if all(os.path.isdir(os.path.join(src, s)) for s in ("train", "val")) else [""]
-    return [_write(os.path.join(src, s), os.path.join(dst, s), shard_bytes) for s in splits]
+    return [_write(os.path.join(src, s), os.path.join(dst, s), shard_bytes, gop) for s in splits]
 
 
-def _write(src: str, dst: str, shard_bytes: int) -> str:
+def reencode(path: str, gop: int) -> bytes:
+    """``path``'s video stream as H.264 in mp4 (libx264's defaults otherwise: B-frames, CRF 23), same rate,
+    frames and size (rounded down to even sides, as yuv420p needs), with a keyframe at most every ``gop``
+    frames; sound and other streams are dropped. VideoDecodeError names a file that does not decode."""
+    av = import_av()
+    out = io.BytesIO()
+    with Video(path) as source, av.open(out, "w", format="mp4") as target:
+        decoder = source.stream.codec_context
+        stream = target.add_stream("libx264", rate=source.info.fps)
+        stream.width, stream.height = decoder.width // 2 * 2, decoder.height // 2 * 2
+        stream.pix_fmt, stream.codec_context.gop_size = "yuv420p", gop
+        for number, frame in enumerate(source.frames()):
+            frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
+            frame.pts, frame.time_base = number, 1 / source.info.fps
+            target.mux(stream.encode(frame))
+        target.mux(stream.encode())
+    return out.getvalue()
+
+
+def _write(src: str, dst: str, shard_bytes: int, gop: int | None) -> str:
     os.makedirs(dst, exist_ok=True)
     names: list[str] = []
     samples: list[list[Any]] = []
@@ -53,7 +77,18 @@ def _write(src: str, dst: str, shard_bytes: int) -> str:
             tar = tarfile.open(os.path.join(dst, names[-1]), "w", format=tarfile.GNU_FORMAT)
         key, ext = f"{number:09d}", os.path.splitext(path)[1].lower()
         rel = os.path.relpath(path, src).replace(os.sep, "/")
-        tar.add(path, arcname=key + ext)
+        data = None  # the file's own bytes
+        if gop is not None:
+            try:
+                data = reencode(path, gop)
+            except VideoDecodeError as err:  # stored as it is: the reader skips it and reports it
+                log.warning("stored without re-encoding: %s", err)
+        if data is None:
+            tar.add(path, arcname=key + ext)
+        else:
+            member = tarfile.TarInfo(key + ".mp4")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
         size = tar.members[-1].size
         # tar.offset is now past the member's data, padded to whole 512-byte blocks: its data starts there
         samples.append([len(names) - 1, tar.offset - -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE, size, rel])
@@ -134,8 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_argument("src", help="a video folder (with train/ and val/, or split by file when read)")
     cli.add_argument("dst", help="the folder to write shards and index.json to")
     cli.add_argument("--shard-mb", type=float, default=1024, help="start a new shard past this size")
+    cli.add_argument("--gop", type=int, help="re-encode to H.264 with a keyframe at most every GOP frames")
     args = cli.parse_args(argv)
-    for index in write_shards(args.src, args.dst, int(args.shard_mb * 2**20)):
+    for index in write_shards(args.src, args.dst, int(args.shard_mb * 2**20), args.gop):
         print(f"written: {index}")
 
 
