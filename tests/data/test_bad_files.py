@@ -62,8 +62,11 @@ def test_training_completes_and_reports_each_bad_file_once(folder: Path, tmp_pat
         status = main(["train", "--config", "configs/tiny_cpu.yaml", "--no-progress", "data.dataset=video_folder",
                        f"data.root={folder}", "model.in_chans=3", "data.frames=8", "model.temporal_strides=[1,2,2]",
                        "masks.strategies=[multiblock,multiblock,multiblock]", "masks.num_blocks=2",
-                       "masks.min_keep=4", "train.steps=4", "train.batch_size=4", "data.num_workers=2",
-                       "data.max_bad_fraction=0.6", f"train.out_dir={tmp_path}", "train.run_name=r"])
+                       "masks.min_keep=4", "model.img_size=24", "model.patch_size=8", "model.encoder_dims=[32,32,32]",
+                       "model.encoder_depths=[1,1,1]", "model.encoder_heads=[2,2,2]", "model.predictor_dims=[16,16,16]",
+                       "model.predictor_depths=[1,1,1]", "model.predictor_heads=[2,2,2]", "train.steps=4",
+                       "train.batch_size=4", "data.num_workers=2", "data.max_bad_fraction=0.6",
+                       f"train.out_dir={tmp_path}", "train.run_name=r"])
     finally:
         logger.removeHandler(handler)
         handler.close()
