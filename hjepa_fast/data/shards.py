@@ -1,7 +1,8 @@
 """Video shards: a video folder packed into tar files in WebDataset's layout, with an index for random access.
 
 ``DST`` holds ``shard-000000.tar``, ``shard-000001.tar``, ... and ``index.json``. Each video is two tar
-members: ``{key}.{ext}`` (the file's bytes, unchanged) and ``{key}.json`` (``{"path": its path under SRC}``),
+members: ``{key}.{ext}`` (the file's bytes, or with ``--gop`` the video re-encoded to H.264 mp4 with short
+keyframe intervals) and ``{key}.json`` (``{"path": its path under SRC}``),
 so WebDataset tools stream the shards as they are. The index lists the shards and, per video in SRC's sorted
 order, ``[shard, offset, size, path]``: an uncompressed tar stores a member's bytes contiguously, so a video
 is one range read of its shard, from a local folder or any fsspec URL (``s3://``, ``gs://``, ``https://``).
@@ -65,6 +66,7 @@ def reencode(path: str, gop: int) -> bytes:
 
 
 def _write(src: str, dst: str, shard_bytes: int, gop: int | None) -> str:
+    """The shards and index of one folder (see ``write_shards``); returns the index's path."""
     os.makedirs(dst, exist_ok=True)
     names: list[str] = []
     samples: list[list[Any]] = []
