@@ -64,9 +64,13 @@ def _check_masks_leave_input(hier: HierarchicalMaskSampler, cfg: Config, batches
         ) from None
 
 
-def build_dataset_for(cfg: Config, split: str) -> torch.utils.data.Dataset:
-    """The ``split`` ("train" or "val") of ``data.dataset``, at the model's frame size and channels."""
+def build_dataset_for(cfg: Config, split: str, train: bool = False) -> torch.utils.data.Dataset:
+    """The ``split`` ("train" or "val") of ``data.dataset``, at the model's frame size and channels.
+    ``train``: the training loader's set, augmented where ``data.augment`` says (evaluation never is)."""
     return build_dataset(cfg.data.dataset, split, frames=cfg.data.frames, size=cfg.model.img_size,
                          channels=cfg.model.in_chans, root=cfg.data.root, seed=cfg.data.seed,
-                         frame_stride=cfg.data.frame_stride, digit_size=cfg.data.digit_size,
+                         frame_stride=cfg.data.frame_stride, fps=cfg.data.fps, augment=train and cfg.data.augment,
+                         crop_scale=tuple(cfg.data.crop_scale), crop_aspect=tuple(cfg.data.crop_aspect),
+                         hflip=cfg.data.hflip, pad_short=cfg.data.pad_short,
+                         max_bad_fraction=cfg.data.max_bad_fraction, digit_size=cfg.data.digit_size,
                          digits=cfg.data.digits, background=cfg.data.background)

@@ -54,9 +54,17 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = "moving_digits"  # moving_digits | video_folder | rollouts
-    root: str | None = None  # video_folder and rollouts (a hjepa collect folder)
+    root: str | None = None  # video_folder (videos, or shards: a folder or fsspec URL) and rollouts (hjepa collect)
     frames: int = 16
     frame_stride: int = 1  # video_folder only: take every n-th frame
+    fps: float = 0.0  # video_folder only: > 0 samples frames at this rate (frame_stride then unused)
+    clips_per_video: int = 1  # video_folder only: k > 1 reads k clips per visit, one from each of k equal parts
+    augment: bool = False  # video_folder training only: random resized crop (+ hflip) instead of the centre crop
+    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])  # augment: crop area / frame area
+    crop_aspect: list[float] = field(default_factory=lambda: [0.75, 1.35])  # augment: crop width / height
+    hflip: bool = False  # augment: mirror half the clips left-right
+    pad_short: bool = False  # video_folder: a video shorter than a clip repeats its last frame (False: skipped)
+    max_bad_fraction: float = 0.05  # video_folder: stop when more than this fraction of the files is skipped
     digit_size: int = 16  # moving_digits only: side of the moving digit in pixels
     digits: int = 1  # moving_digits only: the labelled digit plus digits - 1 distractors (they pass behind it)
     background: str = "black"  # moving_digits only: black | texture (a procedural texture panning across)
@@ -345,6 +353,10 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError("data.dataset=video_folder needs data.root (a folder of videos)")
     if m.action_accumulate and m.action_dim < 1:
         raise ConfigError("model.action_accumulate needs actions (model.action_dim > 0)")
+    for video_only, on in (("data.clips_per_video > 1", cfg.data.clips_per_video > 1),
+                           ("data.augment", cfg.data.augment)):
+        if on and cfg.data.dataset != "video_folder":
+            raise ConfigError(f"{video_only} needs data.dataset=video_folder, got {cfg.data.dataset}")
     if cfg.data.dataset == "rollouts" and not (cfg.data.root and m.action_dim > 0):
         raise ConfigError("data.dataset=rollouts needs data.root (a hjepa collect folder) and model.action_dim > 0")
     return cfg
@@ -365,7 +377,9 @@ RANGES = {
     "model.encoder_depths": _AT_LEAST_1, "model.encoder_heads": _AT_LEAST_1, "model.predictor_dims": _AT_LEAST_1,
     "model.predictor_depths": _AT_LEAST_1, "model.predictor_heads": _AT_LEAST_1, "model.mlp_ratio": _POSITIVE,
     "model.drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"), "model.action_dim": _AT_LEAST_0,
-    "data.frames": _AT_LEAST_1, "data.frame_stride": _AT_LEAST_1, "data.digit_size": _AT_LEAST_1,
+    "data.frames": _AT_LEAST_1, "data.frame_stride": _AT_LEAST_1, "data.fps": _AT_LEAST_0,
+    "data.clips_per_video": _AT_LEAST_1, "data.crop_scale": _SCALE, "data.crop_aspect": _POSITIVE,
+    "data.max_bad_fraction": _FRACTION, "data.digit_size": _AT_LEAST_1,
     "data.num_workers": _AT_LEAST_0, "data.seed": _AT_LEAST_0, "data.digits": (lambda v: 1 <= v <= 100, "in [1, 100]"),
     "masks.num_blocks": _AT_LEAST_1, "masks.min_keep": _AT_LEAST_0, "masks.horizon": _AT_LEAST_1,
     "masks.target_scale": _SCALE, "masks.target_aspect": _POSITIVE, "masks.context_scale": _SCALE,
@@ -380,7 +394,8 @@ RANGES = {
     "eval.train_clips": _AT_LEAST_1, "eval.val_clips": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1,
     "eval.horizon": _AT_LEAST_0, "eval.context_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
-PAIRS = ("masks.target_scale", "masks.target_aspect", "masks.context_scale", "masks.temporal_scale",
+PAIRS = ("data.crop_scale", "data.crop_aspect",
+         "masks.target_scale", "masks.target_aspect", "masks.context_scale", "masks.temporal_scale",
          "masks.context_fraction", "masks.segment_fraction")
 
 

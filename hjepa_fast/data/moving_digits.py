@@ -157,8 +157,8 @@ class MovingDigits(torch.utils.data.Dataset):
               (xy[:, 0, None] + offsets)[:, None, :])  # [T, 1, 1], [T, d, 1], [T, 1, d]
         clip[at] = np.where(sprite > 0, sprite, clip[at])
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, step = key
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
+        index, step = key[0], key[1]  # a SampleKey or (index, step): the clip depends on the index alone
         direction, speed, xy = self._motion(index)
         image = index % len(self.image_indices)
         low, high = _SPEED_RANGE

@@ -51,8 +51,8 @@ class Rollouts(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, step = key
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
+        index, step = key[0], key[1]  # a SampleKey or (index, step): the clip depends on the index alone
         e, t = self.index[index]
         return {"clip": self.obs[e][t:t + self.frames], "actions": self.actions[e][t:t + self.frames],
                 "labels": {"episode": e}, "step": step}

@@ -21,9 +21,9 @@ def build_train_loader(cfg: Config, start_step: int = 0, rank: int = 0, world: i
     function (inside the workers) from a generator seeded by (train.seed, step): resuming at a step
     reproduces the batches and masks an uninterrupted run would have seen. With ``world`` > 1, rank
     ``rank`` gets its rows of every global batch and of the global batch's masks."""
-    dataset = build_dataset_for(cfg, "train")
+    dataset = build_dataset_for(cfg, "train", train=True)
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
-                               total_steps=cfg.train.steps - start_step)
+                               total_steps=cfg.train.steps - start_step, clips_per_video=cfg.data.clips_per_video)
     masks = build_mask_sampler(cfg)
     if world > 1:
         sampler = RankSlice(sampler, rank, world)

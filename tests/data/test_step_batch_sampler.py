@@ -12,7 +12,7 @@ from hjepa_fast.data import MovingDigits, StepBatchSampler
 
 def test_batches_carry_their_step() -> None:
     batches = list(StepBatchSampler(10, 4, seed=0, start_step=3, total_steps=3))
-    assert [[s for _, s in b] for b in batches] == [[3] * 4, [4] * 4, [5] * 4]
+    assert [[key.step for key in b] for b in batches] == [[3] * 4, [4] * 4, [5] * 4]
     assert len(StepBatchSampler(10, 4, seed=0, start_step=3, total_steps=3)) == 3
     assert list(StepBatchSampler(10, 4, seed=0, start_step=3, total_steps=0)) == []
 
@@ -21,7 +21,7 @@ def test_batches_carry_their_step() -> None:
 def test_every_index_once_per_epoch(batch_size: int) -> None:
     n, epochs = 10, 6
     flat = [
-        i for b in StepBatchSampler(n, batch_size, seed=1, total_steps=n * epochs // batch_size) for i, _ in b
+        i for b in StepBatchSampler(n, batch_size, seed=1, total_steps=n * epochs // batch_size) for i, *_ in b
     ]
     for e in range(len(flat) // n):
         assert sorted(flat[e * n : (e + 1) * n]) == list(range(n))
@@ -41,7 +41,7 @@ def test_batch_straddling_epochs_reads_both_permutations() -> None:
     sampler = StepBatchSampler(10, 3, seed=7)
     first, second = sampler.permutation(0).tolist(), sampler.permutation(1).tolist()
     assert first != second
-    assert [i for i, _ in sampler.batch(3)] == [first[9], second[0], second[1]]  # positions 9, 10, 11
+    assert [key.index for key in sampler.batch(3)] == [first[9], second[0], second[1]]  # positions 9, 10, 11
 
 
 def test_infinite_and_seeded() -> None:
@@ -54,7 +54,7 @@ def test_infinite_and_seeded() -> None:
     )
     # The documented permutation rule, so another tool can recompute a run's order.
     expected = torch.randperm(10, generator=torch.Generator().manual_seed(2 * 100_003 + 0))[:3].tolist()
-    assert [i for i, _ in next(iter(infinite))] == expected
+    assert [key.index for key in next(iter(infinite))] == expected
 
 
 def test_bad_arguments_refused() -> None:
@@ -64,9 +64,31 @@ def test_bad_arguments_refused() -> None:
         {"dataset_len": 5, "batch_size": 1, "start_step": -1},
         {"dataset_len": 5, "batch_size": 1, "total_steps": -1},
         {"dataset_len": 5, "batch_size": 1, "seed": -1},
+        {"dataset_len": 5, "batch_size": 1, "clips_per_video": 0},
     ]:
         with pytest.raises(ValueError):
             StepBatchSampler(**{"seed": 0, **kwargs})
+
+
+def test_keys_carry_their_slot_in_the_global_batch() -> None:
+    batch = StepBatchSampler(10, 4, seed=0).batch(5)
+    assert [key.slot for key in batch] == [0, 1, 2, 3]
+    assert {(key.part, key.parts) for key in batch} == {(0, 1)}
+
+
+@pytest.mark.parametrize("batch_size", [4, 7])  # 7: a video's parts straddle two batches
+def test_clips_per_video_visits_each_video_in_consecutive_parts(batch_size: int) -> None:
+    """k = 3 clips per video: every 3 positions read one video, parts 0, 1, 2; every video once per epoch."""
+    n, k = 5, 3
+    sampler = StepBatchSampler(n, batch_size, seed=4, clips_per_video=k, total_steps=n * k * 2 // batch_size + 1)
+    keys = [key for b in sampler for key in b]
+    visits = [keys[v * k : (v + 1) * k] for v in range(len(keys) // k)]
+    assert all([key.part for key in visit] == [0, 1, 2] and len({key.index for key in visit}) == 1
+               for visit in visits)
+    assert all(key.parts == k for key in keys)
+    videos = [visit[0].index for visit in visits]
+    assert sorted(videos[:n]) == sorted(videos[n : 2 * n]) == list(range(n))
+    assert videos[:n] == StepBatchSampler(n, 1, seed=4).permutation(0).tolist()  # the k = 1 order, per visit
 
 
 def test_dataloader_with_workers_matches_single_process() -> None:
