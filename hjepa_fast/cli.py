@@ -161,6 +161,15 @@ def _plan(args: argparse.Namespace) -> None:
     print(format_table(result))
 
 
+def _shard(args: argparse.Namespace) -> None:
+    from hjepa_fast.data.shards import write_shards
+
+    if not Path(args.src).is_dir():
+        raise FileNotFoundError(f"no video folder at {args.src}")
+    for index in write_shards(args.src, args.dst, int(args.shard_mb * 2**20), args.gop):
+        print(f"written: {index}")
+
+
 def _one_line(error: Exception) -> str:
     """The message of a user error; one raised in a data loader worker arrives with the worker's traceback
     in its text, and only its last line (the original message) is for the user."""
@@ -231,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_plan)
+    p = sub.add_parser("shard", help="pack a video folder into WebDataset-layout tar shards with an index (docs/data.md)")
+    p.add_argument("src", help="a video folder (with train/ and val/, or split by file when read)")
+    p.add_argument("dst", help="the folder to write the shards and index.json to")
+    p.add_argument("--shard-mb", type=float, default=1024, help="start a new shard past this size (MB)")
+    p.add_argument("--gop", type=int, help="re-encode to H.264 with a keyframe at most every GOP frames")
+    p.set_defaults(func=_shard)
     p = sub.add_parser("info", help="versions, device, attention backend")
     p.set_defaults(func=_info)
     p = sub.add_parser("bench", help="every benchmark: one table, JSON and plots in one folder (benchmarks/run.py)")

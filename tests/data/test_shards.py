@@ -127,3 +127,12 @@ def test_reencoding_shortens_the_keyframe_interval_and_keeps_the_frames(tmp_path
     for step in range(3):
         a, b = folder[SampleKey(0, step)]["clip"].float(), packed[SampleKey(0, step)]["clip"].float()
         assert (a - b).abs().mean() < 4  # the same frames, through a second lossy encode
+
+
+def test_hjepa_shard_command(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from hjepa_fast.cli import main as hjepa
+
+    assert hjepa(["shard", str(folder), str(tmp_path / "out"), "--shard-mb", "0.01"]) in (0, None)
+    assert "written:" in capsys.readouterr().out and len(list((tmp_path / "out").glob("*.tar"))) > 1
+    assert hjepa(["shard", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
+    assert "no video folder" in capsys.readouterr().err
