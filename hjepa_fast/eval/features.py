@@ -13,7 +13,6 @@ from hjepa_fast.config import ConfigError
 from hjepa_fast.masks import LevelMasks
 from hjepa_fast.model.hjepa import HJEPA
 
-
 GRID_CELLS = 4  # the state probe reads each step's token grid averaged into at most 4 x 4 cells
 
 
