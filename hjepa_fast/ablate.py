@@ -155,8 +155,9 @@ def markdown_table(report: dict) -> str:
     c = report["command"]
     lines += ["", f"`hjepa ablate --config {c['config']} --seeds {c['seeds']} --budget {c['budget']}"
               + "".join(f" {o}" for o in c["overrides"]) + f"`, {report['date']}, {report['device']}; "
-              f"{rows[0]['steps']} training steps per run. Errors: digit-centre position read by a ridge probe "
-              "on the target features' token grid (at most 4 x 4 cells per step), applied to the predicted features after removing their mean offset "
+              f"{rows[0]['steps']} training steps per run. Errors: digit-centre position read by a "
+              "ridge probe on the target features' token grid (at most 4 x 4 cells per step), applied to the "
+              "predicted features after removing their mean offset "
               "measured on training clips (level 1, one and the most level-1 steps ahead; the top level at its "
               "farthest step); mean-state: the context-blind guess; prediction spread: clip-to-clip std of "
               "level 1's predictions over its targets' (0: the predictor ignores its input)."]

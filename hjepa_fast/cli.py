@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_plan)
-    p = sub.add_parser("shard", help="pack a video folder into WebDataset-layout tar shards with an index (docs/data.md)")
+    p = sub.add_parser("shard", help="pack a video folder into WebDataset tar shards with an index (docs/data.md)")
     p.add_argument("src", help="a video folder (with train/ and val/, or split by file when read)")
     p.add_argument("dst", help="the folder to write the shards and index.json to")
     p.add_argument("--shard-mb", type=float, default=1024, help="start a new shard past this size (MB)")

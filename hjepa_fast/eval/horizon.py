@@ -1,7 +1,8 @@
 """Future-state error against horizon, in the data's own units.
 
 A ridge probe is fitted, per level, on the *target* encoder's per-step token grid (averaged into at most
-4 x 4 cells, ``features._cell_means``) to read the ground-truth state (the digit's centre, in pixels). It is then applied to the model's *predicted* features of the
+4 x 4 cells, ``features._cell_means``) to read the ground-truth state (the digit's centre, in pixels).
+It is then applied to the model's *predicted* features of the
 future steps: horizon h at level l is the step h steps of level l after the context (h * frames-per-step
 frames ahead).
 
