@@ -74,7 +74,8 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict:
         idle = wall_us - sum(by_name.values())
     sums: dict[str, float] = {}
     for name, us in by_name.items():
-        sums[categorize(name)] = sums.get(categorize(name), 0.0) + us
+        category = categorize(name)
+        sums[category] = sums.get(category, 0.0) + us
     sums[HOST_GAPS["cuda" if cuda else "cpu"]] = max(idle, 0.0)
     rows = [{"category": c, "ms": us / 1e3, "share": us / wall_us} for c, us in sums.items()]
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:15]

@@ -30,6 +30,16 @@ from torch.utils.data import default_collate
 from .masks import MultiblockSampler, _axis_runs, equal_count_indices
 
 
+def row_indices(mask: torch.Tensor, g: torch.Generator, peer_trim: bool) -> torch.Tensor:
+    """``[B, N]`` bool -> ``[B, k]`` indices: with ``peer_trim`` the first ``k = min`` row count indices of
+    every row, as I-JEPA's and V-JEPA's collators trim; else the batch's mean count
+    (``masks.equal_count_indices``)."""
+    if peer_trim:
+        k = int(mask.sum(1).min())
+        return torch.stack([row.nonzero().squeeze(1)[:k] for row in mask])
+    return equal_count_indices(mask, g)
+
+
 class IJEPAMaskCollator:
     """I-JEPA's ``MaskCollator`` (same arguments and return layout); masks depend on (seed, call count)."""
 
@@ -77,11 +87,6 @@ class IJEPAMaskCollator:
         ctx[todo] = self._context_block(todo.numel(), hw, g)  # no constraint left: the whole block
         return ctx
 
-    def _indices(self, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.compat == "ijepa":  # the first `min` indices of every row, as I-JEPA trims
-            k = int(mask.sum(1).min())
-            return torch.stack([row.nonzero().squeeze(1)[:k] for row in mask])
-        return equal_count_indices(mask, g)
 
     def __call__(self, batch: list[Any]) -> tuple[Any, list[torch.Tensor], list[torch.Tensor]]:
         B = len(batch)
@@ -93,7 +98,8 @@ class IJEPAMaskCollator:
         target = self.sampler._targets(B, (1, h, w), g)  # [B, npred * h * w]: whole blocks
         blocks = target.view(B, self.npred, h * w)
         masks_pred = list(blocks.unbind(1))
-        masks_enc = [self._indices(self._context(blocks, shapes["context_hw"], g), g) for _ in range(self.nenc)]
+        trim = self.compat == "ijepa"
+        masks_enc = [row_indices(self._context(blocks, shapes["context_hw"], g), g, trim) for _ in range(self.nenc)]
         return collated, masks_enc, masks_pred
 
 
@@ -163,11 +169,6 @@ class VJEPAMaskCollator:
             todo = todo[~ok]
         return out
 
-    def _indices(self, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.compat == "vjepa":  # the first `min` indices of every row, as V-JEPA trims
-            k = int(mask.sum(1).min())
-            return torch.stack([row.nonzero().squeeze(1)[:k] for row in mask])
-        return equal_count_indices(mask, g)
 
     def __call__(self, batch: list[Any]) -> tuple[Any, list[torch.Tensor], list[torch.Tensor]]:
         B = len(batch)
@@ -176,7 +177,7 @@ class VJEPAMaskCollator:
         for index, cfg in enumerate(self.cfgs):
             g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.calls) * 101 + index) % 2**63)
             target = self._targets(B, cfg, self._block_size(cfg, g), g)
-            masks_enc.append(self._indices(~target, g))
-            masks_pred.append(self._indices(target, g))
+            masks_enc.append(row_indices(~target, g, self.compat == "vjepa"))
+            masks_pred.append(row_indices(target, g, self.compat == "vjepa"))
         self.calls += 1
         return collated, masks_enc, masks_pred

@@ -29,12 +29,9 @@ def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
 
 
 def compiled_blocks(model: nn.Module) -> list[Block]:
-    """The model's transformer blocks, each once (``model.share_encoders`` reuses level 1's)."""
-    seen: dict[int, Block] = {}
-    for module in model.modules():
-        if isinstance(module, Block):
-            seen.setdefault(id(module), module)
-    return list(seen.values())
+    """The model's transformer blocks, each once (``modules()`` yields a module shared between levels,
+    ``model.share_encoders``, once)."""
+    return [module for module in model.modules() if isinstance(module, Block)]
 
 
 def apply_compile(model: nn.Module, mode: str, backend: str = "inductor") -> int:
