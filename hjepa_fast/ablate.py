@@ -34,6 +34,9 @@ def variants(cfg: Config) -> dict[str, list[str]]:
     out.update({f"levels={k}": [f"model.levels={k}"] for k in range(1, L)})
     if m.topdown != "none":
         out["topdown=none"] = ["model.topdown=none"]
+        if L > 1:
+            other = "context" if m.topdown_source == "prediction" else "prediction"
+            out[f"topdown_source={other}"] = [f"model.topdown_source={other}"]
     if any(s != 1 for s in m.temporal_strides):
         out["strides=1"] = [f"model.temporal_strides={[1] * L}"]
     out.update({f"abstraction={a}": [f"model.abstraction={a}"]

@@ -44,6 +44,10 @@ class ModelConfig:
     drop_path: float = 0.0
     abstraction: str = "attention"  # average | conv | attention
     topdown: str = "cross"  # none | cross | film | prepend
+    # what the level above hands down: its context summary per coarse step (context), or that plus its own
+    # predictions of the coarse steps it does not see (prediction: the lower level reads where the level
+    # above expects the future to be; model/topdown.py)
+    topdown_source: str = "context"
     action_dim: int = 0  # 0: no actions; levels > 1 encode each window's chunk of actions (macro-actions)
     action_accumulate: bool = False  # each token also gets the summed embeddings of every action before its step
     attention_backend: str = "auto"  # auto | sdpa | cudnn | flash | xformers
@@ -104,6 +108,9 @@ class LossConfig:
     covariance_weight: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     sigreg_weight: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     sigreg_slices: int = 256  # random 1-D directions SIGReg tests per step
+    # per level (future masks only): k > 1 predicts the first k - 1 target steps one at a time, each fed
+    # back as context for the next, then the rest (a multi-step latent rollout, PLDM); 0 or 1: one pass
+    rollout_steps: list[int] = field(default_factory=lambda: [0, 0, 0])
     regularizer_tokens: int = 8192  # rows the terms read per rank and level (a random subset beyond it; 0: all)
 
 
@@ -166,12 +173,13 @@ PER_LEVEL = {
     "model": ("temporal_strides", "encoder_dims", "encoder_depths", "encoder_heads", "predictor_dims",
               "predictor_depths", "predictor_heads"),
     "masks": ("strategies",),
-    "loss": ("variance_weight", "covariance_weight", "sigreg_weight"),
+    "loss": ("variance_weight", "covariance_weight", "sigreg_weight", "rollout_steps"),
     "train": ("ema_tau_base", "ema_tau_end", "activation_checkpointing"),
 }
 CHOICES = {
     ("model", "abstraction"): ("average", "conv", "attention"),
     ("model", "topdown"): ("none", "cross", "film", "prepend"),
+    ("model", "topdown_source"): ("context", "prediction"),
     ("model", "predictor_init"): ("trunc_normal", "xavier"),
     ("model", "attention_backend"): ("auto", "sdpa", "cudnn", "flash", "xformers"),
     ("model", "kernels"): ("auto", "reference", "triton"),
@@ -341,6 +349,10 @@ def resolve(cfg: Config) -> Config:
             if not 0.0 <= tau <= 1.0:
                 raise ConfigError(f"train.{name} values must lie in [0, 1], got {tau}")
     _check_anti_collapse(cfg)
+    for level, (k, strategy) in enumerate(zip(cfg.loss.rollout_steps, cfg.masks.strategies)):
+        if k > 1 and strategy != "future":
+            raise ConfigError(f"loss.rollout_steps[{level}] = {k} needs masks.strategies[{level}] = future (a "
+                              f"rollout feeds each predicted step back as context), got {strategy}")
     if cfg.train.batch_size < 1 or cfg.train.steps < 1:
         raise ConfigError("train.batch_size and train.steps must be >= 1")
     if cfg.train.grad_accumulation < 1 or cfg.train.batch_size % cfg.train.grad_accumulation:
@@ -385,7 +397,7 @@ RANGES = {
     "masks.target_scale": _SCALE, "masks.target_aspect": _POSITIVE, "masks.context_scale": _SCALE,
     "masks.temporal_scale": _FRACTION, "masks.context_fraction": _FRACTION, "masks.segment_fraction": _FRACTION,
     "loss.curriculum_steps": _AT_LEAST_1, "loss.variance_weight": _AT_LEAST_0, "loss.covariance_weight": _AT_LEAST_0,
-    "loss.sigreg_weight": _AT_LEAST_0, "loss.sigreg_slices": _AT_LEAST_1, "loss.regularizer_tokens": _AT_LEAST_0,
+    "loss.sigreg_weight": _AT_LEAST_0, "loss.rollout_steps": _AT_LEAST_0, "loss.sigreg_slices": _AT_LEAST_1, "loss.regularizer_tokens": _AT_LEAST_0,
     "train.steps": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1, "train.lr": _AT_LEAST_0,
     "train.min_lr": _AT_LEAST_0, "train.warmup_steps": _AT_LEAST_0, "train.weight_decay": _AT_LEAST_0,
     "train.weight_decay_end": _AT_LEAST_0, "train.grad_clip": _AT_LEAST_0, "train.seed": _AT_LEAST_0,

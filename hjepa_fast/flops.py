@@ -23,7 +23,8 @@ Level encoder ``l``; its tokenizer runs on the full grid (tokens are dropped aft
   scores + weighted sum over each window), projection ``2*N_l*D_l*D_l``; average ``2*N_l*D_{l-1}*D_l``;
   conv ``2*N_l*w*D_{l-1}*D_l``.
 
-Predictor ``l`` of width ``P`` on ``L = Nc_l + Nt_l`` tokens (+ ``T_l`` action tokens, + ``1 + T_{l+1}``
+Predictor ``l`` of width ``P`` on ``L = Nc_l + Nt_l`` tokens per pass (``predictor_passes``: one, or a
+rollout's k) (+ ``T_l`` action tokens, + ``1 + T_{l+1}``
 prepended top-down keys): embedding ``2*Nc*D_l*P``, actions ``2*T_l*A*P`` at level 1 and, above, a
 macro-action MLP on the ``c`` actions of each step ``2*T_l*c*A*P + 2*T_l*P*P``, top-down projection
 ``2*T_{l+1}*D_{l+1}*P``, its blocks (with cross-attention to ``1 + T_{l+1}`` keys in 'cross' mode),
@@ -116,6 +117,16 @@ def predictor_forward(cfg: Config, level: int, context: int, targets: int) -> tu
     return float(actions), flops + m.predictor_depths[level] * block_flops(tokens, p, int(p * m.mlp_ratio), keys)
 
 
+def predictor_passes(cfg: Config, level: int, context: int, targets: int) -> list[tuple[int, int]]:
+    """(context, target) tokens per clip of each of level ``level``'s predictor passes: one, or with
+    ``loss.rollout_steps`` = k > 1 a rollout (``HJEPA.rollout_level``): k - 1 passes of one step each,
+    every pass's step added to the next one's context, then the rest."""
+    hw = (cfg.model.img_size // cfg.model.patch_size) ** 2
+    passes = max(1, min(cfg.loss.rollout_steps[level], targets // hw))
+    return [(context + j * hw, hw) for j in range(passes - 1)] + [(context + (passes - 1) * hw,
+                                                                    targets - (passes - 1) * hw)]
+
+
 def step_flops(cfg: Config, batch_size: int, context_tokens: Sequence[int], target_tokens: Sequence[int]) -> StepFlops:
     """FLOPs of one training step of ``batch_size`` clips whose masks keep ``context_tokens[l]`` and
     ``target_tokens[l]`` tokens per clip at level ``l`` (see the module docstring for the count)."""
@@ -134,9 +145,10 @@ def step_flops(cfg: Config, batch_size: int, context_tokens: Sequence[int], targ
         tok, blocks = encoder_forward(cfg, level, context_tokens[level])
         add("online/patch_embed" if level == 0 else "online/abstraction", tok)
         add("online/encoder_blocks", blocks)
-        actions, predictor = predictor_forward(cfg, level, context_tokens[level], target_tokens[level])
-        add("online/action_embed", actions)
-        add("online/predictor", predictor)
+        for context, targets in predictor_passes(cfg, level, context_tokens[level], target_tokens[level]):
+            actions, predictor = predictor_forward(cfg, level, context, targets)
+            add("online/action_embed", actions)
+            add("online/predictor", predictor)
         tok, blocks = encoder_forward(cfg, level, full[level])
         add("target/patch_embed" if level == 0 else "target/abstraction", tok)
         add("target/encoder_blocks", blocks)

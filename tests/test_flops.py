@@ -47,7 +47,9 @@ def test_vit_b_anchor():
     ["model.abstraction=average", "model.topdown=none"],
     ["model.abstraction=conv", "model.topdown=film"],
     ["model.topdown=prepend", "model.action_dim=3"],
-], ids=["attention-cross", "average-none", "conv-film", "prepend-actions"])
+    ["masks.strategies=[future,future,future]", "loss.rollout_steps=[3,2,0]", "model.topdown_source=prediction",
+     "model.action_dim=2"],
+], ids=["attention-cross", "average-none", "conv-film", "prepend-actions", "rollout-predicted-topdown"])
 def test_matches_flop_counter(make_config, overrides):
     """Forward and forward + backward equal FlopCounterMode's count of matmuls and convolutions; SDPA runs
     its math path, which the counter sees as matmuls (it does not count CPU SDPA kernels)."""

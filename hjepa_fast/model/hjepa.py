@@ -5,7 +5,8 @@ A training step (``HJEPA.forward``) reads like the algorithm:
 2. bottom-up online path: level 1 encodes its context tokens; level l+1 pools level l's *context*
    encodings (a masked pool) and encodes its own context tokens;
 3. top-down prediction, from level L down to 1: each predictor gets its context, mask tokens at the
-   targets, actions, and the causally aligned summary of the level above;
+   targets, actions, and the causally aligned summary of the level above (``model.topdown_source``: of
+   its context, or of its context and its predictions);
 4. loss: the masked-token prediction loss per level (L2-normalised, or the I-JEPA / V-JEPA convention),
    weighted into one total, plus each level's anti-collapse term on its context embeddings.
 
@@ -31,7 +32,7 @@ from .encoder import LevelEncoder, PatchEmbed3D, scatter_tokens
 from .loss_weighting import LossWeighting
 from .predictor import Predictor
 from .regularizers import AntiCollapse
-from .topdown import summarize_by_time
+from .topdown import fill_predicted, summarize_by_time
 
 
 @dataclass
@@ -113,6 +114,7 @@ class HJEPA(nn.Module):
         self.predictors = nn.ModuleList(predictors)
         self.target_encoders = copy.deepcopy(self.encoders)  # the deepcopy memo keeps the sharing
         self.target_encoders.requires_grad_(False)
+        self.rollout_steps = list(loss.rollout_steps[:L])
         self.loss_weighting = LossWeighting(L, loss.weighting, loss.curriculum_steps)
         self.anti_collapse = AntiCollapse(loss.variance_weight[:L], loss.covariance_weight[:L],
                                           loss.sigreg_weight[:L], loss.sigreg_slices, loss.regularizer_tokens)
@@ -189,18 +191,48 @@ class HJEPA(nn.Module):
         """Top-down prediction from level L to 1: list of ``[B, Nt_l, D_l]``, bottom level first."""
         preds: list[torch.Tensor] = [None] * self.levels  # type: ignore[list-item]
         for level in reversed(range(self.levels)):
-            preds[level] = self.predict_level(level, context, masks, actions)
+            above = preds[level + 1] if level + 1 < self.levels else None
+            predict = self.rollout_level if self.rollout_steps[level] > 1 else self.predict_level
+            preds[level] = predict(level, context, masks, actions, above_prediction=above)
         return preds
 
+    def rollout_level(self, level: int, context: list[torch.Tensor], masks: list[LevelMasks],
+                      actions: torch.Tensor | None = None, above_prediction: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Level ``level``'s prediction ``[B, Nt, D_l]`` of its future targets as a latent rollout of
+        ``loss.rollout_steps`` = k passes: each of the first k - 1 target steps is predicted alone and
+        appended to the context (with its gradient) for the next pass; the last pass predicts the rest.
+        The targets are whole time steps in order (``masks.strategies`` = future, checked by the config),
+        so the passes cut them by shape alone, with no host sync."""
+        _, h, w = self.grids[level]
+        target = masks[level].target
+        passes = min(self.rollout_steps[level], target.shape[1] // (h * w))
+        z, visible, parts = context[level], masks[level].context, []
+        for j in range(passes):
+            step = target[:, j * h * w:] if j == passes - 1 else target[:, j * h * w:(j + 1) * h * w]
+            here = LevelMasks(visible, masks[level].target)
+            pred = self.predict_level(level, [*context[:level], z, *context[level + 1:]],
+                                      [*masks[:level], here, *masks[level + 1:]], actions, step, above_prediction)
+            parts.append(pred)
+            if j < passes - 1:
+                z, visible = torch.cat([z, pred.to(z.dtype)], 1), torch.cat([visible, step], 1)
+        return torch.cat(parts, 1)
+
     def predict_level(self, level: int, context: list[torch.Tensor], masks: list[LevelMasks],
-                      actions: torch.Tensor | None = None, target: torch.Tensor | None = None) -> torch.Tensor:
+                      actions: torch.Tensor | None = None, target: torch.Tensor | None = None,
+                      above_prediction: torch.Tensor | None = None) -> torch.Tensor:
         """Level ``level``'s prediction ``[B, Nt, D_l]`` at ``target`` ``[B, Nt]`` (default: its mask's
-        targets), with top-down context from the level above's online context. A planner calls this alone
-        for the one level it plans at."""
+        targets), with top-down context from the level above (``model.topdown_source``: its online
+        context, or that plus its prediction ``above_prediction`` at its mask's targets, computed here when
+        not given). A planner calls this alone for the one level it plans at."""
         topdown = None
         if level + 1 < self.levels:
             above = self.grids[level + 1]
             topdown = summarize_by_time(context[level + 1], masks[level + 1].context, above[1] * above[2], above[0])
+            if self.cfg.topdown_source == "prediction":
+                if above_prediction is None:
+                    above_prediction = self.predict_level(level + 1, context, masks, actions)
+                topdown = fill_predicted(*topdown, above_prediction, masks[level + 1].target, above[1] * above[2])
         level_actions = None if actions is None else self.level_actions(actions, level)
         return self.predictors[level](context[level], masks[level].context,
                                       masks[level].target if target is None else target, level_actions, topdown)

@@ -38,7 +38,7 @@ def _to_next_step(per_step: torch.Tensor) -> torch.Tensor:
 
 class Predictor(nn.Module):
     """forward(z_ctx [B, Nc, D], ctx_idx [B, Nc], tgt_idx [B, Nt], actions [B, T, A] | None,
-    topdown (summary [B, S, D_up], valid [B, S]) | None) -> predictions [B, Nt, D].
+    topdown (summary [B, S, D_up], valid [B, S][, predicted [B, S]]) | None) -> predictions [B, Nt, D].
 
     ``actions``: ``[B, T, action_chunk * A]`` (step t's leads to step t + 1: its own token, and added to
     the tokens of step t + 1); with ``action_chunk > 1`` they enter through a
@@ -121,9 +121,9 @@ class Predictor(nn.Module):
                 x = x + gather_tokens(_to_next_step(torch.cumsum(self.action_sum_embed(actions), 1)), times)
         mask = context = context_mask = film = None
         if self.topdown_mode != "none" and topdown is not None:
-            summary, valid = topdown
+            summary, valid, *predicted = topdown
             keys = torch.cat([self.td_null.expand(B, 1, -1), self.td_proj(summary)], dim=1)  # [B, 1+S, dim]
-            allowed = causal_allowed(times, self.window, valid)  # [B, L, 1+S]
+            allowed = causal_allowed(times, self.window, valid, *predicted)  # [B, L, 1+S]
             if self.topdown_mode == "film":
                 film = self.film(gather_tokens(keys, latest_allowed(allowed[:, -Nt:])))
             elif self.topdown_mode == "cross":  # action tokens (if any) read only the null key

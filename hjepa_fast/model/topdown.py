@@ -4,6 +4,12 @@ Level l+1's online context encodings are averaged per coarse time step (``summar
 token at time ``t`` may use coarse step ``tau`` only if that window ended before ``t``'s window began
 (``tau < t // window``) and level l+1 saw something there (``causal_allowed``); a learned null token is
 always allowed, so every token has something to attend to.
+
+With ``model.topdown_source=prediction`` the coarse steps that level l+1 does not see carry its own
+predictions there instead (``fill_predicted``, detached: each level's predictor is trained by its own
+loss). A level-l token at time ``t`` may read a predicted step ``tau <= t // window``: the level above's
+expectation of the window that holds ``t`` (and of the earlier ones). Nothing leaks: level l+1's
+predictions are computed from its context, which holds no level's targets (``masks``).
 """
 from __future__ import annotations
 
@@ -21,13 +27,29 @@ def summarize_by_time(z: torch.Tensor, idx: torch.Tensor, tokens_per_step: int, 
     return sums / counts.clamp(min=1).unsqueeze(-1), counts > 0
 
 
-def causal_allowed(times: torch.Tensor, window: int, valid: torch.Tensor) -> torch.Tensor:
+def fill_predicted(summary: torch.Tensor, valid: torch.Tensor, pred: torch.Tensor, pred_idx: torch.Tensor,
+                   tokens_per_step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The context ``summary [B, S, D]`` (``valid [B, S]``) with each step that has no context but has
+    predicted tokens (``pred [B, M, D]`` at flat indices ``pred_idx [B, M]``) replaced by their mean
+    (detached). Returns ``(summary, valid | predicted, predicted [B, S] bool)``."""
+    steps = summary.shape[1]
+    predicted_summary, has_prediction = summarize_by_time(pred.detach(), pred_idx, tokens_per_step, steps)
+    predicted = has_prediction & ~valid
+    summary = torch.where(predicted.unsqueeze(-1), predicted_summary.to(summary.dtype), summary)
+    return summary, valid | predicted, predicted
+
+
+def causal_allowed(times: torch.Tensor, window: int, valid: torch.Tensor,
+                   predicted: torch.Tensor | None = None) -> torch.Tensor:
     """times ``[B, L]`` (level-l steps), valid ``[B, S]`` -> ``[B, L, 1 + S]`` bool: column 0 is the
     null token (always allowed), column ``1 + tau`` is coarse step tau (allowed iff tau < t // window and
-    valid)."""
+    valid; a ``predicted [B, S]`` step iff tau <= t // window)."""
     B, S = valid.shape
-    taus = torch.arange(S, device=times.device)
-    allowed = (taus.view(1, 1, S) < (times // window).unsqueeze(-1)) & valid.unsqueeze(1)
+    taus = torch.arange(S, device=times.device).view(1, 1, S)
+    coarse = (times // window).unsqueeze(-1)
+    allowed = (taus < coarse) & valid.unsqueeze(1)
+    if predicted is not None:
+        allowed = allowed | ((taus <= coarse) & predicted.unsqueeze(1))
     return torch.cat([torch.ones_like(allowed[..., :1]), allowed], dim=-1)
 
 

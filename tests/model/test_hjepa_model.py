@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hjepa_fast.config import ConfigError
 from hjepa_fast.model.abstraction import build_abstraction
 from hjepa_fast.model.loss_weighting import LossWeighting
 from hjepa_fast.model.predictor import Predictor
+from hjepa_fast.model.topdown import fill_predicted
 from hjepa_fast.train.builders import build_mask_sampler, build_model
 
 
@@ -70,6 +72,96 @@ def test_topdown_for_time_t_uses_only_coarse_steps_that_ended_before_t(mode):
             assert allowed[: t // window].all()
         if mode == "film" and t // window > 0:
             assert allowed[t // window - 1]  # FiLM reads the most recent allowed step
+
+
+@pytest.mark.parametrize("mode", ["cross", "film", "prepend"])
+def test_a_predicted_coarse_step_is_read_up_to_the_tokens_own_window(mode):
+    """Coarse step 0 is context (read iff 0 < t // window), steps 1-2 are the level above's predictions
+    (read iff tau <= t // window): a token reads the prediction of its own window, never a later one."""
+    torch.manual_seed(0)
+    grid, window, S = (6, 2, 2), 2, 3
+    depth = 3 if mode == "film" else 1
+    pred = Predictor(enc_dim=8, dim=8, depth=depth, heads=2, grid=grid, topdown=mode, topdown_dim=6, window=window)
+    if mode == "film":
+        torch.nn.init.normal_(pred.film.weight)
+    ctx_idx, tgt_idx = torch.tensor([[0, 1, 2, 3]]), torch.arange(4, 24).unsqueeze(0)  # steps 0 | 1..5
+    summary = torch.randn(1, S, 6, requires_grad=True)
+    valid, predicted = torch.tensor([[True, False, False]]), torch.tensor([[False, True, True]])
+    out = pred(torch.randn(1, 4, 8), ctx_idx, tgt_idx, topdown=(summary, valid | predicted, predicted))
+    for j, idx in enumerate(tgt_idx[0].tolist()):
+        t = idx // 4
+        (grad,) = torch.autograd.grad(out[0, j].sum(), summary, retain_graph=True)
+        read = (grad[0].abs().sum(-1) > 0).tolist()
+        allowed = [0 < t // window, 1 <= t // window, 2 <= t // window]
+        if mode == "film":  # FiLM reads only the most recent allowed step
+            latest = max(tau for tau in range(S) if allowed[tau]) if any(allowed) else None
+            allowed = [tau == latest for tau in range(S)]
+        assert read == allowed, f"{mode}: token at t={t} reads {read}, allowed {allowed}"
+
+
+def test_fill_predicted_keeps_context_steps_and_fills_the_others_with_the_detached_prediction_mean():
+    summary, valid = torch.zeros(1, 3, 2), torch.tensor([[True, False, False]])
+    pred = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [7.0, 7.0]]], requires_grad=True)
+    pred_idx = torch.tensor([[0, 4, 5]])  # 4 tokens per step: steps 0, 1, 1
+    out, out_valid, predicted = fill_predicted(summary, valid, pred, pred_idx, tokens_per_step=4)
+    assert torch.equal(out[0, 0], torch.zeros(2))  # a context step keeps the context
+    assert torch.equal(out[0, 1], torch.tensor([5.0, 6.0]))  # the mean of its predicted tokens
+    assert torch.equal(out[0, 2], torch.zeros(2))  # neither: stays empty and invalid
+    assert out_valid.tolist() == [[True, True, False]] and predicted.tolist() == [[False, True, False]]
+    assert not out.requires_grad
+
+
+@pytest.mark.parametrize("source", ["context", "prediction"])
+def test_topdown_source_prediction_hands_the_level_above_prediction_down(make_config, source):
+    """With ``prediction`` level 1's output changes with level 2's predictor, and level 1's loss sends it
+    no gradient; with ``context`` level 2's predictor does not reach level 1 at all."""
+    cfg = make_config("masks.strategies=[future,future,future]", f"model.topdown_source={source}")
+    model = build_model(cfg)
+    clips, masks = batch(cfg)
+    context = model.encode_context(clips, masks)
+    before = model.predict(context, masks)[0]
+    assert torch.equal(before, model.predict_level(0, context, masks))  # computed alone, the same
+    grads = torch.autograd.grad(before.sum(), list(model.predictors[1].parameters()), allow_unused=True)
+    assert all(g is None for g in grads)
+    with torch.no_grad():
+        model.predictors[1].head.bias.add_(1.0)
+    after = model.predict(context, masks)[0]
+    assert (not torch.equal(before, after)) == (source == "prediction")
+
+
+def test_a_rollout_feeds_each_predicted_step_back_as_context(make_config, monkeypatch):
+    """``loss.rollout_steps=3`` at level 1 (4 future steps): passes predict step c, then c + 1 with step c's
+    prediction in the context, then the rest; ``rollout_steps=1`` is the one-pass prediction."""
+    cfg = make_config("masks.strategies=[future,future,future]", "loss.rollout_steps=[3,1,1]")
+    model = build_model(cfg)
+    clips, masks = batch(cfg)
+    context = model.encode_context(clips, masks)
+    one_pass = model.predict_level(1, context, masks)
+    calls, predict_level = [], model.predict_level
+
+    def record(level, context, masks, actions=None, target=None, above_prediction=None):
+        out = predict_level(level, context, masks, actions, target, above_prediction)
+        calls.append((level, context[level], masks[level].context, target, out))
+        return out
+
+    monkeypatch.setattr(model, "predict_level", record)
+    preds = model.predict(context, masks)
+    assert torch.equal(preds[1], one_pass)  # rollout_steps=1: one pass
+    passes = [c for c in calls if c[0] == 0]
+    hw, target = 9, masks[0].target
+    assert [p[3].shape[1] for p in passes] == [hw, hw, target.shape[1] - 2 * hw]
+    assert torch.equal(torch.cat([p[3] for p in passes], 1), target)
+    for before, after in zip(passes, passes[1:]):  # the context grows by the previous pass's prediction
+        assert torch.equal(after[1], torch.cat([before[1], before[4]], 1))
+        assert torch.equal(after[2], torch.cat([before[2], before[3]], 1))
+    assert torch.equal(preds[0], torch.cat([p[4] for p in passes], 1))
+    (grad,) = torch.autograd.grad(passes[2][4].sum(), passes[0][4])  # the loss trains through the rollout
+    assert grad.abs().sum() > 0
+
+
+def test_a_rollout_needs_future_masks(make_config):
+    with pytest.raises(ConfigError, match=r"loss.rollout_steps\[0\] = 2 needs masks.strategies\[0\] = future"):
+        make_config("loss.rollout_steps=[2,0,0]", "masks.strategies=[multiblock,future,future]")
 
 
 @pytest.mark.parametrize("kind", ["average", "conv", "attention"])

@@ -43,10 +43,12 @@ def prediction_gradients(model, clips, masks, level: int, sample: int) -> torch.
     return grad[sample].abs().sum(dim=1)  # sum over channels
 
 
+@pytest.mark.parametrize("source", ["context", "prediction"])
 @pytest.mark.parametrize("topdown", ["cross", "film", "prepend"])
 @pytest.mark.parametrize("strategies", STRATEGY_MIXES)
-def test_predictions_have_zero_gradient_on_their_targets(make_config, strategies, topdown):
-    cfg = make_config(f"masks.strategies={strategies}", f"model.topdown={topdown}", "masks.num_blocks=1")
+def test_predictions_have_zero_gradient_on_their_targets(make_config, strategies, topdown, source):
+    cfg = make_config(f"masks.strategies={strategies}", f"model.topdown={topdown}", "masks.num_blocks=1",
+                      f"model.topdown_source={source}")
     model = build_model(cfg)
     masks = build_mask_sampler(cfg).sample(2, torch.Generator().manual_seed(0))
     clips = torch.randn(2, cfg.data.frames, 1, cfg.model.img_size, cfg.model.img_size, requires_grad=True)
@@ -57,6 +59,21 @@ def test_predictions_have_zero_gradient_on_their_targets(make_config, strategies
             assert held_out.any()
             assert grad[held_out].max() == 0, f"level {level + 1} sees its own targets"
             assert grad[~held_out].max() > 0, "predictions depend on nothing: the check would be vacuous"
+
+
+@pytest.mark.parametrize("source", ["context", "prediction"])
+def test_a_rollout_never_sees_its_targets(make_config, source):
+    """A rollout feeds predictions back as context: they come from the context alone, so the targets of
+    every level still get exactly zero gradient."""
+    cfg = make_config("masks.strategies=[future,future,future]", "loss.rollout_steps=[4,2,0]",
+                      f"model.topdown_source={source}")
+    model = build_model(cfg)
+    masks = build_mask_sampler(cfg).sample(2, torch.Generator().manual_seed(0))
+    clips = torch.randn(2, cfg.data.frames, 1, cfg.model.img_size, cfg.model.img_size, requires_grad=True)
+    for level in range(cfg.model.levels):
+        grad = prediction_gradients(model, clips, masks, level, 0)
+        held_out = footprint_pixels(cfg, level, masks[level].target[0])
+        assert grad[held_out].max() == 0 and grad[~held_out].max() > 0
 
 
 def test_the_check_catches_a_leak(make_config):
