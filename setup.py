@@ -22,7 +22,7 @@ setup(
     ],
     package_dir={"hjepa_fast.kernels": "kernels"},
     install_requires=[
-        # timm needs torchvision, and torchvision pins a matching torch build: see README "Install".
+        # timm needs torchvision, and torchvision pins a matching torch build: see README "Set-up".
         "torch>=2.4",
         "torchvision",
         "triton; platform_system == 'Linux'",

@@ -45,12 +45,12 @@ class Predictor(nn.Module):
     ``MacroActionEncoder``, else through a linear embedding. ``action_accumulate``: the tokens of step
     t + 1 also get the running sum over steps 0..t of a second (linear) action embedding, where the
     actions so far have led: integrating velocities through attention alone is hard for a narrow
-    predictor (on panworld the predictions' response to actions went from 0.20 to 0.55 of the real
-    outcomes', README). ``init``: ``trunc_normal`` (timm's std 0.02) or ``xavier`` (MAE's; see
-    ``transformer.init_xavier``). ``topdown`` modes: 'cross' (cross-attention in every block), 'film' (scale and
-    shift of each target token's output features from the most recent allowed coarse step), 'prepend'
-    (coarse steps as extra tokens, reached through an attention mask). ``window``: level-l steps per step
-    of the level above.
+    predictor (on panworld the predictions' response to actions is 0.55 of the real outcomes' with it, 0.20
+    without: benchmarks/reports/2026-11-30-planning.md). ``init``: ``trunc_normal`` (timm's std 0.02) or
+    ``xavier`` (MAE's; see ``transformer.init_xavier``). ``topdown`` modes: 'cross' (cross-attention in
+    every block), 'film' (scale and shift of each target token's output features from the most recent
+    allowed coarse step), 'prepend' (coarse steps as extra tokens, reached through an attention mask).
+    ``window``: level-l steps per step of the level above.
 
     Each token's own read of the top-down context is causal (``topdown.causal_allowed``); with 'cross'
     and 'prepend', the predictor's self-attention can still pass what one token read to another, as it
