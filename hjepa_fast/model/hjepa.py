@@ -192,9 +192,19 @@ class HJEPA(nn.Module):
         preds: list[torch.Tensor] = [None] * self.levels  # type: ignore[list-item]
         for level in reversed(range(self.levels)):
             above = preds[level + 1] if level + 1 < self.levels else None
-            predict = self.rollout_level if self.rollout_steps[level] > 1 else self.predict_level
-            preds[level] = predict(level, context, masks, actions, above_prediction=above)
+            preds[level] = self.predict_at(level, context, masks, actions, above)
         return preds
+
+    def predict_at(self, level: int, context: list[torch.Tensor], masks: list[LevelMasks],
+                   actions: torch.Tensor | None = None, above_prediction: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """Level ``level``'s prediction ``[B, Nt, D_l]`` at its mask's targets, as training makes it: one
+        pass, or a rollout where ``loss.rollout_steps`` > 1. A planner calls this for the level it plans at."""
+        if self.rollout_steps[level] > 1:
+            if above_prediction is None and self.cfg.topdown_source == "prediction" and level + 1 < self.levels:
+                above_prediction = self.predict_at(level + 1, context, masks, actions)  # once for every pass
+            return self.rollout_level(level, context, masks, actions, above_prediction)
+        return self.predict_level(level, context, masks, actions, above_prediction=above_prediction)
 
     def rollout_level(self, level: int, context: list[torch.Tensor], masks: list[LevelMasks],
                       actions: torch.Tensor | None = None, above_prediction: torch.Tensor | None = None
@@ -222,16 +232,16 @@ class HJEPA(nn.Module):
                       actions: torch.Tensor | None = None, target: torch.Tensor | None = None,
                       above_prediction: torch.Tensor | None = None) -> torch.Tensor:
         """Level ``level``'s prediction ``[B, Nt, D_l]`` at ``target`` ``[B, Nt]`` (default: its mask's
-        targets), with top-down context from the level above (``model.topdown_source``: its online
-        context, or that plus its prediction ``above_prediction`` at its mask's targets, computed here when
-        not given). A planner calls this alone for the one level it plans at."""
+        targets) in one pass, with top-down context from the level above (``model.topdown_source``: its
+        online context, or that plus its prediction ``above_prediction`` at its mask's targets, computed
+        here when not given)."""
         topdown = None
         if level + 1 < self.levels:
             above = self.grids[level + 1]
             topdown = summarize_by_time(context[level + 1], masks[level + 1].context, above[1] * above[2], above[0])
             if self.cfg.topdown_source == "prediction":
                 if above_prediction is None:
-                    above_prediction = self.predict_level(level + 1, context, masks, actions)
+                    above_prediction = self.predict_at(level + 1, context, masks, actions)
                 topdown = fill_predicted(*topdown, above_prediction, masks[level + 1].target, above[1] * above[2])
         level_actions = None if actions is None else self.level_actions(actions, level)
         return self.predictors[level](context[level], masks[level].context,

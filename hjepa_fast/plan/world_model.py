@@ -15,7 +15,7 @@ import torch
 
 from hjepa_fast.builders import build_mask_sampler
 from hjepa_fast.config import Config, ConfigError
-from hjepa_fast.flops import encoder_forward, predictor_forward
+from hjepa_fast.flops import encoder_forward, predictor_forward, predictor_passes
 from hjepa_fast.masks import LevelMasks
 from hjepa_fast.model.hjepa import HJEPA
 
@@ -93,10 +93,21 @@ class PlanningModel:
         context = [c.expand(N, -1, -1) for c in state.context]
         masks = [LevelMasks(mk.context.expand(N, -1), mk.target.expand(N, -1)) for mk in self.masks]
         target = torch.arange(steps.start * self.hw, steps.stop * self.hw, device=self.device).expand(N, -1)
-        pred = self.model.predict_level(level, context, masks, self.full_actions(state, future), target)
+        masks[level] = LevelMasks(masks[level].context, target)
+        pred = self.model.predict_at(level, context, masks, self.full_actions(state, future))
         grad = 3 if torch.is_grad_enabled() and future.requires_grad else 1
-        self.flops += grad * N * sum(predictor_forward(self.cfg, level, context[level].shape[1], target.shape[1]))
+        self.flops += grad * N * self.prediction_flops(level, context[level].shape[1], target.shape[1])
         return pred.view(N, len(steps), self.hw, -1)
+
+    def prediction_flops(self, level: int, context: int, targets: int) -> float:
+        """Forward FLOPs of one clip's prediction at ``level`` (``HJEPA.predict_at``): each predictor pass,
+        and with ``model.topdown_source=prediction`` the levels above, whose predictions it reads."""
+        flops = sum(sum(predictor_forward(self.cfg, level, c, t))
+                    for c, t in predictor_passes(self.cfg, level, context, targets))
+        if self.cfg.model.topdown_source == "prediction" and level + 1 < self.levels:
+            above = self.masks[level + 1]
+            flops += self.prediction_flops(level + 1, above.context.shape[1], above.target.shape[1])
+        return flops
 
     def lift(self, state: State, level: int, pred: torch.Tensor, first: int) -> torch.Tensor:
         """Level ``level``'s predicted tokens ``[N, n, hw, D]`` at steps ``first ..`` written into the

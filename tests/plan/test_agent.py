@@ -174,8 +174,8 @@ def test_diagnosis_sees_a_predictor_that_ignores_the_actions(world, monkeypatch)
     assert all(-1.0 <= r["rank_corr_true"] <= 1.0 for r in live["tasks"])
     actions_ignored = wm.model.predict_level
 
-    def blind(level, context, masks, actions=None, target=None):
-        return actions_ignored(level, context, masks, torch.zeros_like(actions), target)
+    def blind(level, context, masks, actions=None, target=None, above_prediction=None):
+        return actions_ignored(level, context, masks, torch.zeros_like(actions), target, above_prediction)
 
     monkeypatch.setattr(wm.model, "predict_level", blind)
     dead = diagnose(wm, env, tasks=2, candidates=6)
@@ -217,3 +217,23 @@ def test_path_energy_is_the_mean_of_the_step_energies():
     pred, goal = torch.randn(5, 3, 4, 6), torch.randn(4, 6)
     per_step = torch.stack([latent_cost(pred[:, s], goal) for s in range(3)], 1)
     torch.testing.assert_close(latent_cost(pred, goal), per_step.mean(1))
+
+
+@pytest.mark.parametrize("overrides", [[], ["loss.rollout_steps=[3,0]", "model.topdown_source=prediction"]],
+                         ids=["one-pass", "rollout-predicted-topdown"])
+def test_a_prediction_counts_the_flops_it_runs(make_config, overrides):
+    """The planner's analytic count of one batched prediction equals FlopCounterMode's, also when level 1
+    rolls out and reads level 2's prediction (which it then computes too)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = make_config(*PLAN, *overrides)
+    wm = PlanningModel(build_model(cfg), cfg)
+    env = make_env("panworld", view=16, world=48, goal_range=(4.0, 12.0))
+    state = wm.observe([env.reset(0)], [])
+    future = torch.zeros(3, wm.horizon, 2)
+    wm.flops = 0
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        pred = wm.predict(state, 0, future, range(wm.context_steps[0], wm.steps[0]))
+    assert pred.shape[:2] == (3, wm.steps[0] - wm.context_steps[0])
+    assert wm.flops == counter.get_total_flops()
