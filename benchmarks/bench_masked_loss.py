@@ -35,11 +35,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import NamedTuple
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks import sweep_launch
 from benchmarks.harness import (
     Cycling,
     cold_copies,
@@ -50,7 +50,7 @@ from benchmarks.harness import (
     time_against_eager,
     write_results,
 )
-from benchmarks.sweep_launch import current_setting, loss_input_bytes, loss_inputs, loss_setting
+from benchmarks.sweep_launch import loss_input_bytes, loss_inputs, loss_setting
 from hjepa_fast.kernels import masked_loss as ml
 
 # (B, M, N, D): image I-JEPA (196 tokens, ~75 % predicted) and video (1568 tokens) at the level widths
@@ -124,8 +124,9 @@ def loss_errors(paths: dict[str, Callable], pred: torch.Tensor, target: torch.Te
 
 
 def default_setting() -> dict[str, object]:
-    """The loss kernel's launch setting now (the attributes ``CANDIDATE_SETTINGS`` vary)."""
-    return current_setting(ml, CANDIDATE_SETTINGS[0])
+    """The loss kernel's default launch setting (the keywords of ``masked_loss_launch`` that
+    ``CANDIDATE_SETTINGS`` vary)."""
+    return sweep_launch.default_setting(ml.masked_loss_launch, CANDIDATE_SETTINGS[0])
 
 
 def setting_label(setting: dict[str, object]) -> str:
@@ -137,11 +138,10 @@ def setting_label(setting: dict[str, object]) -> str:
 
 
 def under_setting(fn: Callable, setting: dict[str, object]) -> Callable:
-    """``fn`` with the loss kernel's launch attributes set to ``setting`` for the call (a CUDA graph captures
-    the launch made under it)."""
-    def call(*args):
-        with mock.patch.multiple(ml, **setting):
-            return fn(*args)
+    """``fn(pred, target, idx)`` launching the loss kernel under ``setting``: ``launch=`` the settings of
+    ``masked_loss_launch`` with those keywords for pred's shape."""
+    def call(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor):
+        return fn(pred, target, idx, launch=ml.masked_loss_launch(pred.shape, pred.dtype, pred.device, **setting))
     return call
 
 

@@ -65,12 +65,18 @@ class _Recorder:
         return record
 
 
+# each kernel module's launch-settings function
+_SETTINGS_FUNCTIONS = ("masked_loss_launch", "temporal_pool_launch", "ema_launch")
+
+
 @contextlib.contextmanager
-def recording(module, kernel_names: list[str], config_names: tuple[str, ...] = ("_launch_config",)
+def recording(module, kernel_names: list[str], config_names: tuple[str, ...] | None = None
               ) -> Iterator[list[Launch]]:
     """Within the block, launches of ``module``'s kernels are recorded instead of run, with the CUDA launch
-    settings whatever the tensors' device (each launch-setting function of ``config_names`` called for a
-    CUDA device)."""
+    settings whatever the tensors' device (each launch-setting function of ``config_names``, by default the
+    module's, called for a CUDA device where no ``launch=`` is given)."""
+    if config_names is None:
+        config_names = tuple(name for name in _SETTINGS_FUNCTIONS if hasattr(module, name))
     launches: list[Launch] = []
     with contextlib.ExitStack() as stack:
         for name in kernel_names:
@@ -174,10 +180,12 @@ SPLIT_LOSS = loss_setting(1024, 1, tiles=4, stages=2, split=True)  # rows in two
 
 
 def masked_loss_launches(B: int = 8, M: int = 147, N: int = 196, D: int = 768, Bt: int | None = None,
-                         dtype: torch.dtype = torch.bfloat16) -> dict[str, Launch]:
-    """Every loss the kernel computes, with and without idx, with and without the gradient."""
+                         dtype: torch.dtype = torch.bfloat16, setting: dict | None = None) -> dict[str, Launch]:
+    """Every loss the kernel computes, with and without idx, with and without the gradient; at the default
+    CUDA launch, or at ``masked_loss_launch``'s for the keywords ``setting``."""
     pred = torch.randn(B, M, D, dtype=dtype, requires_grad=True)
     target, idx = torch.randn(Bt or B, N, D, dtype=dtype), torch.randint(0, N, (B, M))
+    launch = None if setting is None else masked_loss.masked_loss_launch(pred.shape, dtype, CUDA, **setting)
     losses: dict[str, Callable[..., torch.Tensor]] = {
         "l2": masked_loss.masked_l2_loss_triton,
         "ijepa": masked_loss.masked_jepa_loss_triton,
@@ -188,18 +196,18 @@ def masked_loss_launches(B: int = 8, M: int = 147, N: int = 196, D: int = 768, B
     out = {}
     with recording(masked_loss, ["_masked_loss_fwd_kernel"]) as launches:
         for name, fn in losses.items():
-            fn(pred, target, idx, check_idx=False)
+            fn(pred, target, idx, check_idx=False, launch=launch)
             out[name] = launches[-1]
-        masked_loss.masked_l2_loss_triton(pred, target[:, :M], None)
+        masked_loss.masked_l2_loss_triton(pred, target[:, :M], None, launch=launch)
         out["l2 no idx"] = launches[-1]
-        masked_loss._masked_latent_loss(pred.detach(), target, idx, masked_loss._L2, False, 1.0, False)
+        masked_loss._masked_latent_loss(pred.detach(), target, idx, masked_loss._L2, False, 1.0, False, launch)
         out["l2 no grad"] = launches[-1]
     return out
 
 
 def masked_loss_backward_launch(dtype: torch.dtype = torch.bfloat16, n: int = 8 * 147 * 768) -> dict[str, Launch]:
     """The eager backward's product of the forward's gradient and ``grad_output``."""
-    with recording(masked_loss, ["_scale_kernel"], ("_scale_launch_config",)) as launches:
+    with recording(masked_loss, ["_scale_kernel"]) as launches:
         masked_loss._scaled_gradient(torch.zeros(n, dtype=dtype), torch.tensor(2.0))
     return {"backward scale": launches[-1]}
 
@@ -233,13 +241,12 @@ def all_launches() -> dict[str, Launch]:
     """The recipe's shapes, and the same kernels with sizes and strides of 1 (constants after specialisation);
     the loss kernel also software-pipelined (``PIPELINED_LOSS``) and with split rows (``SPLIT_LOSS``)."""
     widest = functools.partial(masked_loss_launches, B=2, M=5, N=7, D=masked_loss.MAX_D, dtype=torch.float32)
-    with mock.patch.multiple(masked_loss, **PIPELINED_LOSS):
-        pipelined = {"masked_loss pipelined": masked_loss_launches(),
-                     "masked_loss pipelined ones": masked_loss_launches(1, 1, 3, 2, 1),
-                     "masked_loss pipelined widest fp32": {"l2": widest()["l2"]}}
-    with mock.patch.multiple(masked_loss, **SPLIT_LOSS):
-        split = {"masked_loss split": masked_loss_launches(),
-                 "masked_loss split odd D": masked_loss_launches(B=2, M=5, N=7, D=300, dtype=torch.float32)}
+    pipelined = {"masked_loss pipelined": masked_loss_launches(setting=PIPELINED_LOSS),
+                 "masked_loss pipelined ones": masked_loss_launches(1, 1, 3, 2, 1, setting=PIPELINED_LOSS),
+                 "masked_loss pipelined widest fp32": {"l2": widest(setting=PIPELINED_LOSS)["l2"]}}
+    split = {"masked_loss split": masked_loss_launches(setting=SPLIT_LOSS),
+             "masked_loss split odd D": masked_loss_launches(B=2, M=5, N=7, D=300, dtype=torch.float32,
+                                                             setting=SPLIT_LOSS)}
     groups = {"masked_loss": masked_loss_launches() | masked_loss_backward_launch(),
               "masked_loss ones": masked_loss_launches(1, 1, 3, 2, 1) | masked_loss_backward_launch(torch.float32, 1),
               **pipelined, **split,
@@ -255,11 +262,8 @@ def all_launches() -> dict[str, Launch]:
 
 def masked_loss_setting_launches() -> dict[str, Launch]:
     """The L2 loss at D 768 under each of the sweep's launch settings."""
-    out = {}
-    for setting in MASKED_LOSS_SETTINGS:
-        with mock.patch.multiple(masked_loss, **setting):
-            out[f"masked_loss l2 D768 {setting_text(setting)}"] = masked_loss_launches()["l2"]
-    return out
+    return {f"masked_loss l2 D768 {setting_text(setting)}": masked_loss_launches(setting=setting)["l2"]
+            for setting in MASKED_LOSS_SETTINGS}
 
 
 def main(argv: list[str] | None = None) -> int:

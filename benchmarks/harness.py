@@ -86,7 +86,8 @@ class Cycling:
     """``fn`` on the next of ``arg_sets`` at each call. A CUDA graph of unrolled calls (``do_bench_cudagraph``)
     captures the rotation: replayed, consecutive calls read different memory, so no call finds its inputs
     in the L2 cache where the previous one left them (working sets near the L2's size: the loss at D 96).
-    ``restart()``: the next call takes the first set again (outputs compared on the same inputs)."""
+    ``restart()``: the next call takes the first set again (outputs compared on the same inputs). Arguments
+    of a call follow the set's (a sweep's launch setting)."""
 
     def __init__(self, fn: Callable[..., object], arg_sets: list[tuple]):
         if not arg_sets:
@@ -97,8 +98,8 @@ class Cycling:
     def restart(self) -> None:
         self._sets = itertools.cycle(self.arg_sets)
 
-    def __call__(self) -> object:
-        return self.fn(*next(self._sets))
+    def __call__(self, *extra) -> object:
+        return self.fn(*next(self._sets), *extra)
 
 
 def timings(device: torch.device) -> tuple[bool, ...]:

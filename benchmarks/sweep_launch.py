@@ -1,7 +1,8 @@
 """Launch settings of the three Triton kernels, swept on one large shape each (CUDA only): device time (the
 launch replayed from a CUDA graph), GB/s on the bytes each kernel itself moves, and the fraction of the
-copy bandwidth measured in the same run. The defaults in ``kernels/*.py`` (``CUDA_TILE_ELEMENTS``/
-``CUDA_WARPS``, ``CUDA_BLOCK``/``CUDA_WARPS``, ``TILE_ELEMENTS``/``CUDA_WARPS``) are chosen from this table.
+copy bandwidth measured in the same run. A setting is keyword arguments of the op's launch-settings function
+(``masked_loss_launch``, ``ema_launch``, ``temporal_pool_launch``), whose defaults are chosen from this table;
+each launch is made with ``launch=`` that function's result (no module state is patched).
 Every setting's output is compared with the default setting's first (``max_abs_diff``): a fast but wrong
 setting shows. The default and the three fastest other settings are then timed a second time (``round`` 2;
 ``benchmarks.goals`` ranks settings by the mean of their rounds). The loss launches cycle through copies of
@@ -23,23 +24,23 @@ Kernels and bytes (what the kernel reads and writes, once each):
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
-from unittest import mock
 
 import torch
 
 from benchmarks.harness import Cycling, cold_copies, copy_bandwidth, device_info, measure, parser, write_results
 from hjepa_fast.kernels import ema, masked_loss, temporal_pool
 
-Setting = dict[str, object]  # module attribute -> value
+Setting = dict[str, object]  # keyword argument of an op's launch-settings function -> value
 
 
 def setting_text(setting: Setting) -> str:
-    """``cuda_tile_elements=2048 cuda_warps=2``: a setting as its rows and reports name it (of a per-device
-    dict, the CUDA value)."""
-    return " ".join(f"{attr.lower()}={value['cuda'] if isinstance(value, dict) else value}"
-                    for attr, value in setting.items())
+    """``tile_elements=2048 warps=2``: a setting as its rows and reports name it (a (forward, backward) pair
+    as ``4096/4096``)."""
+    return " ".join(f"{key}={'/'.join(map(str, value)) if isinstance(value, tuple) else value}"
+                    for key, value in setting.items())
 
 
 def _max_diff(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> float:
@@ -52,21 +53,21 @@ def _max_diff(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> 
 CONFIRMED = 3
 
 
-def sweep(name: str, module, settings: list[Setting], run: Callable[[], tuple[torch.Tensor, ...]], nbytes: int,
-          copy_gbps: float, device: torch.device, reset: Callable[[], object] = lambda: None) -> list[dict]:
-    """Time ``run`` (the bare launch, returning its outputs) under each setting of ``module``'s launch
-    attributes (restored afterwards), then the default and the ``CONFIRMED`` fastest others a second time
-    (rows with ``round`` 2); ``reset`` restores the inputs before each output comparison (not timed)."""
-    defaults = current_setting(module, settings[0])
+def sweep(name: str, settings_fn: Callable, settings: list[Setting], run: Callable[[Setting], tuple[torch.Tensor, ...]],
+          nbytes: int, copy_gbps: float, device: torch.device, reset: Callable[[], object] = lambda: None
+          ) -> list[dict]:
+    """Time ``run(setting)`` (the bare launch under ``setting``, keyword arguments of ``settings_fn``, returning
+    its outputs) for each setting, then the default and the ``CONFIRMED`` fastest others a second time (rows
+    with ``round`` 2); ``reset`` restores the inputs before each output comparison (not timed)."""
+    defaults = default_setting(settings_fn, settings[0])
     reset()
-    want = tuple(t.clone() for t in run())
+    want = tuple(t.clone() for t in run(defaults))
     rows, timed = [], {}
     for setting in settings:
         try:
-            with mock.patch.multiple(module, **setting):
-                reset()
-                diff = _max_diff(run(), want)
-                t = measure_device_time(run, device)
+            reset()
+            diff = _max_diff(run(setting), want)
+            t = measure_device_time(lambda setting=setting: run(setting), device)
         except Exception as err:  # a setting the compiler refuses (too many registers) is a row, not a crash
             print(f"{name} {setting}: {type(err).__name__}: {str(err)[:160]}")
             continue
@@ -75,8 +76,7 @@ def sweep(name: str, module, settings: list[Setting], run: Callable[[], tuple[to
     others = sorted((r for r in rows if not r["default"]), key=lambda r: r["ms"])[:CONFIRMED]
     for first in reversed([r for r in rows if r["default"]] + others):
         try:
-            with mock.patch.multiple(module, **timed[first["path"]]):
-                t = measure_device_time(run, device)
+            t = measure_device_time(lambda setting=timed[first["path"]]: run(setting), device)
         except Exception as err:  # e.g. out of memory: the first round's rows still count
             print(f"{name} {first['path']} again: {type(err).__name__}: {str(err)[:160]}")
             continue
@@ -105,33 +105,34 @@ def measure_device_time(run: Callable[[], object], device: torch.device) -> dict
         return measure(run, device) | {"timing": "launch"}
 
 
-def current_setting(module, like: Setting) -> Setting:
-    """``module``'s values now of the launch attributes ``like`` names."""
-    return {attr: getattr(module, attr) for attr in like}
+def default_setting(settings_fn: Callable, like: Setting) -> Setting:
+    """The defaults of ``settings_fn``'s keyword arguments that ``like`` names (a misspelt name fails here)."""
+    params = inspect.signature(settings_fn).parameters
+    return {key: params[key].default for key in like}
 
 
-def with_default(module, settings: list[Setting]) -> list[Setting]:
-    """The module's current setting first (the reference output), then the others."""
-    default = current_setting(module, settings[0])
+def with_default(settings_fn: Callable, settings: list[Setting]) -> list[Setting]:
+    """The default setting first (the reference output), then the others."""
+    default = default_setting(settings_fn, settings[0])
     return [default, *[s for s in settings if s != default]]
 
 
 class Case(NamedTuple):
-    """One kernel launch to sweep: its module's launch settings, the launch, the bytes it moves."""
+    """One kernel launch to sweep: its op's launch-settings function, the settings (keyword arguments of it),
+    the launch under a setting, the bytes it moves."""
 
     name: str
-    module: object
+    settings_fn: Callable
     settings: list[Setting]
-    run: Callable[[], tuple[torch.Tensor, ...]]
+    run: Callable[[Setting], tuple[torch.Tensor, ...]]
     nbytes: int
     reset: Callable[[], object] = lambda: None
 
 
 def loss_setting(elements: int, warps: int | None, tiles: int = 1, stages: int = 1, split: bool = False) -> Setting:
-    """A launch setting of the loss kernel: tile elements, warps (None: by tile size), tiles per program,
-    software-pipelining stages, rows split in two power-of-two chunks."""
-    return {"CUDA_TILE_ELEMENTS": elements, "CUDA_WARPS": warps, "CUDA_TILES_PER_PROGRAM": tiles,
-            "CUDA_STAGES": stages, "SPLIT_ROWS": split}
+    """A launch setting of the loss kernel (``masked_loss_launch``): tile elements, warps (None: by tile size),
+    tiles per program, software-pipelining stages, rows split in two power-of-two chunks."""
+    return {"tile_elements": elements, "warps": warps, "tiles": tiles, "stages": stages, "split_rows": split}
 
 
 # run 2 (H200, one tile per program): fewer warps per tile were faster at D 768 (2048/2 best; 8192-element
@@ -167,8 +168,10 @@ def loss_input_bytes(B: int, M: int, D: int, element_size: int) -> int:
     return B * M * (2 * D * element_size + 8)
 
 
-def _l2_loss_launch(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return masked_loss._masked_latent_loss(pred, target, idx, masked_loss._L2, False, 1.0, True)
+def _l2_loss_launch(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor, setting: Setting
+                    ) -> tuple[torch.Tensor, ...]:
+    launch = masked_loss.masked_loss_launch(pred.shape, pred.dtype, pred.device, **setting)
+    return masked_loss._masked_latent_loss(pred, target, idx, masked_loss._L2, False, 1.0, True, launch)
 
 
 # the gather in random order (a worst case no mask generator we know of produces), at D 96, where a target row
@@ -187,16 +190,17 @@ def masked_loss_cases(device: torch.device, quick: bool) -> Iterator[Case]:
         copies = [loss_inputs((B, M, N, D, B), torch.bfloat16, device, g, in_order)
                   for _ in range(cold_copies(loss_input_bytes(B, M, D, 2), device))]
         run = Cycling(_l2_loss_launch, copies)
-        settings = with_default(masked_loss, MASKED_LOSS_SETTINGS if in_order else OUT_OF_ORDER_SETTINGS)
-        yield Case(f"masked_loss fwd D{D}" + ("" if in_order else " idx out of order"), masked_loss, settings, run,
-                   nbytes, reset=run.restart)
+        settings = with_default(masked_loss.masked_loss_launch,
+                                MASKED_LOSS_SETTINGS if in_order else OUT_OF_ORDER_SETTINGS)
+        yield Case(f"masked_loss fwd D{D}" + ("" if in_order else " idx out of order"), masked_loss.masked_loss_launch,
+                   settings, run, nbytes, reset=run.restart)
         if D == 768:
             yield backward_scale_case((B, M, D), device, g)
 
 
 # the backward's product (the forward's gradient times grad_output): the Triton kernel at the EMA kernel's
-# settings and around them, against torch's ``grad * grad_output`` (TRITON_GRAD_SCALE False)
-SCALE_SETTINGS = [{"TRITON_GRAD_SCALE": triton, "CUDA_SCALE_BLOCK": b, "CUDA_SCALE_WARPS": w}
+# settings and around them, against torch's ``grad * grad_output`` (``triton_scale`` False)
+SCALE_SETTINGS = [{"triton_scale": triton, "scale_block": b, "scale_warps": w}
                   for triton, b, w in [(True, 4096, 8), (True, 2048, 4), (True, 8192, 8), (False, 4096, 8)]]
 
 
@@ -208,9 +212,13 @@ def backward_scale_case(shape: tuple[int, ...], device: torch.device, g: torch.G
     grads = [(torch.randn(shape, device=device, dtype=torch.bfloat16, generator=g),)
              for _ in range(cold_copies(n * 2, device))]
     grad_loss = torch.tensor(0.5, device=device)
-    run = Cycling(lambda grad: (masked_loss._scaled_gradient(grad, grad_loss),), grads)
-    return Case(f"masked_loss bwd scale {n / 1e6:.0f}M", masked_loss, with_default(masked_loss, SCALE_SETTINGS), run,
-                nbytes, reset=run.restart)
+    def scaled(grad: torch.Tensor, setting: Setting) -> tuple[torch.Tensor]:
+        launch = masked_loss.masked_loss_launch(grad.shape, grad.dtype, grad.device, **setting)
+        return (masked_loss._scaled_gradient(grad, grad_loss, launch),)
+
+    run = Cycling(scaled, grads)
+    return Case(f"masked_loss bwd scale {n / 1e6:.0f}M", masked_loss.masked_loss_launch,
+                with_default(masked_loss.masked_loss_launch, SCALE_SETTINGS), run, nbytes, reset=run.restart)
 
 
 def ema_cases(device: torch.device, quick: bool) -> Iterator[Case]:
@@ -220,13 +228,13 @@ def ema_cases(device: torch.device, quick: bool) -> Iterator[Case]:
     starts = torch.tensor([0, n // 2, 3 * n // 4], device=device)
     weights = torch.tensor([0.004, 0.002, 0.001], device=device)
 
-    def run() -> tuple[torch.Tensor]:
-        ema.ema_flat_triton_(target, source, starts, weights)
+    def run(setting: Setting) -> tuple[torch.Tensor]:
+        ema.ema_flat_triton_(target, source, starts, weights, launch=ema.ema_launch(n, target.dtype, device, **setting))
         return (target,)
 
     launches = [(1024, 4), (2048, 4), (4096, 8)]  # run 2 (H200): 104-105% of copy; larger blocks lost (78-99%)
-    settings = with_default(ema, [{"CUDA_BLOCK": b, "CUDA_WARPS": w} for b, w in launches])
-    yield Case(f"ema {n / 1e6:.1f}M fp32", ema, settings, run, 12 * n, reset=lambda: target.copy_(start))
+    settings = with_default(ema.ema_launch, [{"block": b, "warps": w} for b, w in launches])
+    yield Case(f"ema {n / 1e6:.1f}M fp32", ema.ema_launch, settings, run, 12 * n, reset=lambda: target.copy_(start))
 
 
 def temporal_pool_cases(device: torch.device, quick: bool) -> Iterator[Case]:
@@ -238,9 +246,13 @@ def temporal_pool_cases(device: torch.device, quick: bool) -> Iterator[Case]:
 
     visible = torch.rand(B, T, 196, device=device, generator=g) > 0.3  # the model's masked pool (context only)
 
+    settings_fn = temporal_pool.temporal_pool_launch
+
     def settings(launches: list[tuple[int, int]]) -> list[Setting]:
-        return with_default(temporal_pool, [{"TILE_ELEMENTS": {**temporal_pool.TILE_ELEMENTS, "cuda": (t, t)},
-                                             "CUDA_WARPS": (w, w)} for t, w in launches])
+        return with_default(settings_fn, [{"tile_elements": (t, t), "warps": (w, w)} for t, w in launches])
+
+    def launch(setting: Setting) -> temporal_pool.TemporalPoolLaunch:
+        return settings_fn(k.shape, window, k.dtype, k.device, **setting)
 
     # run 2 (H200, unmasked): the forward at copy bandwidth but with 8 warps at 4096 elements (39%); the
     # backward at 88-94% with 4096-8192 elements and 4-8 warps, 2-6x slower with 2048 elements or 16 warps
@@ -249,11 +261,11 @@ def temporal_pool_cases(device: torch.device, quick: bool) -> Iterator[Case]:
     elt = k.element_size()
     for tag, vis in [("", None), (" masked", visible)]:
         vis_bytes = 0 if vis is None else vis.numel()
-        yield Case(f"temporal_pool fwd{tag} B{B} T{T}", temporal_pool, fwd_settings,
-                   lambda vis=vis: (temporal_pool._forward(q, k, v, window, vis),),
+        yield Case(f"temporal_pool fwd{tag} B{B} T{T}", settings_fn, fwd_settings,
+                   lambda setting, vis=vis: (temporal_pool._forward(q, k, v, window, vis, launch(setting)),),
                    (2 * k.numel() + grad.numel()) * elt + vis_bytes)
-        yield Case(f"temporal_pool bwd{tag} B{B} T{T}", temporal_pool, bwd_settings,
-                   lambda vis=vis: temporal_pool._backward(q, k, v, window, vis, grad),
+        yield Case(f"temporal_pool bwd{tag} B{B} T{T}", settings_fn, bwd_settings,
+                   lambda setting, vis=vis: temporal_pool._backward(q, k, v, window, vis, grad, launch(setting)),
                    (4 * k.numel() + grad.numel()) * elt + vis_bytes)
 
 
@@ -273,8 +285,8 @@ def main() -> None:
     rows = []
     for kernel in args.kernels:
         for case in CASES[kernel](device, args.quick):
-            rows += sweep(case.name, case.module, case.settings, case.run, case.nbytes, info["copy_gbps"], device,
-                          case.reset)
+            rows += sweep(case.name, case.settings_fn, case.settings, case.run, case.nbytes, info["copy_gbps"],
+                          device, case.reset)
             write_results("sweep_launch", info, rows, args.out, label="path", group="shape")  # as it goes
     print(f"wrote {args.out / 'sweep_launch.json'}")
 

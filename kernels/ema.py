@@ -22,6 +22,7 @@ are never packed (the engine owns their storage) and run the functional path eac
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -35,8 +36,6 @@ from .dispatch import get_kernel_mode, use_triton
 from .launch import cdiv, next_power_of_2
 
 TensorGroups = Sequence[Sequence[torch.Tensor]]
-# CUDA launch: elements per program and warps (``benchmarks.sweep_launch`` measures the alternatives)
-CUDA_BLOCK, CUDA_WARPS = 4096, 8
 
 
 @triton.jit
@@ -54,12 +53,23 @@ def _ema_flat_kernel(t_ptr, s_ptr, starts_ptr, w_ptr, n, NUM_LEVELS: tl.constexp
     tl.store(t_ptr + offs, out.to(t_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_config(n: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK, num_warps): ``CUDA_BLOCK``, ``CUDA_WARPS`` on GPU; under the interpreter (~3 ms per
-    program) as few programs as possible."""
-    if device.type == "cuda":
-        return CUDA_BLOCK, CUDA_WARPS
-    return min(max(next_power_of_2(max(n, 1)), 16), 1 << 16), 1
+@dataclass(frozen=True)
+class EMALaunch:
+    """How the flat EMA kernel launches (``ema_launch`` computes it)."""
+
+    block: int  # elements per program (a power of two)
+    num_warps: int
+
+
+@functools.lru_cache(maxsize=256)
+def ema_launch(n: int, dtype: torch.dtype, device: torch.device | str, *, block: int = 4096,
+               warps: int = 8) -> EMALaunch:
+    """The launch for a flat buffer of ``n`` elements on ``device`` (a pure function, cached; ``dtype`` does not
+    enter the rules). CUDA: ``block`` elements and ``warps`` a program (``benchmarks.sweep_launch`` measures the
+    alternatives); under the interpreter (~3 ms per program) as few programs as possible, one warp."""
+    if torch.device(device).type == "cuda":
+        return EMALaunch(block, warps)
+    return EMALaunch(min(max(next_power_of_2(max(n, 1)), 16), 1 << 16), 1)
 
 
 def _check_flat(target: torch.Tensor, source: torch.Tensor, level_starts: torch.Tensor, weights: torch.Tensor):
@@ -76,26 +86,30 @@ def _check_flat(target: torch.Tensor, source: torch.Tensor, level_starts: torch.
 
 
 def ema_flat_triton_(target: torch.Tensor, source: torch.Tensor, level_starts: torch.Tensor,
-                     weights: torch.Tensor, block: int | None = None) -> None:
+                     weights: torch.Tensor, block: int | None = None, *, launch: EMALaunch | None = None) -> None:
     """Always Triton: ``target[i] <- lerp(target[i], source[i], weights[level(i)])``. target, source:
-    ``[N]`` contiguous; level_starts: int64 ``[L]`` ascending from 0; weights: fp32 ``[L]`` (= 1 - tau)."""
+    ``[N]`` contiguous; level_starts: int64 ``[L]`` ascending from 0; weights: fp32 ``[L]`` (= 1 - tau).
+    ``launch``: the kernel's launch settings (None: ``ema_launch`` of N, dtype and device); ``block``
+    overrides its block alone."""
     _check_flat(target, source, level_starts, weights)
     n = target.numel()
     if n == 0:
         return
-    block_size, warps = _launch_config(n, target.device)
-    block_size = block or block_size
+    launch = launch or ema_launch(n, target.dtype, target.device)
+    block_size = block or launch.block
     _ema_flat_kernel[(cdiv(n, block_size),)](
         target, source, level_starts, weights, n, NUM_LEVELS=level_starts.numel(), BLOCK=block_size,
-        num_warps=warps)
+        num_warps=launch.num_warps)
 
 
 @torch.library.custom_op("hjepa_fast::ema_flat_", mutates_args=("target",))
-def ema_flat_(target: torch.Tensor, source: torch.Tensor, level_starts: torch.Tensor, weights: torch.Tensor) -> None:
+def ema_flat_(target: torch.Tensor, source: torch.Tensor, level_starts: torch.Tensor, weights: torch.Tensor,
+              launch: list[int] | None = None) -> None:
     """The traceable flat update (see ``ema_flat_triton_``): Triton where ``use_triton`` says so, else one
-    ``lerp_`` per level slice with the weight as a Python float (the reference's exact arithmetic)."""
+    ``lerp_`` per level slice with the weight as a Python float (the reference's exact arithmetic).
+    ``launch``: the fields of an ``EMALaunch`` (None: computed)."""
     if use_triton(target):
-        ema_flat_triton_(target, source, level_starts, weights)
+        ema_flat_triton_(target, source, level_starts, weights, launch=None if launch is None else EMALaunch(*launch))
         return
     _check_flat(target, source, level_starts, weights)
     bounds = [*level_starts.tolist(), target.numel()]
@@ -105,7 +119,7 @@ def ema_flat_(target: torch.Tensor, source: torch.Tensor, level_starts: torch.Te
 
 
 @ema_flat_.register_fake
-def _(target, source, level_starts, weights) -> None:
+def _(target, source, level_starts, weights, launch=None) -> None:
     return None
 
 
@@ -178,16 +192,17 @@ def _level_table(tensors, weights, levels, device) -> tuple[torch.Tensor, torch.
     return (torch.tensor(starts, dtype=torch.int64).to(device), torch.tensor(ws, dtype=torch.float32).to(device))
 
 
-def _triton_bucket(tg, sg, ws, levels, flat: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+def _triton_bucket(tg, sg, ws, levels, flat: tuple[torch.Tensor, torch.Tensor] | None,
+                   launch: EMALaunch | None = None) -> None:
     """One launch over a packed bucket, else one launch per tensor (no pointer tables: see FACTS §2)."""
     if flat is not None:
-        ema_flat_triton_(*flat, *_level_table(tg, ws, levels, tg[0].device))
+        ema_flat_triton_(*flat, *_level_table(tg, ws, levels, tg[0].device), launch=launch)
         return
     zero = torch.zeros(1, dtype=torch.int64, device=tg[0].device)
     for t, s, w in zip(tg, sg, ws):
         work = t if t.is_contiguous() else t.contiguous()
         ema_flat_triton_(work.view(-1), s.contiguous().view(-1), zero,
-                         torch.tensor([w], dtype=torch.float32, device=t.device))
+                         torch.tensor([w], dtype=torch.float32, device=t.device), launch=launch)
         if work is not t:
             t.copy_(work)
 
@@ -207,23 +222,25 @@ def ema_update_reference_(targets, sources, taus) -> None:
 
 
 @torch.no_grad()
-def ema_update_triton_(targets, sources, taus) -> None:
+def ema_update_triton_(targets, sources, taus, *, launch: EMALaunch | None = None) -> None:
     """Always Triton (on CPU under ``TRITON_INTERPRET=1``): one launch per (dtype, device) bucket whose
-    tensors tile one flat buffer (as ``MultiLevelEMA`` lays them out), else one launch per tensor."""
+    tensors tile one flat buffer (as ``MultiLevelEMA`` lays them out), else one launch per tensor.
+    ``launch``: every launch's settings (None: ``ema_launch`` of each)."""
     for tg, sg, ws, levels in _buckets(*_as_groups(targets, sources, taus)):
-        _triton_bucket(tg, sg, ws, levels, _packed(tg, sg))
+        _triton_bucket(tg, sg, ws, levels, _packed(tg, sg), launch)
 
 
 @torch.no_grad()
-def ema_update_(targets, sources, taus) -> None:
+def ema_update_(targets, sources, taus, *, launch: EMALaunch | None = None) -> None:
     """In-place EMA of every group with its own tau. ``targets``/``sources``: sequences of groups (one per
     level) of tensors of matching shape and dtype, or flat sequences; ``taus``: one float per group or one
-    float. Triton (one launch) for packed CUDA buckets; otherwise ``torch._foreach_lerp_`` per dtype."""
+    float. Triton (one launch) for packed CUDA buckets, at ``launch`` (None: computed); otherwise
+    ``torch._foreach_lerp_`` per dtype."""
     for tg, sg, ws, levels in _buckets(*_as_groups(targets, sources, taus)):
         if use_triton(tg[0]):
             flat = _packed(tg, sg)
             if flat is not None or get_kernel_mode() == "triton":
-                _triton_bucket(tg, sg, ws, levels, flat)
+                _triton_bucket(tg, sg, ws, levels, flat, launch)
                 continue
         torch._foreach_lerp_(tg, sg, ws)
 

@@ -15,7 +15,7 @@ target row once and, in the same pass, writes the per-program partial loss and t
 ``pred`` (Liger-Kernel's cross-entropy trick); backward only scales that gradient by ``grad_output`` (a
 second, streaming kernel).
 A *row* is one token: a tile is ``BLOCK_R`` whole rows in registers, each one power-of-two chunk (the
-tail of D masked) or, with ``SPLIT_ROWS``, two; a program takes ``TILES`` consecutive tiles,
+tail of D masked) or, with ``split_rows``, two; a program takes ``TILES`` consecutive tiles,
 software-pipelined when ``STAGES`` > 1 (the next tiles' loads in flight, through shared memory, while one
 is computed). Partial sums per program plus a fixed-shape ``sum`` keep the loss deterministic (no
 atomics). ``torch.compile`` reaches the kernel through a ``torch.library.custom_op``, eager calls through
@@ -23,14 +23,17 @@ an ``autograd.Function`` (less host time).
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from . import launch as _host
 from .dispatch import use_triton
 from .launch import cdiv, next_power_of_2
 
@@ -39,26 +42,6 @@ _REFERENCE_DTYPES = (*_FLOAT_DTYPES, torch.float64)  # the peers run float64 che
 # idx as the peers lay it out: one tensor, or I-JEPA's list of [B, K] masks (stacked mask-major)
 Index = torch.Tensor | Sequence[torch.Tensor] | None
 MAX_D = 16384  # whole rows live in registers; beyond it the public functions run the reference
-POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwritten element fails
-# CUDA launch: elements per tile (rows of D rounded up to a power of two) and warps (None: one warp per 1024
-# elements, 2 to 16).
-# ``benchmarks.sweep_launch`` on an H200 (bf16 forward, 150k rows): at D 768 fewer warps per tile are faster
-# (2048 elements: 0.225 / 0.271 / 0.328 ms with 2 / 4 / 8 warps); at D 96 the settings lie within noise.
-CUDA_TILE_ELEMENTS, CUDA_WARPS = 2048, None
-# CUDA software pipelining: a program takes CUDA_TILES_PER_PROGRAM consecutive tiles and Triton's pipeliner
-# keeps CUDA_STAGES - 1 of them loading while it computes one (1, 1: one tile per program, no pipelining).
-# Candidates in the sweep; on the CPU, compiled for sm_90, loads become cp.async into shared memory.
-CUDA_TILES_PER_PROGRAM, CUDA_STAGES = 1, 1
-# A row held as two power-of-two chunks where one would pad (the recipe's widths are 3 x 2^k: 768 = 512 + 256,
-# not 1,024): fewer registers per row. Any device (the tests run it under the interpreter); a sweep candidate.
-SPLIT_ROWS = False
-# Backward: the forward's gradient times ``grad_output`` (a 0-dim device tensor) in a Triton kernel (one
-# vectorised read and write) instead of torch's ``grad * grad_output``, whose fp32 0-dim CUDA operand beside
-# a bf16 tensor sends it, by our reading of PyTorch's CUDA elementwise loop, down the unvectorised,
-# dynamically casting path (not measured: a sweep row times both). CUDA block, warps: the EMA kernel's (the
-# same streaming shape; 104% of copy on an H200).
-TRITON_GRAD_SCALE = True
-CUDA_SCALE_BLOCK, CUDA_SCALE_WARPS = 4096, 8
 _L2, _SMOOTH_L1, _LP = 0, 1, 2  # kernel loss kinds
 _JEPA_KINDS = {"smooth_l1": _SMOOTH_L1, "lp": _LP}
 
@@ -328,40 +311,26 @@ def _scale_kernel(x_ptr, scale_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + offsets, (x * scale).to(out_ptr.dtype.element_ty), mask=in_range)
 
 
-def _scaled_gradient(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    """``grad * grad_loss`` (``grad`` contiguous, ``grad_loss`` the loss's 0-dim gradient on its device): the
-    eager backward. Torch's product where a graph of the backward is wanted (``create_graph``) or
-    ``TRITON_GRAD_SCALE`` is off."""
-    if not TRITON_GRAD_SCALE or (torch.is_grad_enabled() and grad_loss.requires_grad):
-        return grad * grad_loss
-    out = _new_output(grad.shape, grad.dtype, grad.device)
-    n = grad.numel()
-    if n:
-        block, warps = _scale_launch_config(grad.device)
-        _scale_kernel[(cdiv(n, block),)](grad, grad_loss, out, n, BLOCK=block, num_warps=warps)
-    return out
+@dataclass(frozen=True)
+class MaskedLossLaunch:
+    """How the loss kernels launch (``masked_loss_launch`` computes it from the shape)."""
 
-
-def _scale_launch_config(device: torch.device) -> tuple[int, int]:
-    """(BLOCK, num_warps) of the backward's product: ``CUDA_SCALE_*`` on CUDA, 2^16 elements a program under
-    the interpreter."""
-    return (CUDA_SCALE_BLOCK, CUDA_SCALE_WARPS) if device.type == "cuda" else (2**16, 4)
-
-
-class _LaunchConfig(NamedTuple):
-    block_r: int  # rows per tile
+    block_r: int  # rows per tile (a power of two)
     hi: int  # a row's first chunk: D rounded up to a power of two, or the largest power of two below D
     lo: int  # its second chunk (0: none): D - hi rounded up to a power of two
     num_warps: int
-    tiles: int  # consecutive tiles per program
-    stages: int  # software pipelining depth (1: none)
+    tiles: int = 1  # consecutive tiles per program
+    stages: int = 1  # software pipelining depth (1: none)
+    triton_scale: bool = True  # the eager backward's product in ``_scale_kernel`` (False: torch's product)
+    scale_block: int = 4096  # that kernel's elements per program (a power of two)
+    scale_warps: int = 8
 
 
-def _row_chunks(D: int) -> tuple[int, int]:
-    """(hi, lo): a row as one power-of-two chunk, padded; with ``SPLIT_ROWS``, as two where that pads less
+def _row_chunks(D: int, split_rows: bool) -> tuple[int, int]:
+    """(hi, lo): a row as one power-of-two chunk, padded; with ``split_rows``, as two where that pads less
     (768: 512 + 256 instead of 1,024; 1,000 stays 1,024)."""
     whole = next_power_of_2(D)
-    if SPLIT_ROWS and whole > D:
+    if split_rows and whole > D:
         hi = whole // 2
         lo = next_power_of_2(D - hi)
         if hi + lo < whole:
@@ -369,40 +338,93 @@ def _row_chunks(D: int) -> tuple[int, int]:
     return whole, 0
 
 
-def _launch_config(R: int, D: int, device: torch.device) -> _LaunchConfig:
-    """CUDA: ``CUDA_TILE_ELEMENTS`` per tile (rows of D rounded up to a power of two), ``CUDA_TILES_PER_PROGRAM``
-    tiles per program; a row longer than a tile gets a program of its own, a warp per 1,024 elements and no
-    pipelining (the tuned settings would spill registers or overflow shared memory there). Interpreter:
-    many rows per program, one tile each (each program instance costs ~3 ms there)."""
+# CUDA launch defaults (``masked_loss_launch``'s keyword arguments; ``benchmarks.sweep_launch`` times others):
+# - elements per tile (rows of D rounded up to a power of two) and warps (None: one warp per 1024 elements,
+#   2 to 16). On an H200 (bf16 forward, 150k rows): at D 768 fewer warps per tile are faster (2048 elements:
+#   0.225 / 0.271 / 0.328 ms with 2 / 4 / 8 warps); at D 96 the settings lie within noise.
+# - software pipelining: a program takes ``tiles`` consecutive tiles and Triton's pipeliner keeps
+#   ``stages - 1`` of them loading while it computes one (1, 1: one tile per program, no pipelining).
+#   Candidates in the sweep; on the CPU, compiled for sm_90, loads become cp.async into shared memory.
+# - ``split_rows``: a row held as two power-of-two chunks where one would pad (the recipe's widths are 3 x 2^k:
+#   768 = 512 + 256, not 1,024): fewer registers per row. Any device (the tests run it under the
+#   interpreter); a sweep candidate.
+# - backward: the forward's gradient times ``grad_output`` (a 0-dim device tensor) in a Triton kernel
+#   (``triton_scale``: one vectorised read and write) instead of torch's ``grad * grad_output``, whose fp32
+#   0-dim CUDA operand beside a bf16 tensor sends it, by our reading of PyTorch's CUDA elementwise loop, down
+#   the unvectorised, dynamically casting path (not measured: a sweep row times both). CUDA block, warps: the
+#   EMA kernel's (the same streaming shape; 104% of copy on an H200).
+@functools.lru_cache(maxsize=1024)
+def masked_loss_launch(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str, *,
+                       tile_elements: int = 2048, warps: int | None = None, tiles: int = 1, stages: int = 1,
+                       split_rows: bool = False, triton_scale: bool = True, scale_block: int = 4096,
+                       scale_warps: int = 8) -> MaskedLossLaunch:
+    """The launch for a prediction of ``shape`` ``[..., D]`` (rows: the product of the leading sizes) on
+    ``device`` (a pure function, cached; ``dtype`` does not enter the rules: tiles are fp32 in registers).
+
+    CUDA: ``tile_elements`` per tile (rows of D rounded up to a power of two, at most 64 rows), ``warps``
+    (None: one per 1,024 elements of a tile, 2 to 16), ``tiles`` per program, ``stages`` of pipelining; a row
+    longer than a tile gets a program of its own, a warp per 1,024 elements and no pipelining (the tuned
+    settings would spill registers or overflow shared memory there). The backward's product: ``scale_block``
+    elements and ``scale_warps`` a program. Interpreter (any other device): many rows per program, one tile
+    each, 2^16 elements a program (each program instance costs ~3 ms there); the keywords above are CUDA's.
+    ``split_rows`` and ``triton_scale`` apply on every device."""
+    *rows, D = shape
+    R = math.prod(rows)
     block_d = next_power_of_2(D)
-    hi, lo = _row_chunks(D)
-    if device.type != "cuda":
-        return _LaunchConfig(max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d)), hi, lo, 4, 1, 1)
-    if block_d > CUDA_TILE_ELEMENTS:
-        return _LaunchConfig(1, hi, lo, min(16, block_d // 1024), 1, 1)
-    block_r = min(64, CUDA_TILE_ELEMENTS // block_d)
-    warps = CUDA_WARPS or min(16, max(2, block_r * block_d // 1024))
-    return _LaunchConfig(block_r, hi, lo, warps, CUDA_TILES_PER_PROGRAM, CUDA_STAGES)
+    hi, lo = _row_chunks(D, split_rows)
+    scale = dict(triton_scale=triton_scale, scale_block=scale_block, scale_warps=scale_warps)
+    if torch.device(device).type != "cuda":
+        block_r = max(1, min(next_power_of_2(max(R, 1)), 2**16 // block_d))
+        return MaskedLossLaunch(block_r, hi, lo, 4, **scale | dict(scale_block=2**16, scale_warps=4))
+    if block_d > tile_elements:
+        return MaskedLossLaunch(1, hi, lo, min(16, block_d // 1024), **scale)
+    block_r = min(64, tile_elements // block_d)
+    warps = warps or min(16, max(2, block_r * block_d // 1024))
+    return MaskedLossLaunch(block_r, hi, lo, warps, tiles, stages, **scale)
 
 
-def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+def _resolve(launch: MaskedLossLaunch | Sequence[int] | None, pred: torch.Tensor) -> MaskedLossLaunch:
+    """``launch`` as given (a ``MaskedLossLaunch`` or the custom op's list of its fields), else computed."""
+    if launch is None:
+        return masked_loss_launch(pred.shape, pred.dtype, pred.device)
+    if not isinstance(launch, MaskedLossLaunch):
+        launch = MaskedLossLaunch(*launch)
+    if launch.hi + launch.lo < pred.shape[-1]:
+        raise ValueError(f"launch {launch} covers {launch.hi + launch.lo} columns of a row of {pred.shape[-1]}")
+    return launch
+
+
+def _scaled_gradient(grad: torch.Tensor, grad_loss: torch.Tensor, launch: MaskedLossLaunch | None = None
+                     ) -> torch.Tensor:
+    """``grad * grad_loss`` (``grad`` contiguous, ``grad_loss`` the loss's 0-dim gradient on its device): the
+    eager backward. Torch's product where a graph of the backward is wanted (``create_graph``) or
+    ``launch.triton_scale`` is off."""
+    if launch is None:
+        launch = masked_loss_launch(grad.shape, grad.dtype, grad.device)
+    if not launch.triton_scale or (torch.is_grad_enabled() and grad_loss.requires_grad):
+        return grad * grad_loss
+    out = _host.empty(grad.shape, grad.dtype, grad.device)
+    n = grad.numel()
+    if n:
+        block = launch.scale_block
+        _scale_kernel[(cdiv(n, block),)](grad, grad_loss, out, n, BLOCK=block, num_warps=launch.scale_warps)
+    return out
 
 
 def _masked_latent_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None, kind: int,
-                        layer_norm: bool, p: float, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                        layer_norm: bool, p: float, need_grad: bool, launch: list[int] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton path: (scalar fp32 loss, d(loss)/d(pred) as contiguous ``[B, M, D]`` in pred's dtype, or
-    an empty tensor when ``need_grad`` is False). Inputs are validated by the caller."""
+    an empty tensor when ``need_grad`` is False). Inputs are validated by the caller. ``launch``: a
+    ``MaskedLossLaunch``, the custom op's list of its fields, or None (computed)."""
     B, M, D = pred.shape
     R = B * M
-    grad = _new_output(pred.shape if need_grad else (0,), pred.dtype, pred.device)
+    grad = _host.empty(pred.shape if need_grad else (0,), pred.dtype, pred.device)
     if not R:  # the mean over no tokens is NaN, as in the reference
         return torch.full((), float("nan"), dtype=torch.float32, device=pred.device), grad
-    launch = _launch_config(R, D, pred.device)
+    launch = _resolve(launch, pred)
     programs = cdiv(cdiv(R, launch.block_r), launch.tiles)
-    partial = _new_output((programs,), torch.float32, pred.device)
+    partial = _host.empty((programs,), torch.float32, pred.device)
     idx_arg = idx if idx is not None else target
     s_ib, s_im = idx.stride() if idx is not None else (0, 0)
     _masked_loss_fwd_kernel[(programs,)](
@@ -421,7 +443,7 @@ _masked_latent_loss_op = torch.library.custom_op("hjepa_fast::masked_latent_loss
 
 
 @_masked_latent_loss_op.register_fake
-def _(pred, target, idx, kind, layer_norm, p, need_grad):
+def _(pred, target, idx, kind, layer_norm, p, need_grad, launch=None):
     grad_shape = pred.shape if need_grad else (0,)
     return pred.new_empty((), dtype=torch.float32), pred.new_empty(grad_shape)
 
@@ -435,7 +457,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_loss: torch.Tensor, _grad_of_grad: torch.Tensor | None):
     """The custom op's backward, traced by torch.compile: Inductor fuses the product into one kernel."""
     (grad,) = ctx.saved_tensors
-    return grad * grad_loss, None, None, None, None, None, None
+    return grad * grad_loss, None, None, None, None, None, None, None
 
 
 _masked_latent_loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -445,23 +467,26 @@ class _MaskedLatentLoss(torch.autograd.Function):
     """The eager door (see above): forward launches the kernel and keeps its gradient; backward scales it."""
 
     @staticmethod
-    def forward(ctx, pred, target, idx, kind: int, layer_norm: bool, p: float) -> torch.Tensor:
-        loss, grad = _masked_latent_loss(pred, target, idx, kind, layer_norm, p, ctx.needs_input_grad[0])
+    def forward(ctx, pred, target, idx, kind: int, layer_norm: bool, p: float,
+                launch: MaskedLossLaunch | None) -> torch.Tensor:
+        ctx.launch = launch = _resolve(launch, pred)
+        loss, grad = _masked_latent_loss(pred, target, idx, kind, layer_norm, p, ctx.needs_input_grad[0], launch)
         ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        return _scaled_gradient(grad, grad_loss), None, None, None, None, None
+        return _scaled_gradient(grad, grad_loss, ctx.launch), None, None, None, None, None, None
 
 
 def _fused(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor | None, kind: int, layer_norm: bool,
-           p: float) -> torch.Tensor:
+           p: float, launch: MaskedLossLaunch | None) -> torch.Tensor:
     if torch.compiler.is_compiling():
         need_grad = pred.requires_grad and torch.is_grad_enabled()
-        return _masked_latent_loss_op(pred, target.detach(), idx, kind, layer_norm, float(p), need_grad)[0]
-    return _MaskedLatentLoss.apply(pred, target.detach(), idx, kind, layer_norm, float(p))
+        fields = None if launch is None else [int(x) for x in astuple(launch)[:6]]  # the forward's (the schema's)
+        return _masked_latent_loss_op(pred, target.detach(), idx, kind, layer_norm, float(p), need_grad, fields)[0]
+    return _MaskedLatentLoss.apply(pred, target.detach(), idx, kind, layer_norm, float(p), launch)
 
 
 def _check_triton(pred: torch.Tensor) -> None:
@@ -470,21 +495,24 @@ def _check_triton(pred: torch.Tensor) -> None:
 
 
 def masked_l2_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: Index = None, *,
-                          check_idx: bool | None = None) -> torch.Tensor:
-    """``masked_l2_loss`` always through the Triton kernel (CPU tensors need ``TRITON_INTERPRET=1``)."""
+                          check_idx: bool | None = None, launch: MaskedLossLaunch | None = None) -> torch.Tensor:
+    """``masked_l2_loss`` always through the Triton kernel (CPU tensors need ``TRITON_INTERPRET=1``).
+    ``launch``: the kernel's launch settings (None: ``masked_loss_launch`` of pred's shape, dtype, device)."""
     idx = _check(pred, target, idx, check_idx)
     _check_triton(pred)
-    return _fused(pred, target, idx, _L2, False, 1.0)
+    return _fused(pred, target, idx, _L2, False, 1.0, launch)
 
 
 def masked_jepa_loss_triton(pred: torch.Tensor, target: torch.Tensor, idx: Index = None, *,
                             target_norm: str | None = "layer", kind: str = "smooth_l1",
-                            p: float = 1.0, check_idx: bool | None = None) -> torch.Tensor:
-    """``masked_jepa_loss`` always through the Triton kernel (CPU tensors need ``TRITON_INTERPRET=1``)."""
+                            p: float = 1.0, check_idx: bool | None = None,
+                            launch: MaskedLossLaunch | None = None) -> torch.Tensor:
+    """``masked_jepa_loss`` always through the Triton kernel (CPU tensors need ``TRITON_INTERPRET=1``);
+    ``launch`` as ``masked_l2_loss_triton``."""
     _check_jepa_args(target_norm, kind, p)
     idx = _check(pred, target, idx, check_idx)
     _check_triton(pred)
-    return _fused(pred, target, idx, _JEPA_KINDS[kind], target_norm == "layer", p)
+    return _fused(pred, target, idx, _JEPA_KINDS[kind], target_norm == "layer", p, launch)
 
 
 def _nested_mean(fn: Callable[..., torch.Tensor], pred, target, idx, **kw) -> torch.Tensor:
@@ -513,7 +541,8 @@ def _nested_mean(fn: Callable[..., torch.Tensor], pred, target, idx, **kw) -> to
     return torch.stack(losses).mean()
 
 
-def masked_l2_loss(pred, target, idx: Index = None, *, check_idx: bool | None = None) -> torch.Tensor:
+def masked_l2_loss(pred, target, idx: Index = None, *, check_idx: bool | None = None,
+                   launch: MaskedLossLaunch | None = None) -> torch.Tensor:
     """Masked-token L2-normalised loss (scalar, float32; float64 for float64 inputs, on the reference path).
     pred ``[B, M, D]``; target ``[B_t, N, D]`` gathered at idx ``[B, M]`` or ``[M]`` (None: target is
     ``[B_t, M, D]``), where ``B_t`` is ``B`` or divides it (pred row ``b`` reads target sample ``b % B_t``).
@@ -522,22 +551,24 @@ def masked_l2_loss(pred, target, idx: Index = None, *, check_idx: bool | None = 
 
     check_idx: None (default) checks the index range without a host sync (a device-side assert on CUDA);
     True checks with one host sync and a ValueError; False skips it for indices the caller made. The
-    kernel never reads out of bounds (an out-of-range row reads as zeros)."""
+    kernel never reads out of bounds (an out-of-range row reads as zeros). launch: the Triton kernel's
+    launch settings (``masked_loss_launch``; None: computed), unused on the reference path."""
     if isinstance(pred, (list, tuple)):
-        return _nested_mean(masked_l2_loss, pred, target, idx, check_idx=check_idx)
+        return _nested_mean(masked_l2_loss, pred, target, idx, check_idx=check_idx, launch=launch)
     if use_triton(pred) and pred.shape[-1] <= MAX_D and pred.dtype != torch.float64:
-        return masked_l2_loss_triton(pred, target, idx, check_idx=check_idx)
+        return masked_l2_loss_triton(pred, target, idx, check_idx=check_idx, launch=launch)
     return masked_l2_loss_reference(pred, target, idx, check_idx=check_idx)
 
 
 def masked_jepa_loss(pred, target, idx: Index = None, *, target_norm: str | None = "layer",
-                     kind: str = "smooth_l1", p: float = 1.0, check_idx: bool | None = None) -> torch.Tensor:
+                     kind: str = "smooth_l1", p: float = 1.0, check_idx: bool | None = None,
+                     launch: MaskedLossLaunch | None = None) -> torch.Tensor:
     """The I-JEPA (``kind="smooth_l1"``, beta 1) and V-JEPA (``kind="lp"``: ``mean(|pred - target|^p) / p``)
     losses on gathered, layer-normalised targets (scalar, float32; mean over all B*M*D elements). Layouts,
-    dtypes and ``check_idx`` as ``masked_l2_loss``; ``target_norm=None`` skips the layer norm."""
+    dtypes, ``check_idx`` and ``launch`` as ``masked_l2_loss``; ``target_norm=None`` skips the layer norm."""
     args = dict(target_norm=target_norm, kind=kind, p=p, check_idx=check_idx)
     if isinstance(pred, (list, tuple)):
-        return _nested_mean(masked_jepa_loss, pred, target, idx, **args)
+        return _nested_mean(masked_jepa_loss, pred, target, idx, **args, launch=launch)
     if use_triton(pred) and pred.shape[-1] <= MAX_D and pred.dtype != torch.float64:
-        return masked_jepa_loss_triton(pred, target, idx, **args)
+        return masked_jepa_loss_triton(pred, target, idx, **args, launch=launch)
     return masked_jepa_loss_reference(pred, target, idx, **args)

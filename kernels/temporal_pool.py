@@ -13,23 +13,21 @@ fixed-shape ``sum`` over programs finishes it (deterministic, no atomics).
 """
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from . import launch as _host
 from .dispatch import use_triton
 from .launch import cdiv, next_power_of_2
 
 MAX_WINDOW = 16  # the kernels' documented scope; beyond it the public function runs the reference
 MAX_HEAD_DIM = 128
-POISON_OUTPUTS = False  # tests set it: kernel outputs start as NaN, so an unwritten element fails
-# fp32 elements per loaded [BLOCK_P, window, Dh] tile, (forward, backward). The interpreter costs ~3 ms per
-# program, so on CPU the tiles are large (tests shrink them to cover many programs and ragged tails).
-# (H200, ``benchmarks.sweep_launch`` run 2: backward 0.34 ms at 4096 against 0.60 ms at 2048; forward flat from 4096)
-TILE_ELEMENTS = {"cuda": (4096, 4096), "cpu": (65536, 65536)}
-CUDA_WARPS = (4, 4)  # (forward, backward)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None) -> None:
@@ -170,18 +168,57 @@ def _pool_bwd_kernel(q_ptr, k_ptr, v_ptr, vis_ptr, g_ptr, dq_part_ptr, dk_ptr, d
 # ----------------------------------------------------------------------------------------- launch
 
 
-def _launch_config(M: int, window: int, Dh: int, device: torch.device, backward: bool) -> tuple[int, int, int, int]:
-    """(KP, BLOCK_D, BLOCK_P, num_warps): positions per program from a fixed tile budget (TILE_ELEMENTS)."""
+@dataclass(frozen=True)
+class TemporalPoolLaunch:
+    """How the pooling kernels launch (``temporal_pool_launch`` computes it from the shape)."""
+
+    kp: int  # the window rounded up to a power of two
+    block_d: int  # Dh rounded up to a power of two
+    block_p: int  # forward: positions per program (a power of two)
+    num_warps: int
+    bwd_block_p: int  # backward: positions per program
+    bwd_num_warps: int
+
+
+# fp32 elements per loaded [BLOCK_P, window, Dh] tile (forward, backward) and warps on CUDA (H200,
+# ``benchmarks.sweep_launch`` run 2: backward 0.34 ms at 4096 against 0.60 ms at 2048; forward flat from 4096).
+# The interpreter costs ~3 ms per program, so on other devices the tiles are large (the tests shrink them to
+# cover many programs and ragged tails) and the warps 4.
+_TILE_ELEMENTS = {"cuda": (4096, 4096), "cpu": (65536, 65536)}
+
+
+@functools.lru_cache(maxsize=1024)
+def temporal_pool_launch(shape: Sequence[int], window: int, dtype: torch.dtype, device: torch.device | str, *,
+                         tile_elements: tuple[int, int] | None = None,
+                         warps: tuple[int, int] = (4, 4)) -> TemporalPoolLaunch:
+    """The launch for keys of ``shape`` ``[B, T, N, H, Dh]`` pooled over ``window`` steps on ``device`` (a pure
+    function, cached; ``dtype`` does not enter the rules: tiles are fp32 in registers). Positions per program
+    from a fixed tile budget: ``tile_elements`` (forward, backward; None: 4,096 each on CUDA, 65,536 under the
+    interpreter), never more than the positions there are; ``warps`` (forward, backward) on CUDA, 4 elsewhere."""
+    B, T, N, _, Dh = shape
+    M = B * (T // window) * N
+    cuda = torch.device(device).type == "cuda"
+    budget = tile_elements or _TILE_ELEMENTS["cuda" if cuda else "cpu"]
     KP, BLOCK_D = next_power_of_2(window), next_power_of_2(Dh)
-    budget = TILE_ELEMENTS["cuda" if device.type == "cuda" else "cpu"][backward]
-    BLOCK_P = max(1, min(budget // (KP * BLOCK_D), next_power_of_2(M)))
-    return KP, BLOCK_D, BLOCK_P, CUDA_WARPS[backward] if device.type == "cuda" else 4
+    fwd, bwd = (max(1, min(b // (KP * BLOCK_D), next_power_of_2(M))) for b in budget)
+    fwd_warps, bwd_warps = warps if cuda else (4, 4)
+    return TemporalPoolLaunch(KP, BLOCK_D, fwd, fwd_warps, bwd, bwd_warps)
 
 
-def _out(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
-    return torch.empty(shape, dtype=dtype, device=like.device)
+def _resolve(launch: TemporalPoolLaunch | Sequence[int] | None, k: torch.Tensor, window: int) -> TemporalPoolLaunch:
+    """``launch`` as given (a ``TemporalPoolLaunch`` or the custom op's list of its fields), else computed."""
+    if launch is None:
+        return temporal_pool_launch(k.shape, window, k.dtype, k.device)
+    if not isinstance(launch, TemporalPoolLaunch):
+        launch = TemporalPoolLaunch(*launch)
+    if launch.kp < window or launch.block_d < k.shape[4]:
+        raise ValueError(f"launch {launch} does not cover window {window} and Dh {k.shape[4]}")
+    return launch
+
+
+def _fields(launch: TemporalPoolLaunch | None) -> list[int] | None:
+    """``launch`` as the custom ops take it."""
+    return None if launch is None else list(astuple(launch))
 
 
 def _common(q, k, v, window, visible):
@@ -194,69 +231,73 @@ def _common(q, k, v, window, visible):
     return (B, T, N, H, Dh, W, M), q.contiguous(), vis, vstrides, meta
 
 
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
-             visible: torch.Tensor | None) -> torch.Tensor:
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None,
+             launch: TemporalPoolLaunch | Sequence[int] | None = None) -> torch.Tensor:
     (B, T, N, H, Dh, W, M), q, vis, vstrides, meta = _common(q, k, v, window, visible)
-    out = _out((B, W, N, H, Dh), v, v.dtype)
-    KP, BLOCK_D, BLOCK_P, warps = _launch_config(M, window, Dh, k.device, backward=False)
-    grid = (cdiv(M, BLOCK_P) * H,)
+    launch = _resolve(launch, k, window)
+    out = _host.empty((B, W, N, H, Dh), v.dtype, v.device)
+    grid = (cdiv(M, launch.block_p) * H,)
     _pool_fwd_kernel[grid](q, k, v, vis, out, M, N, W, H, Dh, *k.stride(), *v.stride(), *vstrides,
-                           KP=KP, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D, num_warps=warps, **meta)
+                           KP=launch.kp, BLOCK_P=launch.block_p, BLOCK_D=launch.block_d, num_warps=launch.num_warps,
+                           **meta)
     return out
 
 
 def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None,
-              grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              grad: torch.Tensor, launch: TemporalPoolLaunch | Sequence[int] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     (B, T, N, H, Dh, W, M), qc, vis, vstrides, meta = _common(q, k, v, window, visible)
-    KP, BLOCK_D, BLOCK_P, warps = _launch_config(M, window, Dh, k.device, backward=True)
-    blocks = cdiv(M, BLOCK_P)
-    dq_part = _out((blocks, H, Dh), k, torch.float32)
-    dk, dv = _out(k.shape, k, k.dtype), _out(v.shape, v, v.dtype)
+    launch = _resolve(launch, k, window)
+    blocks = cdiv(M, launch.bwd_block_p)
+    dq_part = _host.empty((blocks, H, Dh), torch.float32, k.device)
+    dk, dv = _host.empty(k.shape, k.dtype, k.device), _host.empty(v.shape, v.dtype, v.device)
     _pool_bwd_kernel[(blocks * H,)](qc, k, v, vis, grad, dq_part, dk, dv, M, N, W, H, Dh, *k.stride(), *v.stride(),
-                                    *vstrides, *grad.stride(), KP=KP, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D,
-                                    num_warps=warps, **meta)
+                                    *vstrides, *grad.stride(), KP=launch.kp, BLOCK_P=launch.bwd_block_p,
+                                    BLOCK_D=launch.block_d, num_warps=launch.bwd_num_warps, **meta)
     return dq_part.sum(0).to(q.dtype), dk, dv  # ordered reduction over a fixed shape: deterministic
 
 
 # ------------------------------------- custom ops (torch.compile) and the eager autograd.Function
 
-_SCHEMA = "(Tensor q, Tensor k, Tensor v, int window, Tensor? visible) -> Tensor"
-_BWD_SCHEMA = "(Tensor q, Tensor k, Tensor v, int window, Tensor? visible, Tensor grad) -> (Tensor, Tensor, Tensor)"
+# launch: the fields of a ``TemporalPoolLaunch`` (None: computed)
+_SCHEMA = "(Tensor q, Tensor k, Tensor v, int window, Tensor? visible, int[]? launch=None) -> Tensor"
+_BWD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, int window, Tensor? visible, Tensor grad, int[]? launch=None) -> "
+               "(Tensor, Tensor, Tensor)")
 
 
 @torch.library.custom_op("hjepa_fast::temporal_attention_pool", mutates_args=(), device_types=("cpu", "cuda"),
                          schema=_SCHEMA)
-def _pool_op(q, k, v, window, visible):
-    return _forward(q, k, v, window, visible)
+def _pool_op(q, k, v, window, visible, launch=None):
+    return _forward(q, k, v, window, visible, launch)
 
 
 @_pool_op.register_fake
-def _(q, k, v, window, visible):
+def _(q, k, v, window, visible, launch=None):
     B, T, N, H, Dh = k.shape
     return v.new_empty((B, T // window, N, H, Dh))
 
 
 @torch.library.custom_op("hjepa_fast::temporal_attention_pool_backward", mutates_args=(),
                          device_types=("cpu", "cuda"), schema=_BWD_SCHEMA)
-def _pool_bwd_op(q, k, v, window, visible, grad):
-    return _backward(q, k, v, window, visible, grad)
+def _pool_bwd_op(q, k, v, window, visible, grad, launch=None):
+    return _backward(q, k, v, window, visible, grad, launch)
 
 
 @_pool_bwd_op.register_fake
-def _(q, k, v, window, visible, grad):
+def _(q, k, v, window, visible, grad, launch=None):
     return torch.empty_like(q), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, window, visible = inputs
-    ctx.window = window
+    q, k, v, window, visible, launch = inputs
+    ctx.window, ctx.launch = window, launch
     ctx.save_for_backward(q, k, v, visible)
 
 
 def _pool_grads(ctx, grad, backward=_pool_bwd_op):
     q, k, v, visible = ctx.saved_tensors
-    dq, dk, dv = backward(q, k, v, ctx.window, visible, grad)
-    return dq, dk, dv, None, None
+    dq, dk, dv = backward(q, k, v, ctx.window, visible, grad, ctx.launch)
+    return dq, dk, dv, None, None, None
 
 
 _pool_op.register_autograd(_pool_grads, setup_context=_setup_context)
@@ -267,9 +308,10 @@ class _Pool(torch.autograd.Function):
     host time per forward + backward, ``benchmarks.bench_host_overhead``); torch.compile takes the custom op."""
 
     @staticmethod
-    def forward(ctx, q, k, v, window: int, visible):
-        _setup_context(ctx, (q, k, v, window, visible), None)
-        return _forward(q, k, v, window, visible)
+    def forward(ctx, q, k, v, window: int, visible, launch: TemporalPoolLaunch | None):
+        launch = _resolve(launch, k, window)
+        _setup_context(ctx, (q, k, v, window, visible, launch), None)
+        return _forward(q, k, v, window, visible, launch)
 
     @staticmethod
     def backward(ctx, grad):
@@ -280,30 +322,34 @@ class _Pool(torch.autograd.Function):
 
 
 def temporal_attention_pool_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None = None, *,
+    launch: TemporalPoolLaunch | None = None,
 ) -> torch.Tensor:
     """Always the Triton kernels (forward and backward), on CUDA or under ``TRITON_INTERPRET=1``; same
-    contract as the reference, plus window <= 16, Dh <= 128, one device, bool ``visible``."""
+    contract as the reference, plus window <= 16, Dh <= 128, one device, bool ``visible``. ``launch``: the
+    kernels' launch settings (None: ``temporal_pool_launch`` of k's shape, dtype and device)."""
     _check(q, k, v, window, visible)
     _check_triton(q, k, v, window, visible)
-    return _launch(q, k, v, window, visible)
+    return _launch(q, k, v, window, visible, launch)
 
 
-def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
-            visible: torch.Tensor | None) -> torch.Tensor:
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None,
+            launch: TemporalPoolLaunch | None) -> torch.Tensor:
     """The checked inputs to the kernels: through the custom op under torch.compile, else the Function."""
     if torch.compiler.is_compiling():
-        return _pool_op(q, k, v, window, visible)
-    return _Pool.apply(q, k, v, window, visible)
+        return _pool_op(q, k, v, window, visible, _fields(launch))
+    return _Pool.apply(q, k, v, window, visible, launch)
 
 
 def temporal_attention_pool(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, visible: torch.Tensor | None = None, *,
+    launch: TemporalPoolLaunch | None = None,
 ) -> torch.Tensor:
     """Functional entry point (see the reference for shapes): the Triton kernels where ``use_triton``
-    says so and the shape is in their scope, the reference otherwise."""
+    says so and the shape is in their scope, the reference otherwise (``launch`` as
+    ``temporal_attention_pool_triton``, unused there)."""
     _check(q, k, v, window, visible)
     if use_triton(k) and window <= MAX_WINDOW and k.shape[4] <= MAX_HEAD_DIM:
         _check_triton(q, k, v, window, visible)
-        return _launch(q, k, v, window, visible)
+        return _launch(q, k, v, window, visible, launch)
     return temporal_attention_pool_reference(q, k, v, window, visible)

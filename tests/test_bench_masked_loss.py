@@ -55,20 +55,21 @@ def test_a_failing_path_is_recorded_and_the_others_still_timed():
 def test_candidate_launch_settings_are_timed_beside_the_default_at_vit_b_width():
     seen = []
 
-    def triton_path(*args):
-        seen.append(bench.default_setting())  # the setting in effect during the call
+    def triton_path(pred, target, idx, launch=None):
+        seen.append(launch)  # the launch settings the call was given (None: the default)
         return torch.zeros(())
 
-    before = bench.default_setting()
+    default = bench.default_setting()
+    assert default == {"tile_elements": 2048, "warps": None, "tiles": 1, "stages": 1, "split_rows": False}
     cuda = torch.device("cuda")  # only names the device: nothing runs on it
     wide = bench.paths_of(bench.Case("l2", (2, 5, 9, 768, 2), None, triton_path), cuda)
-    candidates = [s for s in bench.CANDIDATE_SETTINGS if s != before]
+    candidates = [s for s in bench.CANDIDATE_SETTINGS if s != default]
     assert list(wide) == ["eager", "compiled", "triton"] + [f"triton {bench.setting_label(s)}" for s in candidates]
-    assert len(candidates) == len(bench.CANDIDATE_SETTINGS) - (before in bench.CANDIDATE_SETTINGS)
+    assert len(candidates) == len(bench.CANDIDATE_SETTINGS) - (default in bench.CANDIDATE_SETTINGS)
+    pred, target, idx = _inputs(D=768)
     for name in list(wide)[2:]:
-        wide[name]()
-    assert seen == [before, *candidates]
-    assert bench.default_setting() == before  # restored after each call
+        wide[name](pred, target, idx)
+    assert seen == [None] + [ml.masked_loss_launch(pred.shape, pred.dtype, pred.device, **s) for s in candidates]
     narrow = bench.paths_of(bench.Case("l2", (2, 5, 9, 96, 2), None, triton_path), cuda)
     assert list(narrow) == ["eager", "compiled", "triton"]
     assert list(bench.paths_of(bench.Case("l2", (2, 5, 9, 768, 2), None, triton_path), torch.device("cpu"))) == [

@@ -8,8 +8,17 @@ import pytest
 import torch
 from kernel_tolerance import assert_within_torch_error
 
+from hjepa_fast.kernels import ema as ema_module
 from hjepa_fast.kernels import ema_update_, ema_update_reference_, kernel_mode
-from hjepa_fast.kernels.ema import EMASchedule, MultiLevelEMA, ema_flat_, ema_flat_triton_, ema_update_triton_
+from hjepa_fast.kernels.ema import (
+    EMALaunch,
+    EMASchedule,
+    MultiLevelEMA,
+    ema_flat_,
+    ema_flat_triton_,
+    ema_launch,
+    ema_update_triton_,
+)
 
 
 def float64(groups):
@@ -112,6 +121,55 @@ def test_flat_kernel_with_level_boundaries_inside_blocks(dtype, block):
     assert_within_torch_error(target, expected, exact)
     assert torch.equal(target[37:200], source[37:200])  # w=1 copies exactly, unwritten elements would fail
     assert torch.equal(target[200:], expected[200:])  # w=0 keeps exactly
+
+
+def test_launch_settings_follow_the_rules():
+    """Powers of two; on CUDA 4,096 elements and 8 warps (16 values a thread); under the interpreter one program
+    for up to 2^16 elements; cached."""
+    for n in (1, 5, 301, 2**16, 10**8):
+        for dtype in (torch.float32, torch.bfloat16):
+            cuda, cpu = ema_launch(n, dtype, "cuda"), ema_launch(n, dtype, torch.device("cpu"))
+            assert cuda == EMALaunch(4096, 8) and cuda.block // (32 * cuda.num_warps) == 16
+            assert cpu.block & (cpu.block - 1) == 0 and min(max(n, 16), 2**16) <= cpu.block <= 2**16
+            assert cpu.num_warps == 1 and cpu == ema_launch(n, dtype, "cpu")
+            assert cpu is ema_launch(n, dtype, torch.device("cpu"))
+    assert ema_launch(10, torch.float32, "cuda", block=1024, warps=4) == EMALaunch(1024, 4)
+
+
+class _Spy:
+    """Stands in for a ``@triton.jit`` kernel, recording each launch's grid and keyword arguments."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs["BLOCK"], kwargs["num_warps"]))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def test_launch_settings_given_reach_the_kernel(monkeypatch):
+    """``launch=`` on the flat kernel, the functional update and the custom op is what the kernel launches with;
+    the results stay the reference's."""
+    spy = _Spy(ema_module._ema_flat_kernel)
+    monkeypatch.setattr(ema_module, "_ema_flat_kernel", spy)
+    launch = EMALaunch(32, 2)
+    g = torch.Generator().manual_seed(4)
+    target, source = torch.randn(301, generator=g), torch.randn(301, generator=g)
+    starts, weights = torch.tensor([0, 100]), torch.tensor([0.25, 0.5])
+    want = target.clone()
+    want[:100].lerp_(source[:100], 0.25), want[100:].lerp_(source[100:], 0.5)
+    for run in (lambda t: ema_flat_triton_(t, source, starts, weights, launch=launch),
+                lambda t: ema_flat_(t, source, starts, weights, [32, 2]),
+                lambda t: ema_update_triton_([[t[:100]], [t[100:]]], [[source[:100]], [source[100:]]], [0.75, 0.5],
+                                             launch=launch)):
+        spy.launches.clear()
+        got = target.clone()
+        with kernel_mode("triton"):
+            run(got)
+        torch.testing.assert_close(got, want)
+        assert spy.launches == [((10,), 32, 2)]  # 301 elements, 32 a program
 
 
 def test_flat_op_refuses_bad_buffers():

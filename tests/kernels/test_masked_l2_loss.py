@@ -2,6 +2,7 @@
 the interpreter on CPU) against the references: values, gradients, layouts, input checks, compile."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -24,12 +25,6 @@ LOSSES = [
      functools.partial(ml.masked_jepa_loss_triton, target_norm=None)),
 ]
 LOSS_IDS = [name for name, _, _ in LOSSES]
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    """Kernel outputs start as NaN: an element the kernel forgets to write fails the comparison."""
-    monkeypatch.setattr(ml, "POISON_OUTPUTS", True)
 
 
 def _inputs(B, M, N, D, dtype, seed, idx_shape="bm"):
@@ -158,54 +153,117 @@ def test_triton_matches_reference(name, reference, triton_fn, dtype, B, M, N, D)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,M,N,D", [(2, 5, 9, 3), (3, 11, 14, 40), (2, 13, 20, 96)])
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
-def test_triton_split_rows_match_reference(monkeypatch, name, reference, triton_fn, dtype, B, M, N, D):
-    """Rows held as two power-of-two chunks (``SPLIT_ROWS``; 3 = 2 + 1, 40 = 32 + 8, 96 = 64 + 32): the
+def test_triton_split_rows_match_reference(name, reference, triton_fn, dtype, B, M, N, D):
+    """Rows held as two power-of-two chunks (``split_rows``; 3 = 2 + 1, 40 = 32 + 8, 96 = 64 + 32): the
     same losses and gradients; every row sum spans both chunks."""
-    monkeypatch.setattr(ml, "SPLIT_ROWS", True)
-    assert ml._row_chunks(D)[1] > 0
     pred, target, idx = _inputs(B, M, N, D, dtype, seed=D + B)
-    _assert_match(reference, triton_fn, pred, target, idx, name)
+    launch = ml.masked_loss_launch(pred.shape, dtype, pred.device, split_rows=True)
+    assert launch.lo > 0
+    _assert_match(reference, functools.partial(triton_fn, launch=launch), pred, target, idx, name)
 
 
 @pytest.mark.parametrize("tiles,stages,split", [(1, 1, False), (4, 3, False), (4, 3, True)],
                          ids=["one tile", "4 tiles pipelined", "4 tiles pipelined split rows"])
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
 def test_triton_with_the_cuda_tiling_many_programs(monkeypatch, name, reference, triton_fn, tiles, stages, split):
-    """The CUDA launch settings under the interpreter: few rows per tile, a ragged last tile; with several
-    tiles per program also a last program whose last tiles lie wholly past the rows (D 300: split rows are
-    256 + 64 columns)."""
-    monkeypatch.setattr(ml, "CUDA_TILES_PER_PROGRAM", tiles)
-    monkeypatch.setattr(ml, "CUDA_STAGES", stages)
-    monkeypatch.setattr(ml, "SPLIT_ROWS", split)
-    cuda_config = functools.partial(ml._launch_config, device=torch.device("cuda"))
-    monkeypatch.setattr(ml, "_launch_config", lambda R, D, device: cuda_config(R, D))
-    launch = ml._launch_config(200, 300, torch.device("cpu"))
-    assert launch.block_r == ml.CUDA_TILE_ELEMENTS // 512 == 4 and (launch.tiles, launch.stages) == (tiles, stages)
-    assert (launch.hi, launch.lo) == ((256, 64) if split else (512, 0))
+    """The CUDA launch settings under the interpreter (``launch=``): few rows per tile, a ragged last tile;
+    with several tiles per program also a last program whose last tiles lie wholly past the rows (D 300:
+    split rows are 256 + 64 columns). The kernel launches with them, forward and backward."""
     pred, target, idx = _inputs(3, 23, 30, 300, torch.float32, seed=7)  # 69 rows: 18 tiles, the last ragged
-    _assert_match(reference, triton_fn, pred, target, idx, name)  # 4 tiles a program: 5 programs, 18 and 19 past it
+    launch = ml.masked_loss_launch(pred.shape, pred.dtype, "cuda", tiles=tiles, stages=stages, split_rows=split)
+    assert launch.block_r == 2048 // 512 == 4 and (launch.tiles, launch.stages) == (tiles, stages)
+    assert (launch.hi, launch.lo) == ((256, 64) if split else (512, 0))
+    fwd, scale = _Spy(ml._masked_loss_fwd_kernel), _Spy(ml._scale_kernel)
+    monkeypatch.setattr(ml, "_masked_loss_fwd_kernel", fwd)
+    monkeypatch.setattr(ml, "_scale_kernel", scale)
+    # 4 tiles a program: 5 programs, tiles 18 and 19 past the rows
+    _assert_match(reference, functools.partial(triton_fn, launch=launch), pred, target, idx, name)
+    assert {(grid, kw["BLOCK_R"], kw["HI"], kw["LO"], kw["TILES"], kw["STAGES"], kw["num_warps"])
+            for grid, kw in fwd.launches} == {((-(-18 // tiles),), 4, launch.hi, launch.lo, tiles, stages, 2)}
+    # the backward's product: 69 x 300 elements, 4,096 a program
+    assert {(grid, kw["BLOCK"], kw["num_warps"]) for grid, kw in scale.launches} == {((6,), 4096, 8)}
 
 
-def test_cuda_rows_wider_than_a_tile_get_a_program_each_and_no_pipelining(monkeypatch):
+def test_cuda_rows_wider_than_a_tile_get_a_program_each_and_no_pipelining():
     """Tuned tiles, warps and pipelining apply to rows that fit a tile; a longer row would spill registers
     (2 warps for 16k elements) or overflow shared memory (3 stages of 16k fp32 elements are 256 KB)."""
-    for attr, value in [("CUDA_TILE_ELEMENTS", 1024), ("CUDA_WARPS", 2), ("CUDA_TILES_PER_PROGRAM", 8),
-                        ("CUDA_STAGES", 3)]:
-        monkeypatch.setattr(ml, attr, value)
-    cuda = torch.device("cuda")  # only names the device
-    assert ml._launch_config(1000, 768, cuda) == (1, 1024, 0, 2, 8, 3)
-    assert ml._launch_config(1000, 96, cuda) == (8, 128, 0, 2, 8, 3)
-    assert ml._launch_config(1000, 1025, cuda) == (1, 2048, 0, 2, 1, 1)
-    assert ml._launch_config(1000, ml.MAX_D, cuda) == (1, ml.MAX_D, 0, 16, 1, 1)
+    def forward(D):
+        launch = ml.masked_loss_launch((10, 100, D), torch.bfloat16, "cuda", tile_elements=1024, warps=2, tiles=8,
+                                       stages=3)  # "cuda" only names the device
+        return dataclasses.astuple(launch)[:6]
+
+    assert forward(768) == (1, 1024, 0, 2, 8, 3)
+    assert forward(96) == (8, 128, 0, 2, 8, 3)
+    assert forward(1025) == (1, 2048, 0, 2, 1, 1)
+    assert forward(ml.MAX_D) == (1, ml.MAX_D, 0, 16, 1, 1)
 
 
-def test_split_rows_take_two_chunks_only_where_one_would_pad_more(monkeypatch):
-    monkeypatch.setattr(ml, "SPLIT_ROWS", True)
-    assert [ml._row_chunks(D) for D in (768, 96, 3, 300, 1000, 200, 512, 1)] == [
+def test_split_rows_take_two_chunks_only_where_one_would_pad_more():
+    assert [ml._row_chunks(D, True) for D in (768, 96, 3, 300, 1000, 200, 512, 1)] == [
         (512, 256), (64, 32), (2, 1), (256, 64), (1024, 0), (256, 0), (512, 0), (1, 0)]
-    assert ml._launch_config(1000, 768, torch.device("cuda")).block_r == ml.CUDA_TILE_ELEMENTS // 1024  # rows kept
-    monkeypatch.setattr(ml, "SPLIT_ROWS", False)
-    assert ml._row_chunks(768) == (1024, 0)
+    split = ml.masked_loss_launch((10, 100, 768), torch.bfloat16, "cuda", split_rows=True)
+    assert split.block_r == 2048 // 1024 and (split.hi, split.lo) == (512, 256)  # rows per tile kept
+    assert ml._row_chunks(768, False) == (1024, 0)
+
+
+_DEVICES = ["cuda", torch.device("cuda"), "cpu", torch.device("cpu")]
+
+
+@pytest.mark.parametrize("device", _DEVICES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_launch_settings_follow_the_rules(device, dtype):
+    """Powers of two; rows of at most ``tile_elements`` (or one row a tile); at the CUDA defaults at most 32
+    fp32 values of each row tile per thread (registers: no spills, ``benchmarks.cuda_compile``) and one tile a
+    program; the CPU's many rows a program; the same object for the same arguments (cached)."""
+    for shape in [(128, 1176, 768), (128, 784, 96), (2, 5, 3), (1, 1, 1), (4, 7, 1000), (2, 3, ml.MAX_D),
+                  (3, 0, 8)]:
+        launch = ml.masked_loss_launch(shape, dtype, device)
+        assert launch is ml.masked_loss_launch(torch.Size(shape), dtype, device)
+        pow2 = [launch.block_r, launch.hi, launch.scale_block, launch.tiles]
+        assert all(x & (x - 1) == 0 and x > 0 for x in pow2) and launch.lo == 0
+        assert launch.hi >= shape[-1] and launch.triton_scale
+        cols = launch.block_r * launch.hi
+        if torch.device(device).type == "cuda":
+            assert cols <= max(2048, launch.hi) and launch.block_r <= 64
+            assert cols // (32 * launch.num_warps) <= 32 and (launch.tiles, launch.stages) == (1, 1)
+            assert (launch.scale_block, launch.scale_warps) == (4096, 8)
+        else:
+            assert cols <= 2**16 and launch.num_warps == 4 and launch.scale_block == 2**16
+            assert launch.block_r <= max(1, 2 * math.prod(shape[:-1]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        launch.block_r = 2
+
+
+class _Spy:
+    """Stands in for a ``@triton.jit`` kernel, recording each launch's grid and keyword arguments."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def test_launch_settings_given_reach_the_kernel_on_every_door(monkeypatch):
+    """``launch=`` on the public function, the ``*_triton`` form and under torch.compile (the custom op) is
+    what the kernel launches with, and the result stays the reference's; a launch too narrow for D is refused."""
+    pred, target, idx = _inputs(3, 13, 20, 40, torch.float32, seed=9)
+    launch = dataclasses.replace(ml.masked_loss_launch(pred.shape, pred.dtype, "cpu", split_rows=True), block_r=4,
+                                 tiles=2, scale_block=64)
+    fwd = _Spy(ml._masked_loss_fwd_kernel)
+    monkeypatch.setattr(ml, "_masked_loss_fwd_kernel", fwd)
+    with kernel_mode("triton"):
+        for fn in (ml.masked_l2_loss, ml.masked_l2_loss_triton,
+                   torch.compile(ml.masked_l2_loss_triton, fullgraph=True, backend="aot_eager")):
+            fwd.launches.clear()
+            _assert_match(ml.masked_l2_loss_reference, functools.partial(fn, launch=launch), pred, target, idx)
+            assert {(grid, kw["BLOCK_R"], kw["HI"], kw["LO"], kw["TILES"]) for grid, kw in fwd.launches} == {
+                ((5,), 4, 32, 8, 2)}  # 39 rows: 10 tiles of 4 rows, 2 a program
+    with pytest.raises(ValueError, match="covers 32 columns of a row of 40"):
+        ml.masked_l2_loss_triton(pred, target, idx, launch=dataclasses.replace(launch, lo=0))
 
 
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
@@ -276,16 +334,17 @@ def test_backward_scale_kernel_matches_torch_product(dtype, n, scale):
 
 def test_backward_keeps_a_graph_when_asked_and_can_use_torch(monkeypatch):
     """``create_graph`` with a differentiable ``grad_output`` takes torch's product, so the gradient stays
-    differentiable in it; ``TRITON_GRAD_SCALE`` off gives the same gradient."""
+    differentiable in it; ``triton_scale`` off gives the same gradient."""
     pred, target, idx = _inputs(2, 7, 9, 12, torch.float32, seed=3)
     weight = torch.tensor(2.0, requires_grad=True)
     (grad,) = torch.autograd.grad(ml.masked_l2_loss_triton(pred, target, idx) * weight, pred, create_graph=True)
     (d_weight,) = torch.autograd.grad(grad.sum(), weight)
     _, unit_grad = _loss_and_grad(ml.masked_l2_loss_triton, pred, target, idx, scale=1.0)
     torch.testing.assert_close(d_weight, unit_grad.sum())
-    monkeypatch.setattr(ml, "TRITON_GRAD_SCALE", False)
     monkeypatch.setattr(ml, "_scale_kernel", None)  # would raise if launched
-    torch.testing.assert_close(_loss_and_grad(ml.masked_l2_loss_triton, pred, target, idx, scale=2.0)[1], grad)
+    torch_product = ml.masked_loss_launch(pred.shape, pred.dtype, pred.device, triton_scale=False)
+    kernel = functools.partial(ml.masked_l2_loss_triton, launch=torch_product)
+    torch.testing.assert_close(_loss_and_grad(kernel, pred, target, idx, scale=2.0)[1], grad)
 
 
 def test_triton_without_grad_skips_the_gradient_and_is_deterministic():
@@ -573,7 +632,7 @@ def test_gpu_single_token(dtype):
 def test_gpu_backward_scale_kernel_equals_torch_product(dtype):
     """On a GPU the Triton product rounds like torch's: equal bit for bit, ragged last block included (-2.5 is
     exact in every dtype, so it holds whether or not torch first rounds the scale to the tensor's dtype)."""
-    grad = torch.randn(3 * ml.CUDA_SCALE_BLOCK + 37, device="cuda").to(dtype)
+    grad = torch.randn(3 * ml.masked_loss_launch((1, 1), dtype, "cuda").scale_block + 37, device="cuda").to(dtype)
     grad_loss = torch.tensor(-2.5, device="cuda")
     assert torch.equal(ml._scaled_gradient(grad, grad_loss), grad * grad_loss)
 
@@ -582,18 +641,15 @@ def test_gpu_backward_scale_kernel_equals_torch_product(dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("tiles,stages,split", [(8, 3, False), (1, 1, True), (4, 2, True)])
 @pytest.mark.parametrize("name,reference,triton_fn", LOSSES, ids=LOSS_IDS)
-def test_gpu_software_pipelined_programs_and_split_rows(monkeypatch, name, reference, triton_fn, tiles, stages,
-                                                        split):
+def test_gpu_software_pipelined_programs_and_split_rows(name, reference, triton_fn, tiles, stages, split):
     """The sweep's pipelined launch settings (loads as asynchronous copies into shared memory) and split rows
     (768 = 512 + 256 columns) against the reference: rows not a multiple of a program's tiles, odd D, a
     target batch dividing the prediction's."""
-    monkeypatch.setattr(ml, "CUDA_TILE_ELEMENTS", 1024)
-    monkeypatch.setattr(ml, "CUDA_TILES_PER_PROGRAM", tiles)
-    monkeypatch.setattr(ml, "CUDA_STAGES", stages)
-    monkeypatch.setattr(ml, "SPLIT_ROWS", split)
     for B, M, N, D, Bt in [(24, 147, 196, 768, 24), (16, 301, 400, 1000, 4)]:
         g = torch.Generator().manual_seed(D + tiles)
         pred = torch.randn(B, M, D, generator=g).to(torch.bfloat16).cuda().requires_grad_()
         target = torch.randn(Bt, N, D, generator=g).to(torch.bfloat16).cuda()
         idx = torch.randint(0, N, (B, M), generator=g).cuda()
-        _assert_match(reference, triton_fn, pred, target, idx, name)
+        launch = ml.masked_loss_launch(pred.shape, pred.dtype, pred.device, tile_elements=1024, tiles=tiles,
+                                       stages=stages, split_rows=split)
+        _assert_match(reference, functools.partial(triton_fn, launch=launch), pred, target, idx, name)

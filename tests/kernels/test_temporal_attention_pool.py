@@ -3,6 +3,8 @@ real on CUDA) against the reference, forward and all three gradients, with and w
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import math
 
 import pytest
@@ -15,11 +17,29 @@ from hjepa_fast.kernels.temporal_pool import temporal_attention_pool_triton
 
 
 @pytest.fixture(autouse=True)
-def _poison_and_small_tiles(monkeypatch):
-    """Kernel outputs start as NaN: an element the kernel forgets to write fails the comparison. Small
-    CPU tiles: many programs per head, ragged last blocks, and a query gradient summed over programs."""
-    monkeypatch.setattr(tp, "POISON_OUTPUTS", True)
-    monkeypatch.setitem(tp.TILE_ELEMENTS, "cpu", (512, 512))
+def _small_tiles(monkeypatch):
+    """Small CPU tiles for every launch the tests make without ``launch=``: many programs per head, ragged
+    last blocks, and a query gradient summed over programs (kernel outputs start as NaN: ``conftest.py``)."""
+    computed = tp.temporal_pool_launch
+
+    def small(shape, window, dtype, device, **kw):
+        cpu = torch.device(device).type != "cuda"
+        return computed(shape, window, dtype, device, **({"tile_elements": (512, 512)} if cpu else {}) | kw)
+
+    monkeypatch.setattr(tp, "temporal_pool_launch", small)
+
+
+class _Spy:
+    """Stands in for a ``@triton.jit`` kernel, recording each launch's grid and keyword arguments."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
 
 
 def naive_pool(q, k, v, window, visible):
@@ -113,6 +133,48 @@ def test_triton_matches_reference_forward_and_backward(shape, dtype):
         assert got[0][0, 0, 0].eq(0).all() and got[2][0, :window, 0].eq(0).all() and got[3][0, :window, 0].eq(0).all()
 
 
+@pytest.mark.parametrize("tiles,warps", [((128, 64), (2, 1)), ((65536, 65536), (4, 4))], ids=["small", "large"])
+def test_launch_settings_given_reach_the_kernels(monkeypatch, tiles, warps):
+    """``launch=`` (here CUDA's rules at other tile budgets, run under the interpreter) is what the kernels
+    launch with, forward and backward, and they still match the reference."""
+    q, k, v, visible = make_inputs(2, 8, 5, 3, 16, 4, True, torch.float32, seed=5)
+    launch = tp.temporal_pool_launch(k.shape, 4, k.dtype, "cuda", tile_elements=tiles, warps=warps)
+    assert (launch.block_p, launch.bwd_block_p) == ((2, 1) if tiles[0] == 128 else (32, 32))
+    fwd, bwd = _Spy(tp._pool_fwd_kernel), _Spy(tp._pool_bwd_kernel)
+    monkeypatch.setattr(tp, "_pool_fwd_kernel", fwd)
+    monkeypatch.setattr(tp, "_pool_bwd_kernel", bwd)
+    for fn in (temporal_attention_pool_triton, temporal_attention_pool):
+        with kernel_mode("triton"):
+            assert_pool_matches(q, k, v, 4, visible, kernel=functools.partial(fn, launch=launch))
+    M, H = 2 * 2 * 5, 3
+    for spy, block_p, num_warps in [(fwd, launch.block_p, warps[0]), (bwd, launch.bwd_block_p, warps[1])]:
+        assert {(grid, kw["BLOCK_P"], kw["num_warps"]) for grid, kw in spy.launches} == {
+            ((-(-M // block_p) * H,), block_p, num_warps)}
+    with pytest.raises(ValueError, match="does not cover"):
+        temporal_attention_pool_triton(q, k, v, 4, visible, launch=tp.temporal_pool_launch(k.shape, 2, k.dtype, "cpu"))
+
+
+def test_launch_settings_follow_the_rules():
+    """Powers of two, the tile budget kept (so the registers a thread holds are bounded: at most 32 fp32
+    values of each loaded tensor on CUDA), never more positions than there are; the CPU's own tiles."""
+    for shape, window in [((32, 32, 196, 12, 64), 4), ((1, 2, 1, 1, 3), 2), ((2, 48, 5, 2, 128), 16),
+                          ((4, 9, 7, 3, 20), 3)]:
+        for dtype, device in [(torch.bfloat16, "cuda"), (torch.float32, torch.device("cuda")), (torch.float32, "cpu")]:
+            launch = tp.temporal_pool_launch(shape, window, dtype, device)
+            assert launch == tp.temporal_pool_launch(torch.Size(shape), window, dtype, torch.device(device))
+            assert all(x & (x - 1) == 0 for x in (launch.kp, launch.block_d, launch.block_p, launch.bwd_block_p))
+            assert launch.kp >= window and launch.block_d >= shape[4]
+            budget = 4096 if torch.device(device).type == "cuda" else 512  # 512: this file's fixture
+            positions = shape[0] * (shape[1] // window) * shape[2]
+            for block_p, warps in [(launch.block_p, launch.num_warps), (launch.bwd_block_p, launch.bwd_num_warps)]:
+                tile = block_p * launch.kp * launch.block_d
+                assert tile <= max(budget, launch.kp * launch.block_d) and block_p <= max(positions, 1) * 2
+                if budget == 4096:
+                    assert warps == 4 and tile // (32 * warps) <= 32
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        launch.block_p = 1
+
+
 def test_non_contiguous_inputs_and_stride0_grad():
     B, T, N, H, Dh, window = 2, 8, 5, 3, 10, 4
     g = torch.Generator().manual_seed(3)
@@ -136,7 +198,7 @@ def test_public_function_dispatches():
     calls = []
     original = tp._forward
     try:
-        tp._forward = lambda *a: calls.append(1) or original(*a)
+        tp._forward = lambda *a, **kw: calls.append(1) or original(*a, **kw)
         with kernel_mode("reference"):
             temporal_attention_pool(q, k, v, 2, visible)
         assert not calls
