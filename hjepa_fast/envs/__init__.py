@@ -1,5 +1,5 @@
 """Environments behind one interface (``base.Env``): panworld (embedded photos), tworooms (embedded
-maze), pusht (gym-pusht, optional extra)."""
+maze), fourrooms (embedded, four rooms), pusht (gym-pusht, optional extra)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +8,7 @@ from .base import Env, check_action, replay
 
 __all__ = ["ENVS", "Env", "check_action", "make_env", "replay"]
 
-ENVS = ("panworld", "tworooms", "pusht")
+ENVS = ("panworld", "tworooms", "fourrooms", "pusht")
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
@@ -18,9 +18,13 @@ def make_env(name: str, **kwargs: Any) -> Env:
 
         return PanWorld(**kwargs)
     if name == "tworooms":
-        from .tworooms import TwoRooms
+        from .rooms import TwoRooms
 
         return TwoRooms(**kwargs)
+    if name == "fourrooms":
+        from .rooms import FourRooms
+
+        return FourRooms(**kwargs)
     if name == "pusht":
         from .pusht import PushT
 

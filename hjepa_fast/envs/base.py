@@ -27,6 +27,9 @@ class Env(ABC):
     action_dim: int
     obs_shape: tuple[int, int, int]  # (C, H, W)
     max_steps: int
+    # lower edges of the start-distance buckets that planning tables report success in (the task's units;
+    # fixed per task, so tables of different runs line up); empty: no buckets
+    distance_buckets: tuple[float, ...] = ()
 
     @abstractmethod
     def reset(self, seed: int) -> np.ndarray:

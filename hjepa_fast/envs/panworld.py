@@ -53,6 +53,7 @@ class PanWorld(PointGoalEnv):
     ``reset(seed)`` draws the photo, the start and a goal at distance ``goal_range`` (pixels)."""
 
     action_dim = 2
+    distance_buckets = (0.0, 16.0, 32.0)  # from 32 px on (the view), the goal window is mostly new ground
 
     def __init__(self, view: int = 32, world: int = 96, channels: int = 3, max_speed: float = 4.0,
                  tolerance: float = 4.0, max_steps: int = 30, goal_range: tuple[float, float] = (8.0, 40.0),

@@ -58,12 +58,25 @@ def evaluate_agent(env: Env, make_agent, tasks: int, seeds: int, wm: PlanningMod
     steps = sum(e["steps"] for e in episodes)
     plan_s = sum(e["plan_s"] for e in episodes)
     rates = np.array(per_seed)
-    return {"success_mean": float(rates.mean()),
+    return {"success_mean": float(rates.mean()), "by_distance": bucket_success(episodes, env.distance_buckets),
             "success_se": float(rates.std(ddof=1) / np.sqrt(len(rates))) if len(rates) > 1 else 0.0,
             "success_per_seed": per_seed, "ms_per_action": 1e3 * plan_s / max(steps, 1),
             "s_per_episode": plan_s / len(episodes),
             "flops_per_episode": float(np.mean([e["flops"] for e in episodes])),
             "steps_per_episode": steps / len(episodes), "episodes": episodes}
+
+
+def bucket_success(episodes: list[dict], edges: tuple[float, ...]) -> list[dict]:
+    """Success rate of the episodes whose start distance lies in each bucket ``[edges[i], edges[i + 1])``
+    (the last one open-ended): ``[{"from", "to" (None: open), "episodes", "success" (None: no episode)}]``."""
+    distance = np.array([e["start_distance"] for e in episodes])
+    success = np.array([e["success"] for e in episodes], dtype=float)
+    out = []
+    for low, high in zip(edges, [*edges[1:], None]):
+        inside = (distance >= low) & (distance < (np.inf if high is None else high))
+        out.append({"from": low, "to": high, "episodes": int(inside.sum()),
+                    "success": float(success[inside].mean()) if inside.any() else None})
+    return out
 
 
 def load_world(run: str | Path, env_name: str) -> tuple[PlanningModel, Env]:
@@ -184,6 +197,21 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:<14} {r['samples']:>10} {r['success_mean']:>8.3f} ± {r['success_se']:.3f} "
                      f"{r['ms_per_action']:>10.1f} {r['s_per_episode']:>10.2f} {per_action / 1e9:>13.3f} "
                      f"{r['flops_per_episode'] / 1e9:>14.2f}")
+    first = next(iter(result["rows"].values()))
+    if first.get("by_distance"):
+        lines += ["", "success by start distance (episodes)",
+                  f"{'agent':<14} " + " ".join(f"{_bucket_label(b):>16}" for b in first["by_distance"])]
+        for name, r in result["rows"].items():
+            lines.append(f"{name:<14} " + " ".join(f"{_bucket_cell(b):>16}" for b in r["by_distance"]))
     if "out" in result:
         lines.append(f"written: {result['out']}/plan.json, success_vs_distance.png")
     return "\n".join(lines)
+
+
+def _bucket_label(bucket: dict) -> str:
+    return f"[{bucket['from']:g}, {bucket['to']:g})" if bucket["to"] is not None else f">= {bucket['from']:g}"
+
+
+def _bucket_cell(bucket: dict) -> str:
+    rate = "-" if bucket["success"] is None else f"{bucket['success']:.3f}"
+    return f"{rate} ({bucket['episodes']})"

@@ -14,7 +14,7 @@ from hjepa_fast.envs.collect import collect
 from hjepa_fast.envs.panworld import PHOTOS, load_photo
 
 HAS_PUSHT = importlib.util.find_spec("gym_pusht") is not None
-ENVS = ["panworld", "tworooms", pytest.param("pusht", marks=pytest.mark.skipif(
+ENVS = ["panworld", "tworooms", "fourrooms", pytest.param("pusht", marks=pytest.mark.skipif(
     not HAS_PUSHT, reason='gym-pusht is not installed: pip install -e ".[envs]"'))]
 
 
@@ -75,6 +75,37 @@ def test_tworooms_wall_blocks_and_door_passes():
     for _ in range(5):
         env.step(np.array([1.0, 0.0]))
     assert env.pos[0] > 0.5  # the door
+
+
+def test_fourrooms_walls_block_and_each_door_passes():
+    env = make_env("fourrooms")
+    env.reset(0)
+    moves = {  # (start, action, axis, must cross 0.5): a wall outside its doors, then each of the four doors
+        "vertical wall": ([0.4, 0.1], [1.0, 0.0], 0, False), "horizontal wall": ([0.1, 0.4], [0.0, 1.0], 1, False),
+        "lower-left door": ([0.4, 0.26], [1.0, 0.0], 0, True), "upper door": ([0.4, 0.74], [1.0, 0.0], 0, True),
+        "left door": ([0.26, 0.4], [0.0, 1.0], 1, True), "right door": ([0.74, 0.6], [0.0, -1.0], 1, True),
+    }
+    for name, (start, action, axis, crosses) in moves.items():
+        env.pos = np.array(start)
+        for _ in range(5):
+            env.step(np.array(action))
+        moved_past = env.pos[axis] > 0.5 if action[axis] > 0 else env.pos[axis] < 0.5
+        assert moved_past == crosses, name
+    env.pos = np.array([0.4, 0.4])  # diagonal into the centre: both walls there, no door
+    for _ in range(5):
+        env.step(np.array([1.0, 1.0]))
+    assert env.pos[0] < 0.5 and env.pos[1] < 0.5
+
+
+def test_fourrooms_start_and_goal_are_in_diagonal_rooms():
+    env = make_env("fourrooms")
+    for seed in range(50):
+        env.reset(seed)
+        start_room, goal_room = (env.pos > 0.5), (env.goal > 0.5)
+        assert np.all(start_room != goal_room), seed
+        assert env.distance_buckets[0] <= env.goal_distance()
+    env.pos = env.goal.copy()
+    assert env.success() and np.array_equal(env.render(), env.goal_observation())
 
 
 def test_collect_writes_rollouts_the_data_set_reads(tmp_path):

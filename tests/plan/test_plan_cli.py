@@ -6,6 +6,7 @@ import json
 import pytest
 
 from hjepa_fast.cli import main
+from hjepa_fast.plan.evaluate import bucket_success, format_table
 
 SMALL = ["data.frames=8", "masks.context_fraction=[0.5,0.5]", "model.encoder_depths=[1,1]",
          "model.predictor_depths=[1,1]", "train.batch_size=4", "train.steps=2", "train.log_every=1"]
@@ -29,6 +30,8 @@ def test_collect_train_plan(tmp_path, capsys):
     assert result["match_flops"] and 2 <= result["rows"]["cem hier-2"]["samples"] < 8  # the budget of a flat action
     assert result["energy_frames"] == 2 and result["energy_path"]
     assert (tmp_path / "r" / "plan-panworld" / "success_vs_distance.png").is_file()
+    assert "success by start distance" in out and ">= 32" in out
+    assert [b["from"] for b in result["rows"]["random"]["by_distance"]] == [0.0, 16.0, 32.0]
     assert main(["plan", "--run", str(tmp_path / "r"), "--env", "panworld", "--tasks", "2", "--samples", "4",
                  "--diagnose"]) == 0
     assert "world-model diagnosis" in capsys.readouterr().out
@@ -40,3 +43,17 @@ def test_plan_refuses_a_run_without_actions(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
     assert main(["plan", "--run", str(tmp_path / "none"), "--env", "panworld", "--planner", "grad", "--oracle"]) == 2
     assert "--oracle needs a sampling planner" in capsys.readouterr().err
+
+
+def test_success_is_reported_per_start_distance_bucket():
+    episodes = [{"start_distance": d, "success": ok} for d, ok in
+                [(3.0, True), (15.9, False), (16.0, True), (20.0, True), (31.0, False), (50.0, False)]]
+    buckets = bucket_success(episodes, (0.0, 16.0, 32.0))
+    assert [(b["from"], b["to"], b["episodes"]) for b in buckets] == [(0.0, 16.0, 2), (16.0, 32.0, 3), (32.0, None, 1)]
+    assert [b["success"] for b in buckets] == [0.5, pytest.approx(2 / 3), 0.0]
+    assert bucket_success(episodes, (0.0, 100.0))[1] == {"from": 100.0, "to": None, "episodes": 0, "success": None}
+    row = {"samples": 0, "success_mean": 0.5, "success_se": 0.0, "ms_per_action": 1.0, "s_per_episode": 1.0,
+           "flops_per_episode": 0.0, "steps_per_episode": 1.0, "by_distance": buckets}
+    table = format_table({"env": "panworld", "tasks": 6, "seeds": 1, "planner": "cem", "samples": 8,
+                          "iterations": 1, "date": "today", "device": "cpu", "threads": 1, "rows": {"random": row}})
+    assert "[16, 32)" in table and ">= 32" in table and "0.667 (3)" in table
