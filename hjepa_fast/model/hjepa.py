@@ -200,9 +200,9 @@ class HJEPA(nn.Module):
                    ) -> torch.Tensor:
         """Level ``level``'s prediction ``[B, Nt, D_l]`` at its mask's targets, as training makes it: one
         pass, or a rollout where ``loss.rollout_steps`` > 1. A planner calls this for the level it plans at."""
+        if above_prediction is None and self.cfg.topdown_source == "prediction" and level + 1 < self.levels:
+            above_prediction = self.predict_at(level + 1, context, masks, actions)  # once, for every pass
         if self.rollout_steps[level] > 1:
-            if above_prediction is None and self.cfg.topdown_source == "prediction" and level + 1 < self.levels:
-                above_prediction = self.predict_at(level + 1, context, masks, actions)  # once for every pass
             return self.rollout_level(level, context, masks, actions, above_prediction)
         return self.predict_level(level, context, masks, actions, above_prediction=above_prediction)
 
