@@ -437,7 +437,8 @@ def _masked_latent_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Ten
 
 # Two doors to the same launch. Under torch.compile: a custom op (traceable). Eagerly: an autograd.Function,
 # which skips the dispatcher: with the launch stubbed out, a forward + backward costs the host about half
-# the time through the custom op (measured on our CPU), time the GPU waits for at small and medium sizes.
+# the time through the custom op (``benchmarks/bench_host_overhead.py``), time the GPU waits for at small and
+# medium sizes.
 _masked_latent_loss_op = torch.library.custom_op("hjepa_fast::masked_latent_loss", mutates_args=())(
     _masked_latent_loss)
 

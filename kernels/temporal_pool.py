@@ -180,8 +180,9 @@ class TemporalPoolLaunch:
     bwd_num_warps: int
 
 
-# fp32 elements per loaded [BLOCK_P, window, Dh] tile (forward, backward) and warps on CUDA (H200,
-# ``benchmarks.sweep_launch`` run 2: backward 0.34 ms at 4096 against 0.60 ms at 2048; forward flat from 4096).
+# fp32 elements per loaded [BLOCK_P, window, Dh] tile (forward, backward) and warps on CUDA: on an H200
+# (``benchmarks.sweep_launch``, 2026-11-30) the backward takes 0.34 ms at 4096 against 0.60 ms at 2048, and the
+# forward is flat from 4096 on.
 # The interpreter costs ~3 ms per program, so on other devices the tiles are large (the tests shrink them to
 # cover many programs and ragged tails) and the warps 4.
 _TILE_ELEMENTS = {"cuda": (4096, 4096), "cpu": (65536, 65536)}
