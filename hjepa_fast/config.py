@@ -48,6 +48,9 @@ class ModelConfig:
     # predictions of the coarse steps it does not see (prediction: the lower level reads where the level
     # above expects the future to be; model/topdown.py)
     topdown_source: str = "context"
+    # top-down keys: one per coarse step (step: the mean of its tokens) or one per coarse step and position
+    # (token: where the level above sees or expects something survives; not with topdown=film)
+    topdown_keys: str = "step"
     action_dim: int = 0  # 0: no actions; levels > 1 encode each window's chunk of actions (macro-actions)
     action_accumulate: bool = False  # each token also gets the summed embeddings of every action before its step
     attention_backend: str = "auto"  # auto | sdpa | cudnn | flash | xformers
@@ -180,6 +183,7 @@ CHOICES = {
     ("model", "abstraction"): ("average", "conv", "attention"),
     ("model", "topdown"): ("none", "cross", "film", "prepend"),
     ("model", "topdown_source"): ("context", "prediction"),
+    ("model", "topdown_keys"): ("step", "token"),
     ("model", "predictor_init"): ("trunc_normal", "xavier"),
     ("model", "attention_backend"): ("auto", "sdpa", "cudnn", "flash", "xformers"),
     ("model", "kernels"): ("auto", "reference", "triton"),
@@ -341,6 +345,9 @@ def resolve(cfg: Config) -> Config:
             raise ConfigError(f"model.{kind}_dims[{level % L}] = {dim} is not divisible by its heads {heads}")
     _check_shared_encoders(cfg)
     _check_ema_schedule(cfg)
+    if m.topdown_keys == "token" and m.topdown == "film":
+        raise ConfigError("model.topdown_keys=token needs model.topdown=cross or prepend: film reads one key "
+                          "per coarse step")
     for s in cfg.masks.strategies:
         if s not in ("multiblock", "future", "segment"):
             raise ConfigError(f"masks.strategies: unknown strategy {s!r}; choose multiblock, future or segment")

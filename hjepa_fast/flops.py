@@ -106,7 +106,7 @@ def predictor_forward(cfg: Config, level: int, context: int, targets: int) -> tu
         flops += 2 * steps[level] * p * p
     keys = 0
     if level + 1 < m.levels and m.topdown != "none":
-        above = steps[level + 1]
+        above = steps[level + 1] * ((m.img_size // m.patch_size) ** 2 if m.topdown_keys == "token" else 1)
         flops += 2 * above * m.encoder_dims[level + 1] * p
         if m.topdown == "cross":
             keys = 1 + above

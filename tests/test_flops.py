@@ -49,7 +49,10 @@ def test_vit_b_anchor():
     ["model.topdown=prepend", "model.action_dim=3"],
     ["masks.strategies=[future,future,future]", "loss.rollout_steps=[3,2,0]", "model.topdown_source=prediction",
      "model.action_dim=2"],
-], ids=["attention-cross", "average-none", "conv-film", "prepend-actions", "rollout-predicted-topdown"])
+    ["model.topdown_keys=token"],
+    ["model.topdown=prepend", "model.topdown_keys=token"],
+], ids=["attention-cross", "average-none", "conv-film", "prepend-actions", "rollout-predicted-topdown",
+        "cross-token-keys", "prepend-token-keys"])
 def test_matches_flop_counter(make_config, overrides):
     """Forward and forward + backward equal FlopCounterMode's count of matmuls and convolutions; SDPA runs
     its math path, which the counter sees as matmuls (it does not count CPU SDPA kernels)."""

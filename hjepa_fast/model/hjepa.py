@@ -87,6 +87,7 @@ class HJEPA(nn.Module):
             self.grids.append((steps, side, side))
         self.frames = frames
         backend = resolve_backend(cfg.attention_backend)
+        self.keys_per_step = side * side if cfg.topdown_keys == "token" else 1  # top-down keys per coarse step
         L = cfg.levels
         encoders, predictors = [], []
         for level in range(L):
@@ -106,7 +107,7 @@ class HJEPA(nn.Module):
                 topdown_dim=cfg.encoder_dims[level + 1] if has_above else None,
                 window=cfg.temporal_strides[level + 1] if has_above else 1,
                 action_chunk=self.action_chunk(level), action_accumulate=cfg.action_accumulate,
-                init=cfg.predictor_init,
+                init=cfg.predictor_init, keys_per_step=self.keys_per_step,
             ))
         if cfg.share_encoders:
             share_trunk(encoders)
@@ -237,12 +238,13 @@ class HJEPA(nn.Module):
         here when not given)."""
         topdown = None
         if level + 1 < self.levels:
-            above = self.grids[level + 1]
-            topdown = summarize_by_time(context[level + 1], masks[level + 1].context, above[1] * above[2], above[0])
+            T, h, w = self.grids[level + 1]
+            group, keys = h * w // self.keys_per_step, T * self.keys_per_step  # flat tokens per key, keys
+            topdown = summarize_by_time(context[level + 1], masks[level + 1].context, group, keys)
             if self.cfg.topdown_source == "prediction":
                 if above_prediction is None:
                     above_prediction = self.predict_at(level + 1, context, masks, actions)
-                topdown = fill_predicted(*topdown, above_prediction, masks[level + 1].target, above[1] * above[2])
+                topdown = fill_predicted(*topdown, above_prediction, masks[level + 1].target, group)
         level_actions = None if actions is None else self.level_actions(actions, level)
         return self.predictors[level](context[level], masks[level].context,
                                       masks[level].target if target is None else target, level_actions, topdown)

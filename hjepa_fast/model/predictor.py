@@ -38,7 +38,7 @@ def _to_next_step(per_step: torch.Tensor) -> torch.Tensor:
 
 class Predictor(nn.Module):
     """forward(z_ctx [B, Nc, D], ctx_idx [B, Nc], tgt_idx [B, Nt], actions [B, T, A] | None,
-    topdown (summary [B, S, D_up], valid [B, S][, predicted [B, S]]) | None) -> predictions [B, Nt, D].
+    topdown (keys [B, S, D_up], valid [B, S][, predicted [B, S]]) | None) -> predictions [B, Nt, D].
 
     ``actions``: ``[B, T, action_chunk * A]`` (step t's leads to step t + 1: its own token, and added to
     the tokens of step t + 1); with ``action_chunk > 1`` they enter through a
@@ -50,7 +50,8 @@ class Predictor(nn.Module):
     ``xavier`` (MAE's; see ``transformer.init_xavier``). ``topdown`` modes: 'cross' (cross-attention in
     every block), 'film' (scale and shift of each target token's output features from the most recent
     allowed coarse step), 'prepend' (coarse steps as extra tokens, reached through an attention mask).
-    ``window``: level-l steps per step of the level above.
+    ``window``: level-l steps per step of the level above. ``keys_per_step``: top-down keys per coarse
+    step (1: its summary; H' * W': one per position, ``model.topdown_keys=token``; not with 'film').
 
     Each token's own read of the top-down context is causal (``topdown.causal_allowed``); with 'cross'
     and 'prepend', the predictor's self-attention can still pass what one token read to another, as it
@@ -60,11 +61,14 @@ class Predictor(nn.Module):
     def __init__(self, enc_dim: int, dim: int, depth: int, heads: int, grid: tuple[int, int, int],
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, backend: str = "sdpa", action_dim: int = 0,
                  topdown: str = "none", topdown_dim: int | None = None, window: int = 1, action_chunk: int = 1,
-                 action_accumulate: bool = False, init: str = "trunc_normal"):
+                 action_accumulate: bool = False, init: str = "trunc_normal", keys_per_step: int = 1):
         super().__init__()
         if topdown not in TOPDOWN_MODES:
             raise ValueError(f"unknown top-down mode {topdown!r}; choose one of {TOPDOWN_MODES}")
-        self.grid, self.topdown_mode, self.window = grid, topdown, window
+        if topdown == "film" and keys_per_step != 1:
+            raise ValueError("top-down 'film' reads one key per coarse step (keys_per_step 1), got "
+                             f"{keys_per_step}: use 'cross' or 'prepend' for per-token keys")
+        self.grid, self.topdown_mode, self.window, self.keys_per_step = grid, topdown, window, keys_per_step
         self.tokens_per_step = grid[1] * grid[2]
         self.embed = nn.Linear(enc_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
@@ -121,9 +125,10 @@ class Predictor(nn.Module):
                 x = x + gather_tokens(_to_next_step(torch.cumsum(self.action_sum_embed(actions), 1)), times)
         mask = context = context_mask = film = None
         if self.topdown_mode != "none" and topdown is not None:
-            summary, valid, *predicted = topdown
+            summary, valid, *rest = topdown
+            predicted = rest[0] if rest else None
             keys = torch.cat([self.td_null.expand(B, 1, -1), self.td_proj(summary)], dim=1)  # [B, 1+S, dim]
-            allowed = causal_allowed(times, self.window, valid, *predicted)  # [B, L, 1+S]
+            allowed = causal_allowed(times, self.window, valid, predicted, self.keys_per_step)  # [B, L, 1+S]
             if self.topdown_mode == "film":
                 film = self.film(gather_tokens(keys, latest_allowed(allowed[:, -Nt:])))
             elif self.topdown_mode == "cross":  # action tokens (if any) read only the null key

@@ -99,11 +99,35 @@ def test_a_predicted_coarse_step_is_read_up_to_the_tokens_own_window(mode):
         assert read == allowed, f"{mode}: token at t={t} reads {read}, allowed {allowed}"
 
 
+@pytest.mark.parametrize("mode", ["cross", "prepend"])
+def test_token_keys_are_read_by_their_coarse_step(mode):
+    """Two keys per coarse step: key k belongs to step k // 2 and follows that step's causal rule."""
+    torch.manual_seed(0)
+    grid, window, S, per_step = (4, 2, 2), 2, 2, 2
+    pred = Predictor(enc_dim=8, dim=8, depth=1, heads=2, grid=grid, topdown=mode, topdown_dim=6, window=window,
+                     keys_per_step=per_step)
+    ctx_idx, tgt_idx = torch.tensor([[0, 1, 2, 3]]), torch.arange(4, 16).unsqueeze(0)
+    keys = torch.randn(1, S * per_step, 6, requires_grad=True)
+    out = pred(torch.randn(1, 4, 8), ctx_idx, tgt_idx, topdown=(keys, torch.ones(1, S * per_step, dtype=torch.bool)))
+    for j, idx in enumerate(tgt_idx[0].tolist()):
+        t = idx // 4
+        (grad,) = torch.autograd.grad(out[0, j].sum(), keys, retain_graph=True)
+        read = (grad[0].abs().sum(-1) > 0).tolist()
+        assert read == [k // per_step < t // window for k in range(S * per_step)], f"t={t}: {read}"
+
+
+def test_token_keys_refuse_film(make_config):
+    with pytest.raises(ConfigError, match="topdown_keys=token needs model.topdown=cross or prepend"):
+        make_config("model.topdown_keys=token", "model.topdown=film")
+    with pytest.raises(ValueError, match="film"):
+        Predictor(enc_dim=8, dim=8, depth=1, heads=2, grid=(4, 2, 2), topdown="film", topdown_dim=6, keys_per_step=4)
+
+
 def test_fill_predicted_keeps_context_steps_and_fills_the_others_with_the_detached_prediction_mean():
     summary, valid = torch.zeros(1, 3, 2), torch.tensor([[True, False, False]])
     pred = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [7.0, 7.0]]], requires_grad=True)
     pred_idx = torch.tensor([[0, 4, 5]])  # 4 tokens per step: steps 0, 1, 1
-    out, out_valid, predicted = fill_predicted(summary, valid, pred, pred_idx, tokens_per_step=4)
+    out, out_valid, predicted = fill_predicted(summary, valid, pred, pred_idx, tokens_per_key=4)
     assert torch.equal(out[0, 0], torch.zeros(2))  # a context step keeps the context
     assert torch.equal(out[0, 1], torch.tensor([5.0, 6.0]))  # the mean of its predicted tokens
     assert torch.equal(out[0, 2], torch.zeros(2))  # neither: stays empty and invalid

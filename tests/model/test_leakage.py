@@ -76,6 +76,22 @@ def test_a_rollout_never_sees_its_targets(make_config, source):
         assert grad[held_out].max() == 0 and grad[~held_out].max() > 0
 
 
+@pytest.mark.parametrize("source", ["context", "prediction"])
+@pytest.mark.parametrize("topdown", ["cross", "prepend"])
+@pytest.mark.parametrize("strategies", STRATEGY_MIXES[:3])
+def test_token_keys_never_see_their_targets(make_config, strategies, topdown, source):
+    """One top-down key per coarse step and position: the same zero-gradient check."""
+    cfg = make_config(f"masks.strategies={strategies}", f"model.topdown={topdown}", "masks.num_blocks=1",
+                      f"model.topdown_source={source}", "model.topdown_keys=token")
+    model = build_model(cfg)
+    masks = build_mask_sampler(cfg).sample(2, torch.Generator().manual_seed(0))
+    clips = torch.randn(2, cfg.data.frames, 1, cfg.model.img_size, cfg.model.img_size, requires_grad=True)
+    for level in range(cfg.model.levels):
+        grad = prediction_gradients(model, clips, masks, level, 0)
+        held_out = footprint_pixels(cfg, level, masks[level].target[0])
+        assert grad[held_out].max() == 0 and grad[~held_out].max() > 0
+
+
 def test_the_check_catches_a_leak(make_config):
     """Put one level-1 target into the context: the same check must then find a nonzero gradient."""
     cfg = make_config("masks.strategies=[multiblock,multiblock,multiblock]", "masks.num_blocks=1")
