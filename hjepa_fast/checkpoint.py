@@ -279,15 +279,19 @@ def _deepspeed_globals() -> list:
     return found
 
 
-def load_deepspeed_model(folder: str | Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
+def load_deepspeed_model(folder: str | Path, tag: str, zero_stage: int | None = None) -> dict[str, torch.Tensor]:
     """The consolidated fp32 state dict of the module DeepSpeed trained, from ``folder/tag``.
 
     ZeRO 0-2: ``mp_rank_00_model_states.pt``'s module state, loaded safely (no DeepSpeed needed).
     ZeRO-3: DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint`` (needs ``deepspeed``), after every
-    ``.pt`` file of the tag has passed the safe load (DeepSpeed's own loader unpickles them)."""
+    ``.pt`` file of the tag has passed the safe load (DeepSpeed's own loader unpickles them).
+    ``zero_stage`` None (a meta that does not say): ZeRO-3 writes per-rank model-state files, not
+    ``mp_rank_00_model_states.pt``."""
     path = Path(folder) / tag
     if not path.is_dir():
         raise CheckpointError(f"DeepSpeed checkpoint {path} is missing (hjepa_meta.pt names tag {tag!r})")
+    if zero_stage is None:
+        zero_stage = 2 if (path / DS_MODEL_STATES).is_file() else 3
     if zero_stage < 3:
         states = _safe_torch_file(path / DS_MODEL_STATES) if (path / DS_MODEL_STATES).is_file() else None
         if not isinstance(states, dict) or not isinstance(states.get("module"), dict):

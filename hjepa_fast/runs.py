@@ -114,7 +114,7 @@ def load_run_state(run_dir: str | Path) -> dict:
         model = load_dcp_model(path, "model")
     else:
         state = load_checkpoint(path / DS_META, expect=("step", "tag", "targets"))
-        model = load_deepspeed_model(path, state["tag"], int(state.get("zero_stage", 0)))
+        model = load_deepspeed_model(path, state["tag"], state.get("zero_stage"))
         model.update({f"target_encoders.{k}": v for k, v in state["targets"].items()})
     return {"model": model, "step": state["step"], "layout": layout, "path": path}
 
