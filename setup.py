@@ -28,6 +28,7 @@ setup(
         "triton; platform_system == 'Linux'",
         "timm>=1.0",
         "PyYAML",
+        "safetensors",  # hjepa export (also a dependency of timm)
         "tqdm",
         "numpy",
         "scikit-learn",  # the embedded data set (handwritten digits) and the linear probe

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from hjepa_fast.builders import build_model
-from hjepa_fast.checkpoint import load_checkpoint
+from hjepa_fast.checkpoint import load_model_state
 from hjepa_fast.config import Config, ConfigError, load_config
 from hjepa_fast.eval.probe import evaluate_model
-from hjepa_fast.runs import CHECKPOINT, pick_device
+from hjepa_fast.runs import load_run_state, pick_device
 from hjepa_fast.train.trainer import train
 
 COLUMNS = {  # row key -> table header
@@ -81,7 +81,8 @@ def run_one(cfg: Config, run_dir: Path) -> dict:
     result = train(cfg, run_dir=run_dir, progress=False)
     device = pick_device(cfg)
     model = build_model(cfg).to(device)
-    model.load_state_dict(load_checkpoint(run_dir / CHECKPOINT)["model"])
+    state = load_run_state(run_dir)  # any engine's checkpoint (train.engine may be an override)
+    load_model_state(model, state, state["path"])
     ev = evaluate_model(model, cfg, device)
     level1, top = ev["horizon"]["level1"], ev["horizon"][f"level{cfg.model.levels}"]
     return {"steps": result["step"], "final_loss": result["losses"][-1]["loss"],

@@ -1,4 +1,4 @@
-"""The ``hjepa`` command: train, eval, info, bench."""
+"""The ``hjepa`` command: train, eval, export, plan, info, bench, ..."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +61,14 @@ def _eval(args: argparse.Namespace) -> None:
     print(format_table(result))
     run = Path(args.run)
     print(f"written: {run / 'eval.json'}" + ("" if result["horizon"] is None else f", {run / 'horizon.png'}"))
+
+
+def _export(args: argparse.Namespace) -> None:
+    _trust_checkpoints(args)
+    from hjepa_fast.export import export_run
+
+    out = export_run(args.run, args.out, fmt=args.format, force=args.force)
+    print(f"written: {out}")
 
 
 def _ablate(args: argparse.Namespace) -> None:
@@ -200,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_eval)
+    p = sub.add_parser("export", help="a run's encoders (online and EMA target, every level) as one "
+                                      "framework-free file (docs/checkpoints.md)")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder of any engine (single, ddp, fsdp, deepspeed)")
+    p.add_argument("out", metavar="OUT", help="the file to write, e.g. encoders.safetensors")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "pt"],
+                   help="safetensors (default), or pt: a torch.save of the same tensors (loads with weights_only)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists (atomically)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    p.set_defaults(func=_export)
     p = sub.add_parser("ablate", help="the ablation table: variants x seeds, trained and evaluated")
     p.add_argument("--config", required=True, help="the base config, e.g. configs/tiny_cpu.yaml")
     p.add_argument("--seeds", type=int, default=3)

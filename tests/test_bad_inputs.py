@@ -53,6 +53,14 @@ BAD_INPUTS = [
     (["train", "--no-progress", "--resume", "{run}", "--truncate"], 2, ["{run}/checkpoint.pt", "truncated"]),
     (["eval", "--run", "{run}", "--random-bytes"], 2, ["{run}/checkpoint.pt", "corrupt"]),
     (["train", "--no-progress", "--resume", "{run}", "--random-bytes"], 2, ["{run}/checkpoint.pt", "corrupt"]),
+    # checkpoint layouts and hjepa export (docs/checkpoints.md)
+    (["eval", "--run", "{tmp}/bare"], 2, ["{tmp}/bare has no checkpoint", "checkpoint.pt", "checkpoint/meta.pt"]),
+    (["export", "{tmp}/bare", "{tmp}/e.safetensors"], 2, ["{tmp}/bare has no checkpoint"]),
+    (["export", "{tmp}/partial", "{tmp}/e.safetensors"], 2, ["{tmp}/partial/checkpoint is not a checkpoint",
+                                                              "lacks meta.pt"]),
+    (["export", "{tmp}/no/run", "{tmp}/e.safetensors"], 2, ["is not a run folder"]),
+    (["export", "{run}", "{tmp}/exists.safetensors"], 2, ["{tmp}/exists.safetensors already exists", "--force"]),
+    (["export", "{run}", "{tmp}"], 2, ["is a folder"]),
     # resume and eval settings
     (["train", "--no-progress", "--resume", "{run}", "train.steps=1"], 2, ["train.steps=1 is below step 2"]),
     (["train", "--no-progress", "--resume", "{run}", "model.levels=2"], 2, ["cannot resume", "model.levels"]),
@@ -71,6 +79,11 @@ def places(tmp_path, run_copy) -> dict[str, str]:
         (tmp_path / "corrupt" / name / "broken.mp4").write_bytes(os.urandom(2000))
     (tmp_path / "one_video").mkdir()
     (tmp_path / "one_video" / "a.mp4").write_bytes(os.urandom(2000))
+    for name in ("bare", "partial"):  # run folders without a checkpoint; with an FSDP folder lacking meta.pt
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_bytes((run_copy / "config.yaml").read_bytes())
+    (tmp_path / "partial" / "checkpoint").mkdir()
+    (tmp_path / "exists.safetensors").write_bytes(b"")
     return {"tmp": str(tmp_path), "run": str(run_copy)}
 
 

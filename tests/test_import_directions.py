@@ -17,7 +17,7 @@ KERNELS = ROOT / "kernels"  # installed as hjepa_fast.kernels
 LAYERS = [  # top to bottom; a module imports from its own layer or any layer below
     {"cli", "ablate"},  # entry points: compose training and evaluation
     {"train", "eval", "plan"},  # the three jobs; none imports another (SIBLINGS)
-    {"runs", "checkpoint", "builders", "metrics"},  # what the jobs share: run folders, model/data/mask builders
+    {"runs", "checkpoint", "builders", "metrics", "export"},  # what the jobs share: run folders, builders, export
     {"model", "masks", "peer_masks", "data", "envs", "flops"},
     {"config", "errors", "kernels", "__init__"},
 ]

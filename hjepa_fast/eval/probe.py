@@ -16,7 +16,7 @@ from hjepa_fast.config import Config, ConfigError, config_from_dict, to_dict
 from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.metrics import collapse_report
 from hjepa_fast.model.hjepa import HJEPA
-from hjepa_fast.runs import CHECKPOINT, load_run, pick_device
+from hjepa_fast.runs import load_run, pick_device
 
 from .features import FeatureSet, context_cut, extract_features
 from .horizon import check_horizon, horizon_curves
@@ -79,9 +79,9 @@ def evaluate_model(model: HJEPA, cfg: Config, device: torch.device, progress: st
 
 
 def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: bool = False) -> dict:
-    """Evaluate a run's final checkpoint and its random initialisation; write ``eval.json`` and
-    ``horizon.png`` in the run. ``overrides``: ``{eval setting: value}`` over the run's ``eval`` section;
-    ``progress``: a bar (with its ETA) per model."""
+    """Evaluate a run's final checkpoint (any engine's: ``runs.load_run``) and its random initialisation;
+    write ``eval.json`` and ``horizon.png`` in the run. ``overrides``: ``{eval setting: value}`` over the
+    run's ``eval`` section; ``progress``: a bar (with its ETA) per model."""
     run_dir = Path(run_dir)
     cfg, state = load_run(run_dir)
     tree = to_dict(cfg)
@@ -91,7 +91,7 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: b
     set_kernel_mode(cfg.model.kernels)
     random_model = build_model(cfg).to(device)
     trained = build_model(cfg).to(device)
-    load_model_state(trained, state, run_dir / CHECKPOINT)
+    load_model_state(trained, state, state["path"])
     ours = evaluate_model(trained, cfg, device, "eval: trained model" if progress else None)
     init = evaluate_model(random_model, cfg, device, "eval: model at initialisation" if progress else None)
     result = {"step": state["step"], "trained": ours["probe"], "random": init["probe"],

@@ -15,7 +15,7 @@ from hjepa_fast.checkpoint import load_model_state
 from hjepa_fast.config import ConfigError
 from hjepa_fast.envs import Env, make_env
 from hjepa_fast.kernels import set_kernel_mode
-from hjepa_fast.runs import CHECKPOINT, load_run
+from hjepa_fast.runs import load_run
 
 from .agent import OracleAgent, PlanningAgent, RandomAgent
 from .planners import build_planner
@@ -84,7 +84,7 @@ def load_world(run: str | Path, env_name: str) -> tuple[PlanningModel, Env]:
     cfg, state = load_run(run)
     set_kernel_mode(cfg.model.kernels)
     model = build_model(cfg)
-    load_model_state(model, state, Path(run) / CHECKPOINT)
+    load_model_state(model, state, state["path"])
     env = make_env(env_name)
     if env.obs_shape != (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size):
         raise ValueError(f"{env_name} renders {env.obs_shape}, the model expects "

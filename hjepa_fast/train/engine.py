@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hjepa_fast.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from hjepa_fast.config import Config
+from hjepa_fast.checkpoint import dcp_load, load_checkpoint, load_model_state, save_checkpoint
+from hjepa_fast.config import Config, ConfigError
 from hjepa_fast.errors import CheckpointError
 from hjepa_fast.model.hjepa import HJEPA
-from hjepa_fast.runs import CHECKPOINT, DCP_CHECKPOINT, checkpoint_format, has_checkpoint
+from hjepa_fast.runs import CHECKPOINT, DCP_CHECKPOINT, checkpoint_format, checkpoint_layout, has_checkpoint
 
 from .builders import build_optimizer
 from .distributed import DistInfo, barrier
@@ -92,8 +92,38 @@ class SingleProcessEngine:
         barrier(self.info)
 
     def load(self, run_dir: Path) -> dict[str, Any]:
-        """Restore model and optimiser from ``run_dir``; return the rest (step, rng, config). A full state:
-        it resumes on any number of processes."""
+        """Restore model and optimiser from ``run_dir``'s newest checkpoint; return the rest (step, rng,
+        config). ``checkpoint.pt`` (single, ddp) is a full state: it resumes on any number of processes; an
+        FSDP folder (``checkpoint/``) loads too, resharded to full tensors (a change of train.engine)."""
+        layout = checkpoint_layout(run_dir)
+        if layout == "dcp":
+            return self._load_dcp(run_dir)
+        if layout == "deepspeed":
+            raise ConfigError(DEEPSPEED_ONLY.format(run_dir=run_dir, engine=self.name))
+        return self._load_full(run_dir)
+
+    def _load_dcp(self, run_dir: Path) -> dict[str, Any]:
+        """Model and optimiser from a ``torch.distributed.checkpoint`` folder, resharded to this engine's
+        layout (any number of ranks; full tensors for an unsharded model)."""
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        folder = run_dir / DCP_CHECKPOINT
+        if not (folder / "meta.pt").is_file():
+            raise FileNotFoundError(f"no FSDP checkpoint (torch.distributed.checkpoint folder) at {folder}")
+        meta = load_checkpoint(folder / "meta.pt", expect=("step", "rng"))  # first: a bad one stops here
+        states = self._states()
+        dcp_load(states, folder)  # safe reads (checkpoint.dcp_load); reshards: any number of ranks
+        set_state_dict(self.model, self.optimizer, model_state_dict=states["model"],
+                       optim_state_dict=states["optimizer"])
+        return meta
+
+    def _states(self):
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optim_state}
+
+    def _load_full(self, run_dir: Path) -> dict[str, Any]:
         path = run_dir / CHECKPOINT
         state = load_checkpoint(path, expect=("model", "optimizer", "step", "rng"))
         load_model_state(self.model, state, path)
@@ -146,12 +176,6 @@ class FSDPEngine(SingleProcessEngine):
             warnings.filterwarnings("ignore", message="MultiLevelEMA: parameters are sharded")
             return super().build_ema(cfg)
 
-    def _states(self):
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
-        return {"model": model_state, "optimizer": optim_state}
-
     def save(self, run_dir: Path, meta: dict[str, Any]) -> None:
         import torch.distributed.checkpoint as dcp
 
@@ -170,18 +194,39 @@ class FSDPEngine(SingleProcessEngine):
         barrier(self.info)
 
     def load(self, run_dir: Path) -> dict[str, Any]:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_state_dict
+        """The FSDP folder (``checkpoint/``), or a full ``checkpoint.pt`` of a single/ddp run (a change of
+        train.engine): every rank reads the whole file and keeps its shards."""
+        layout = checkpoint_layout(run_dir)
+        if layout == "torch":
+            return self._load_sharding(run_dir)
+        if layout == "deepspeed":
+            raise ConfigError(DEEPSPEED_ONLY.format(run_dir=run_dir, engine=self.name))
+        return self._load_dcp(run_dir)
 
-        folder = run_dir / DCP_CHECKPOINT
-        if not (folder / "meta.pt").is_file():
-            raise FileNotFoundError(f"no FSDP checkpoint (torch.distributed.checkpoint folder) at {folder}")
-        meta = load_checkpoint(folder / "meta.pt", expect=("step", "rng"))  # first: a bad one stops here
-        states = self._states()
-        dcp.load(states, checkpoint_id=str(folder))  # reshards: any number of ranks
-        set_state_dict(self.model, self.optimizer, model_state_dict=states["model"],
-                       optim_state_dict=states["optimizer"])
-        return meta
+    def _load_sharding(self, run_dir: Path) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        path = run_dir / CHECKPOINT
+        state = load_checkpoint(path, expect=("model", "optimizer", "step", "rng"))
+        # the optimiser state of checkpoint.pt counts parameters 0, 1, ... in param_groups order; the
+        # sharded model's parameters have the same names, in the same order: key the state by name
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        order = [names[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
+        saved = state["optimizer"]
+        try:
+            optim = {"state": {order[i]: v for i, v in saved["state"].items()},
+                     "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]]}
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=optim,
+                           options=StateDictOptions(full_state_dict=True))
+        except (IndexError, KeyError, TypeError, ValueError, RuntimeError) as e:
+            reason = " ".join(str(e).strip().splitlines()[:2])[:300] or type(e).__name__
+            raise CheckpointError(f"{path} does not fit the model of the run's config.yaml: {reason}") from None
+        return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+
+
+DEEPSPEED_ONLY = ("{run_dir} holds a DeepSpeed checkpoint: its optimiser state is DeepSpeed's own, so only "
+                  "train.engine=deepspeed resumes it (train.engine={engine} cannot). To start a new run from its "
+                  "weights, read them with `hjepa export` or hjepa_fast.runs.load_run_state")
 
 
 def build_engine(cfg: Config, model: HJEPA, device: torch.device, info: DistInfo):

@@ -52,7 +52,8 @@ def test_bad_eval_settings_are_refused_by_name(run_dir, args, message, capsys):
 def test_a_run_folder_without_a_checkpoint_is_refused(run_dir, tmp_path, capsys):
     (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     assert main(["eval", "--run", str(tmp_path)]) == 2
-    assert f"{tmp_path} has no checkpoint (checkpoint.pt)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{tmp_path} has no checkpoint" in err and "checkpoint.pt" in err and "checkpoint_ds" in err
 
 
 def test_the_report_warns_about_context_blind_and_collapsed_levels_only():

@@ -57,3 +57,17 @@ def test_success_is_reported_per_start_distance_bucket():
     table = format_table({"env": "panworld", "tasks": 6, "seeds": 1, "planner": "cem", "samples": 8,
                           "iterations": 1, "date": "today", "device": "cpu", "threads": 1, "rows": {"random": row}})
     assert "[16, 32)" in table and ">= 32" in table and "0.667 (3)" in table
+
+
+def test_plan_reads_an_fsdp_run(tmp_path, capsys):
+    """hjepa plan loads the checkpoint of any engine (runs.load_run_state): here FSDP's
+    torch.distributed.checkpoint folder (one rank, in this process)."""
+    rollouts = tmp_path / "rollouts"
+    assert main(["collect", "--env", "panworld", "--episodes", "2", "--steps", "10", "--out", str(rollouts)]) == 0
+    assert main(["train", "--config", "configs/panworld_tiny.yaml", "--no-progress", f"data.root={rollouts}",
+                 f"train.out_dir={tmp_path}", "train.run_name=r", "train.engine=fsdp", *SMALL]) == 0
+    assert (tmp_path / "r" / "checkpoint" / "meta.pt").is_file() and not (tmp_path / "r" / "checkpoint.pt").exists()
+    capsys.readouterr()
+    assert main(["plan", "--run", str(tmp_path / "r"), "--env", "panworld", "--tasks", "1", "--samples", "4",
+                 "--diagnose"]) == 0
+    assert "world-model diagnosis" in capsys.readouterr().out
