@@ -1,13 +1,8 @@
-"""Clip decoding on one CPU core: decode from the start of the file (the reader VideoFolder used before, with
-PyAV's default threads, and on one thread) vs seeking to the keyframe before the clip
-(``hjepa_fast.data.decode``, one thread), and the whole VideoFolder item.
-
-Videos: ``--videos`` H.264 mp4s of ``--seconds`` s at 30 fps, ``--size`` pixels, written here with PyAV and
-libx264's defaults (B-frames; a keyframe at most every ``--gop`` frames, 250 by default as in x264) from a
-panning photo texture with noise, so that motion search and bit rate look like camera footage. Clips:
-16 frames, stride 2 (about 1 s), starting uniformly over each video: the two readers decode the same clips,
-the VideoFolder row draws its own (uniform starts too). Torch, the decoder and the pixel conversion on one
-thread (clips/s per core), except on the first row: FFmpeg's own thread choice, as the code before had it.
+"""Clip decoding on one CPU core: decoding from the start of the file (with PyAV's default threads, and on one
+thread) against seeking to the keyframe before the clip (``hjepa_fast.data.decode``), and the whole VideoFolder
+item. Videos: H.264 mp4s at 30 fps written here with libx264's defaults (B-frames, a keyframe at most every
+``--gop`` frames) from a panning photo with noise, so that motion search and bit rate look like camera footage.
+Clips: 16 frames, stride 2, starting uniformly over each video (the two readers decode the same clips).
 
     python -m benchmarks.bench_video_decode [--quick] [--videos 4] [--seconds 30] [--size 320x240] [--gop 250]
 """
@@ -20,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import device_info, measure, parser, write_results
+from benchmarks.harness import cli, device_info, measure, write_results
 from hjepa_fast.data import SampleKey, VideoFolder
 from hjepa_fast.data.clips import clip_frame_numbers
 from hjepa_fast.data.decode import Video, import_av
@@ -29,32 +24,25 @@ FPS, FRAMES, STRIDE = 30, 16, 2
 
 
 def write_videos(folder: Path, count: int, seconds: int, width: int, height: int, gop: int) -> list[str]:
-    """``count`` H.264 mp4s in ``folder/v/`` (one class folder, as VideoFolder reads them), a keyframe at
-    most every ``gop`` frames."""
+    """``count`` H.264 mp4s in ``folder/v/`` (one class folder, as VideoFolder reads them)."""
     av = import_av()
-    from skimage import data as photos  # bundled CC0 photos (a dependency: panworld uses them)
+    from skimage import data as photos  # bundled CC0 photos
 
     (folder / "v").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    texture = np.tile(photos.astronaut(), (2, 2, 1))  # 1024 x 1024 x 3
-    paths = []
+    rng, texture, paths = np.random.default_rng(0), np.tile(photos.astronaut(), (2, 2, 1)), []  # 1024 x 1024 x 3
     for v in range(count):
-        path = folder / "v" / f"video{v}.mp4"
-        with av.open(str(path), "w") as container:
+        paths.append(str(folder / "v" / f"video{v}.mp4"))
+        with av.open(paths[-1], "w") as container:
             stream = container.add_stream("libx264", rate=FPS)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.codec_context.thread_count = 1
-            stream.codec_context.gop_size = gop
+            stream.codec_context.thread_count, stream.codec_context.gop_size = 1, gop
             for k in range(seconds * FPS):
                 y, x = (3 * k + 50 * v) % (1024 - height), (2 * k) % (1024 - width)  # a slow diagonal pan
                 image = texture[y : y + height, x : x + width].astype(np.int16)
                 image += rng.integers(-6, 7, image.shape, dtype=np.int16)  # sensor noise
                 frame = av.VideoFrame.from_ndarray(image.clip(0, 255).astype(np.uint8), format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        paths.append(str(path))
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
     return paths
 
 
@@ -65,50 +53,43 @@ def read(path: str, numbers: list[int], from_start: bool, threads: int | None) -
 
 
 def main() -> None:
-    cli = parser(__doc__.splitlines()[0])
-    cli.add_argument("--videos", type=int, default=4)
-    cli.add_argument("--seconds", type=int, default=30)
-    cli.add_argument("--size", default="320x240", help="WIDTHxHEIGHT of the written videos")
-    cli.add_argument("--gop", type=int, default=250, help="longest keyframe interval, frames")
-    cli.add_argument("--clips", type=int, default=16, help="clips per timed call")
-    args = cli.parse_args()
+    parser = cli(__doc__)
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--size", default="320x240", help="WIDTHxHEIGHT of the written videos")
+    parser.add_argument("--gop", type=int, default=250, help="longest keyframe interval, frames")
+    parser.add_argument("--clips", type=int, default=16, help="clips per timed call")
+    args = parser.parse_args()
     if args.quick:
         args.videos, args.seconds, args.clips = 2, 5, 4
     width, height = map(int, args.size.split("x"))
     torch.set_num_threads(1)
-    cpu = torch.device("cpu")
+    cpu, shape = torch.device("cpu"), f"{args.size} {args.seconds}s gop {args.gop}"
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_videos(Path(tmp), args.videos, args.seconds, width, height, args.gop)
-        counts = [read(p, [], False, 1)[1] for p in paths]
-        rng = np.random.default_rng(1)
+        counts, rng = [read(p, [], False, 1)[1] for p in paths], np.random.default_rng(1)
         picks = [int(rng.integers(len(paths))) for _ in range(args.clips)]
         clips = [(paths[v], clip_frame_numbers(counts[v], FRAMES, Fraction(STRIDE), rng)) for v in picks]
-        mean_start = np.mean([numbers[0] for _, numbers in clips])
+        start = float(np.mean([numbers[0] for _, numbers in clips]))
         folder = VideoFolder(tmp, frames=FRAMES, size=224, frame_stride=STRIDE)
         assert folder.paths == paths, "VideoFolder lists the videos in the order they were written"
         keys = [SampleKey(v, 0, slot) for slot, v in enumerate(picks)]
-        paths_to_time = {
-            "from start, PyAV default threads (before)": lambda: [read(p, n, True, None) for p, n in clips],
-            "from start": lambda: [read(p, n, True, 1) for p, n in clips],
-            "seeking": lambda: [read(p, n, False, 1) for p, n in clips],
-            "VideoFolder item (seek, crop, 224 px)": lambda: [folder[k] for k in keys],
-        }
-        rows = []
-        for name, fn in paths_to_time.items():
-            t = measure(fn, cpu, reps=3 if args.quick else 5, warmup=1)
-            rows.append({"path": name, "shape": f"{args.size} {args.seconds}s gop {args.gop}", **t,
-                         "clips_per_s": args.clips / (t["ms"] * 1e-3)})
-    base = rows[0]["clips_per_s"]
+        readers = {"from start, PyAV default threads": lambda: [read(p, n, True, None) for p, n in clips],
+                   "from start": lambda: [read(p, n, True, 1) for p, n in clips],
+                   "seeking": lambda: [read(p, n, False, 1) for p, n in clips],
+                   "VideoFolder item (seek, crop, 224 px)": lambda: [folder[k] for k in keys]}
+        rows = [{"path": name, "case": shape, **measure(fn, cpu, reps=3 if args.quick else 5, warmup=1)}
+                for name, fn in readers.items()]
     print(f"{args.videos} videos, {args.seconds} s at {FPS} fps, {args.size}, gop {args.gop}; {args.clips} clips of "
-          f"{FRAMES} frames (stride {STRIDE}), mean start frame {mean_start:.0f}; one core")
-    print(f"{'path':40s} {'clips/s':>8s} {'ms/clip':>8s} {'x before':>9s}")
+          f"{FRAMES} frames (stride {STRIDE}), mean start frame {start:.0f}; one core")
+    print(f"{'path':40s} {'clips/s':>8s} {'ms/clip':>8s} {'x first':>8s}")
     for r in rows:
-        r["speedup"] = r["clips_per_s"] / base
-        print(f"{r['path']:40s} {r['clips_per_s']:8.1f} {r['ms'] / args.clips:8.1f} {r['speedup']:8.1f}x")
-    info = {**device_info(cpu), "videos": args.videos, "seconds": args.seconds, "size": args.size, "gop": args.gop,
-            "clips": args.clips, "frames": FRAMES, "stride": STRIDE, "mean_start_frame": float(mean_start)}
-    json_path, _ = write_results("video_decode", info, rows, args.out)
-    print(f"results: {json_path}")
+        r["clips_per_s"] = args.clips / (r["ms"] * 1e-3)
+        r["speedup"] = r["clips_per_s"] / rows[0]["clips_per_s"]
+        print(f"{r['path']:40s} {r['clips_per_s']:8.1f} {r['ms'] / args.clips:8.1f} {r['speedup']:7.1f}x")
+    info = device_info(cpu) | {"videos": args.videos, "seconds": args.seconds, "size": args.size, "gop": args.gop,
+                               "clips": args.clips, "frames": FRAMES, "stride": STRIDE, "mean_start_frame": start}
+    print(f"results: {write_results('video_decode', info, rows, args.out)[0]}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,12 @@
-"""The Triton kernels compiled for a CUDA GPU on a machine without one: Triton's own compiler and the ptxas
-its wheel ships turn each launch into PTX and a cubin for a chosen architecture (default sm_90, Hopper),
-and ptxas reports the registers per thread, spills and shared memory of every launch setting.
+"""The Triton kernels compiled for a CUDA GPU on a machine without one (the CPU tests' interpreter never runs the
+compiler): each launch the public functions make on CUDA is recorded (the kernel replaced by a recorder, the CUDA
+launch settings forced, CPU tensors standing in), specialised as Triton's runtime would (an integer argument equal
+to 1 becomes a constant, pointers and integers divisible by 16 carry that hint) and compiled with Triton's compiler
+and the ptxas its wheel ships, which reports registers per thread, spills and shared memory.
 
-The interpreter (``TRITON_INTERPRET=1``, the CPU tests) never runs the compiler, so this is the CPU's only
-view of a GPU build. A launch is recorded as the public function would make it on CUDA (the kernel object
-replaced by a recorder, the CUDA launch settings forced, CPU tensors standing in for CUDA ones) and then
-specialised as Triton's runtime would: an integer argument equal to 1 becomes a constant (``.to()`` on it
-fails to compile, triton#2939), pointers and integers divisible by 16 carry that hint.
-
-``python -m benchmarks.cuda_compile [--arch 90] [--settings] [--out DIR]`` prints and writes
-``cuda_compile.json``: every kernel variant at its default CUDA launch setting, at the recipe's shapes and
-with sizes of 1; ``--settings`` adds the loss kernel at D 768 under each launch setting the sweep times
-(``benchmarks.sweep_launch``): registers per thread bound how many rows a streaming kernel keeps in flight.
+``python -m benchmarks.cuda_compile [--arch 90] [--settings] [--out DIR]`` writes ``cuda_compile.json``: every kernel
+variant at its default CUDA launch setting, at the recipe's shapes and with sizes of 1; ``--settings`` adds the loss
+kernel at D 768 under each setting the sweep times (``benchmarks.sweep_launch``).
 """
 from __future__ import annotations
 
@@ -31,8 +26,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from benchmarks.harness import parser
-from benchmarks.sweep_launch import MASKED_LOSS_SETTINGS, loss_setting, setting_text
+from benchmarks.bench_masked_loss import loss_setting
+from benchmarks.harness import cli, setting_text
+from benchmarks.sweep_launch import MASKED_LOSS_SETTINGS
 from hjepa_fast.kernels import ema, masked_loss, temporal_pool
 
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int64: "*i64",
@@ -48,16 +44,13 @@ class Launch(NamedTuple):
     num_warps: int
 
 
-def as_jit(kernel) -> triton.runtime.JITFunction:
-    """The compilable form of a kernel (under ``TRITON_INTERPRET=1``, ``triton.jit`` makes interpreted ones)."""
-    return kernel if isinstance(kernel, triton.runtime.JITFunction) else triton.runtime.JITFunction(kernel.fn)
-
-
 class _Recorder:
     """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the launch."""
 
     def __init__(self, kernel, launches: list[Launch]):
-        self.kernel, self.launches = as_jit(kernel), launches
+        # the compilable form (under TRITON_INTERPRET=1 ``triton.jit`` makes interpreted kernels)
+        jit = triton.runtime.JITFunction
+        self.kernel, self.launches = kernel if isinstance(kernel, jit) else jit(kernel.fn), launches
 
     def __getitem__(self, grid):
         def record(*args, num_warps: int = 4, **kwargs):
@@ -65,24 +58,17 @@ class _Recorder:
         return record
 
 
-# each kernel module's launch-settings function
-_SETTINGS_FUNCTIONS = ("masked_loss_launch", "temporal_pool_launch", "ema_launch")
-
-
 @contextlib.contextmanager
-def recording(module, kernel_names: list[str], config_names: tuple[str, ...] | None = None
-              ) -> Iterator[list[Launch]]:
-    """Within the block, launches of ``module``'s kernels are recorded instead of run, with the CUDA launch
-    settings whatever the tensors' device (each launch-setting function of ``config_names``, by default the
-    module's, called for a CUDA device where no ``launch=`` is given)."""
-    if config_names is None:
-        config_names = tuple(name for name in _SETTINGS_FUNCTIONS if hasattr(module, name))
+def recording(module, kernel_names: list[str]) -> Iterator[list[Launch]]:
+    """Within the block, launches of ``module``'s kernels are recorded instead of run, with the CUDA launch settings
+    whatever the tensors' device (the module's launch-settings function called for a CUDA device)."""
     launches: list[Launch] = []
     with contextlib.ExitStack() as stack:
         for name in kernel_names:
             stack.enter_context(mock.patch.object(module, name, _Recorder(getattr(module, name), launches)))
-        for name in config_names:
-            stack.enter_context(mock.patch.object(module, name, _on_cuda(getattr(module, name))))
+        for name in ("masked_loss_launch", "temporal_pool_launch", "ema_launch"):
+            if hasattr(module, name):
+                stack.enter_context(mock.patch.object(module, name, _on_cuda(getattr(module, name))))
         yield launches
 
 
@@ -137,8 +123,7 @@ _SM_LIMITS = {90: (65536, 2048, 32, 228 * 1024), 80: (65536, 2048, 32, 164 * 102
 
 
 def blocks_per_sm(registers: int, num_warps: int, shared_bytes: int, arch: int = 90) -> int:
-    """Programs resident on one SM (theoretical occupancy): registers are allocated 8 per thread at a
-    time. A streaming kernel keeps that many programs' loads in flight per SM."""
+    """Programs resident on one SM (theoretical occupancy; registers are allocated 8 per thread at a time)."""
     regs, threads, blocks, smem = _SM_LIMITS[arch]
     per_block = -(-registers // 8) * 8 * 32 * num_warps
     return min(blocks, regs // per_block, threads // (32 * num_warps), smem // max(shared_bytes, 1))
@@ -169,9 +154,6 @@ def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[
     if arch in _SM_LIMITS and "registers" in out:
         out["blocks_per_sm"] = blocks_per_sm(out["registers"], compiled.metadata.num_warps, out["shared_bytes"], arch)
     return out
-
-
-# ---- the launches of each public function -------------------------------------------------------------------
 
 
 # launch settings of the loss kernel among the sweep's candidates, compiled by default
@@ -260,19 +242,16 @@ def all_launches() -> dict[str, Launch]:
     return {f"{group} {name}": launch for group, launches in groups.items() for name, launch in launches.items()}
 
 
-def masked_loss_setting_launches() -> dict[str, Launch]:
-    """The L2 loss at D 768 under each of the sweep's launch settings."""
-    return {f"masked_loss l2 D768 {setting_text(setting)}": masked_loss_launches(setting=setting)["l2"]
-            for setting in MASKED_LOSS_SETTINGS}
-
-
 def main(argv: list[str] | None = None) -> int:
-    cli = parser(__doc__.splitlines()[0])
-    cli.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200, 80: A100)")
-    cli.add_argument("--settings", action="store_true", help="also the loss kernel under the sweep's settings")
-    args = cli.parse_args(argv)
+    parser = cli(__doc__)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200, 80: A100)")
+    parser.add_argument("--settings", action="store_true", help="also the loss kernel under the sweep's settings")
+    args = parser.parse_args(argv)
     rows = []
-    launches = all_launches() | (masked_loss_setting_launches() if args.settings else {})
+    launches = all_launches()
+    if args.settings:  # the L2 loss at D 768 under each of the sweep's settings
+        launches |= {f"masked_loss l2 D768 {setting_text(s)}": masked_loss_launches(setting=s)["l2"]
+                     for s in MASKED_LOSS_SETTINGS}
     for name, launch in launches.items():
         try:
             compiled = compile_launch(launch, args.arch)

@@ -1,49 +1,68 @@
-"""Shared benchmark harness: timing (median and spread), copy bandwidth of the same device in the same
-run, results as JSON (with the device and versions) and a bar plot.
-
-Every microbenchmark in this folder is ``python -m benchmarks.bench_<op> [--out DIR] [--quick]``."""
+"""The runner every benchmark shares: timing, the copy reference, result rows, JSON (device and versions) and a
+plot, and the command line (``--out``, ``--quick``, ``--device``). An op benchmark is a list of specs and a setup
+that builds each spec's calls (``Case``), handed to ``run_cases``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import itertools
 import json
 import math
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+MAX_FRACTION = 1.1  # of a copy of the same bytes: above it the byte count or the reference is wrong
+L2_BYTES = 50 * 2**20  # an H100's or H200's L2 cache, where the device properties do not say
 
 
 def device_info(device: torch.device) -> dict:
-    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-    else:
-        info["name"] = platform.processor() or platform.machine()
-        info["threads"] = torch.get_num_threads()
+    cuda = device.type == "cuda"
+    return {"device": str(device), "torch": torch.__version__, "triton": _triton_version(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+            **({} if cuda else {"threads": torch.get_num_threads()})}
+
+
+def _triton_version() -> str | None:
     try:
         import triton
-
-        info["triton"] = triton.__version__
     except ImportError:
-        pass
-    return info
+        return None
+    return triton.__version__
 
 
-def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warmup: int = 3,
-            graph: bool = False) -> dict:
-    """Median and interquartile range of ``fn``'s run time in milliseconds. On CUDA this is
-    ``triton.testing.do_bench`` (events, cache flush between calls): the time a caller sees, the host's
-    launch work included wherever the device waits for it. ``graph=True`` (CUDA only) is
-    ``triton.testing.do_bench_cudagraph``: ``fn`` captured in a CUDA graph and replayed, the device's time
-    alone (no cache flush: a working set near the L2 cache's size needs ``Cycling`` over ``cold_copies`` of
-    its inputs). On CPU a perf_counter loop."""
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, reps: int = 20, warmup: int = 1,
+                calls: int = 1) -> dict[str, dict]:
+    """Wall-clock ms per call of each function: median and IQR over ``reps`` rounds that time the functions in
+    turn (a shared machine's load hits them alike), each timing ``calls`` calls ended by a CUDA synchronise."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for fn in [fn for fn in fns.values() for _ in range(warmup)]:
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _, (name, fn) in itertools.product(range(reps), fns.items()):
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        times[name].append((time.perf_counter() - start) / calls * 1e3)
+    return {name: {"ms": statistics.median(ts), "ms_q25": statistics.quantiles(ts, n=4)[0],
+                   "ms_q75": statistics.quantiles(ts, n=4)[2], "reps": reps} for name, ts in times.items()}
+
+
+def measure(fn: Callable[[], object], device: torch.device, graph: bool = False, reps: int = 20,
+            warmup: int = 3) -> dict:
+    """Median and IQR of ``fn``'s time in ms. CUDA: ``triton.testing.do_bench`` (the time a caller sees, the L2
+    flushed between calls) or, ``graph=True``, ``do_bench_cudagraph`` (replayed from a CUDA graph: the device's
+    time alone). CPU: ``interleaved``."""
     if device.type == "cuda":
         from triton.testing import do_bench, do_bench_cudagraph
 
@@ -53,41 +72,23 @@ def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, warm
         return {"ms": q[1], "ms_q25": q[0], "ms_q75": q[2]}
     if graph:
         raise ValueError("graph timing needs a CUDA device")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    q = statistics.quantiles(times, n=4)
-    return {"ms": statistics.median(times), "ms_q25": q[0], "ms_q75": q[2]}
-
-
-# H100 / H200: the L2 size ``cold_copies`` assumes where the device properties do not say
-_DEFAULT_L2_BYTES = 50 * 2**20
+    return interleaved({"": fn}, device, reps, warmup)[""]
 
 
 def cold_copies(input_bytes: int, device: torch.device, factor: int = 4, most: int = 8) -> int:
-    """How many copies of a call's inputs (``input_bytes`` read from them per call) a timing cycles through
-    (``Cycling``) so that between two uses of one copy the others stream at least ``factor`` times the
-    device's L2 cache through it: each call then reads its inputs from memory, as the caller-timed rows do
-    (``do_bench`` flushes the L2 between calls) and as the copy they are compared with does. 1 where one
-    call's inputs alone are that large, and on CPU; at most ``most``."""
+    """How many copies of a call's inputs (``input_bytes`` read per call) a timing takes in turn (``Cycling``) so
+    that between two uses of one copy the others stream ``factor`` L2 caches: each call reads from memory, as
+    ``do_bench`` (which flushes the L2) and the copy reference do. 1 on CPU; at most ``most``."""
     if device.type != "cuda" or input_bytes <= 0:
         return 1
-    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or _DEFAULT_L2_BYTES
-    if input_bytes >= factor * l2:
-        return 1
-    return min(most, math.ceil(factor * l2 / input_bytes) + 1)
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or L2_BYTES
+    return 1 if input_bytes >= factor * l2 else min(most, math.ceil(factor * l2 / input_bytes) + 1)
 
 
 class Cycling:
-    """``fn`` on the next of ``arg_sets`` at each call. A CUDA graph of unrolled calls (``do_bench_cudagraph``)
-    captures the rotation: replayed, consecutive calls read different memory, so no call finds its inputs
-    in the L2 cache where the previous one left them (working sets near the L2's size: the loss at D 96).
-    ``restart()``: the next call takes the first set again (outputs compared on the same inputs). Arguments
-    of a call follow the set's (a sweep's launch setting)."""
+    """``fn`` on the next of ``arg_sets`` at each call (a CUDA graph captures the rotation, so consecutive replayed
+    calls read different memory); ``restart()``: the next call takes the first set again. Arguments of a call
+    follow the set's."""
 
     def __init__(self, fn: Callable[..., object], arg_sets: list[tuple]):
         if not arg_sets:
@@ -102,84 +103,194 @@ class Cycling:
         return self.fn(*next(self._sets), *extra)
 
 
-def timings(device: torch.device) -> tuple[bool, ...]:
-    """The ``graph`` values of ``measure`` a benchmark runs on ``device``: as a caller sees it, and on CUDA
-    also from a CUDA graph (device time alone)."""
-    return (False, True) if device.type == "cuda" else (False,)
-
-
-def time_against_eager(paths: dict[str, object], time_one: Callable[[object, bool], dict], device: torch.device,
-                       errors: list[str], where: str) -> Iterator[tuple[str, str, dict, float | None]]:
-    """Each timing of ``device`` (``timings``), each path in turn: ``time_one(fn, graph=...)``, yielded as (name,
-    path label: ``<name>`` or ``<name> graph``, the timing, speedup over the ``eager`` path under the same
-    timing or None). A path that raises goes to ``errors`` (after ``where``) and is left out: one failing
-    path must not hide the others."""
-    for graph in timings(device):
-        eager_ms = None
-        for name, fn in paths.items():
-            path = f"{name} graph" if graph else name
-            try:
-                t = time_one(fn, graph=graph)
-            except Exception as exc:
-                errors.append(f"{where} {path}: {type(exc).__name__}: {str(exc)[:200]}")
-                continue
-            eager_ms = t["ms"] if name == "eager" else eager_ms
-            yield name, path, t, None if eager_ms is None else eager_ms / t["ms"]
-
-
 def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) -> float:
     """GB/s of a plain device copy (read + write), the ceiling the kernels are compared with."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    ms = measure(lambda: dst.copy_(src), device)["ms"]
-    return 2 * nbytes / (ms * 1e-3) / 1e9
+    return 2 * nbytes / measure(lambda: dst.copy_(src), device)["ms"] / 1e6
 
 
-def write_results(name: str, info: dict, rows: list[dict], out: Path, label: str = "path",
-                  group: str = "shape") -> tuple[Path, Path]:
-    """``out/<name>.json`` (info + rows) and ``out/<name>.png`` (bars: time per ``group``, one bar per
-    ``label``)."""
+def default_setting(settings_fn: Callable, like: dict) -> dict:
+    """The defaults of ``settings_fn``'s keyword arguments that the launch setting ``like`` names."""
+    params = inspect.signature(settings_fn).parameters
+    return {key: params[key].default for key in like}
+
+
+def setting_text(setting: dict, default: dict | None = None) -> str:
+    """``tile_elements=1024 warps=2``: a launch setting's keywords (those that differ from ``default``)."""
+    text = " ".join(f"{key}={'/'.join(map(str, value)) if isinstance(value, tuple) else value}"
+                    for key, value in setting.items() if default is None or value != default.get(key))
+    return text or "default"
+
+
+def fraction_of_copy(gbps: float, copy_gbps: float | None) -> float | None:
+    """``gbps`` over the copy's GB/s (None without a reference); ValueError above ``MAX_FRACTION``."""
+    if copy_gbps is None:
+        return None
+    if gbps / copy_gbps > MAX_FRACTION:
+        raise ValueError(f"{gbps:.1f} GB/s is {gbps / copy_gbps:.0%} of a copy of the same bytes ({copy_gbps:.1f} "
+                         f"GB/s), above {MAX_FRACTION:.0%}: the byte count or the reference is wrong")
+    return gbps / copy_gbps
+
+
+@dataclasses.dataclass
+class Case:
+    """One op at one shape. ``paths``: name -> one call; the first is the baseline (the others' outputs are
+    compared with its, ``max_abs_err``; speedups are over it: ``speedup_vs_eager`` where it is ``eager``).
+    ``nbytes``: row field -> bytes a call moves (GB/s on the first; on CUDA each a fraction of the copy
+    bandwidth, measured on ``copy_bytes``). ``reset`` runs before each output comparison (``compare``)."""
+
+    name: str
+    paths: dict[str, Callable[[], object]]
+    nbytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    fields: dict = dataclasses.field(default_factory=dict)
+    reset: Callable[[], object] = lambda: None
+    copy_bytes: int = 256 * 2**20
+    compare: bool = True
+
+
+def _tensors(out: object) -> list[torch.Tensor]:
+    out = out if isinstance(out, (tuple, list)) else [out]
+    return [t.detach() for t in out if isinstance(t, torch.Tensor)]
+
+
+def time_case(case: Case, device: torch.device, copy_gbps: float | None, errors: list[str], graph_only: bool = False,
+              again: int = 0, wall: bool = False, calls: int = 1, reps: int = 20) -> list[dict]:
+    """Rows of every path of ``case``. CPU, or ``wall``: ``interleaved``. CUDA: each path as a caller sees it and
+    replayed from a graph (``<path> graph`` rows, ``gap_ms`` the difference), or the graph alone
+    (``graph_only``). ``again``: the baseline and the ``again`` fastest others timed a second time, in reverse
+    order (``round`` 2). A path that fails goes to ``errors`` and is left out."""
+    first, want, err = next(iter(case.paths)), [], {}
+    for name, fn in case.paths.items():
+        case.reset()
+        getattr(fn, "restart", lambda: None)()
+        try:
+            out = _tensors(fn())
+        except Exception as exc:
+            errors.append(f"{case.name} {name}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        want = out if name == first else want
+        diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(out, want)]
+        err[name] = max(diffs) if diffs and case.compare else None
+    del want
+    paths = {name: case.paths[name] for name in err}
+    flags = [False] if wall or device.type != "cuda" else [True] if graph_only else [False, True]
+    base, rows = {}, []
+
+    def timed(name: str, graph: bool) -> dict | None:
+        try:
+            return measure(paths[name], device, graph, reps)
+        except Exception as exc:
+            errors.append(f"{case.name} {name}{' graph' if graph else ''}: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def add(name: str, graph: bool, t: dict | None, **extra) -> None:
+        if t is None:
+            return
+        base.setdefault(graph, t["ms"] if name == first else None)
+        label = f"{name} graph" if graph and not graph_only else name
+        row = {"case": case.name, "path": label, **t, "timing": "graph" if graph else "caller", **case.fields}
+        for field, nbytes in case.nbytes.items():
+            gbps = nbytes / t["ms"] / 1e6
+            row.setdefault("gbps", gbps)
+            try:
+                row[field] = fraction_of_copy(gbps, copy_gbps)
+            except ValueError as exc:
+                row[field], row["error"] = None, str(exc)
+        speedup = base[graph] / t["ms"] if base[graph] else None
+        row |= {"speedup_vs_eager" if first == "eager" else "speedup": speedup, "max_abs_err": err[name], **extra}
+        rows.append(row)
+        fracs = " ".join(f"{row[f]:.1%}" for f in case.nbytes if row.get(f) is not None)
+        print(f"{case.name:<36} {label:<30} {t['ms']:9.3f} ms" + (f" {row['gbps']:8.1f} GB/s" if "gbps" in row else "")
+              + (f" {fracs} of copy" if fracs else "") + ("" if speedup is None else f"  x{speedup:.2f}"), flush=True)
+
+    if wall or device.type != "cuda":
+        for name, t in interleaved(paths, device, reps, calls=calls).items():
+            add(name, False, t)
+    else:
+        for graph in flags:
+            for name in paths:
+                add(name, graph, timed(name, graph))
+    for r in rows:  # the caller's time beyond the device's
+        twin = next((g for g in rows if g["path"] == f"{r['path']} graph"), None)
+        if twin:
+            r["gap_ms"] = twin["gap_ms"] = r["ms"] - twin["ms"]
+    fastest = sorted((r for r in rows if r["path"] != first), key=lambda r: r["ms"])[:again]
+    for name in [r["path"] for r in reversed([r for r in rows if r["path"] == first][:again and 1] + fastest)]:
+        add(name, flags[-1], timed(name, flags[-1]), round=2)
+    return rows
+
+
+def run_cases(name: str, args: argparse.Namespace, specs: Callable[[torch.device, bool], Iterable],
+              setup: Callable[..., Iterable[Case]], cuda_only: bool = False, **timing) -> list[dict]:
+    """Every case ``setup(spec, device, quick)`` yields for each of ``specs(device, quick)``, timed (``time_case``),
+    the results written after each spec (a time limit keeps what was measured). One CPU thread: on a shared
+    machine spinning OpenMP threads make medians swing."""
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    info, rows, copies = device_info(device) | {"errors": [], "skipped": []}, [], {}
+    if cuda_only and device.type != "cuda":
+        info["skipped"].append("needs CUDA")
+        print(f"{name} times the Triton kernels: it needs CUDA; skipped")
+    for spec in [] if info["skipped"] else specs(device, args.quick):
+        try:
+            for case in setup(spec, device, args.quick):
+                if device.type == "cuda" and case.nbytes and case.copy_bytes not in copies:
+                    copies[case.copy_bytes] = info["copy_gbps"] = copy_bandwidth(device, case.copy_bytes)
+                torch._dynamo.reset()  # one compilation per case: Dynamo's recompile limit is 8
+                rows += time_case(case, device, copies.get(case.copy_bytes), info["errors"], **timing)
+        except Exception as exc:  # out of memory at the largest shape, say: the other rows still count
+            info["errors"].append(f"{spec}: {type(exc).__name__}: {str(exc)[:200]}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        write_results(name, info, rows, args.out)
+    write_results(name, info, rows, args.out)
+    for e in info["errors"]:
+        print("error:", e)
+    return rows
+
+
+def write_results(name: str, info: dict, rows: list[dict], out: Path, label: str = "path", group: str = "case",
+                  plot: bool = True) -> tuple[Path, Path]:
+    """``out/<name>.json`` (info + rows) and ``out/<name>.png``: time per ``group``, a bar per ``label``."""
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"{name}.json"
+    json_path, png_path = out / f"{name}.json", out / f"{name}.png"
     json_path.write_text(json.dumps({"benchmark": name, **info, "rows": rows}, indent=2))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if not plot:
+        return json_path, png_path
     groups = list(dict.fromkeys(str(r[group]) for r in rows))
-    labels = list(dict.fromkeys(str(r[label]) for r in rows))
-    width = 0.8 / max(len(labels), 1)
-    fig, ax = plt.subplots(figsize=(max(6, len(groups) * 1.2), 4))
+    labels = list(dict.fromkeys(str(r[label]) for r in rows if r.get("round", 1) == 1))
+    width, fig = 0.8 / max(len(labels), 1), Figure(figsize=(max(6, len(groups) * 1.2), 4), layout="tight")
+    ax = fig.subplots()
     for i, lab in enumerate(labels):
-        xs, ys = [], []
-        for j, g in enumerate(groups):
-            match = [r for r in rows if str(r[group]) == g and str(r[label]) == lab]
-            if match:
-                xs.append(j + i * width)
-                ys.append(match[0]["ms"])
-        ax.bar(xs, ys, width, label=lab)
-    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(groups))], groups, rotation=30,
-                  ha="right", fontsize=7)
-    ax.set_ylabel("ms (median)")
-    ax.set_title(f"{name} on {info.get('name', info['device'])}")
+        ms = {str(r[group]): r["ms"] for r in reversed(rows) if str(r[label]) == lab}  # the first row of a group
+        ax.bar([j + i * width for j, g in enumerate(groups) if g in ms], [ms[g] for g in groups if g in ms], width,
+               label=lab)
+    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(groups))], groups, rotation=30, ha="right",
+                  fontsize=7)
+    ax.set(ylabel="ms (median)", title=f"{name} on {info.get('name', info['device'])}")
     if rows:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    png_path = out / f"{name}.png"
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
     return json_path, png_path
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """The options every microbenchmark takes: --out, --quick, --device."""
-    cli = argparse.ArgumentParser(description=description)
-    cli.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
-    cli.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
-    cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return cli
+def loglog(path: Path, title: str, panels: list[tuple[str, str, dict[str, list[tuple[float, float]]]]]) -> None:
+    """One log-log panel per (x label, y label, series name -> points)."""
+    fig = Figure(figsize=(3.6 * len(panels), 3.4), layout="tight")
+    for ax, (xlabel, ylabel, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0] if panels else [], panels):
+        for name, pts in series.items():
+            ax.plot(*zip(*pts), "o-", label=name)
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=100)
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    return parser(description).parse_args()
+def cli(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --out, --quick, --device."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    parser.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser

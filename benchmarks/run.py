@@ -1,16 +1,9 @@
-"""Every benchmark in one command: the kernel microbenchmarks, the end-to-end training step, the
-scaling sweeps, the planning speed and the kernels' host time, each in its own process (a crash or an
-out-of-memory error in one leaves the others), all writing into one results folder; then one table of
-every measured row, ``summary.md`` (that table) and ``summary.json`` (device, versions, each benchmark's
-status, wall time and rows).
+"""Every benchmark in one command, each in its own process (a crash or an out-of-memory error in one leaves the
+others), all writing into one results folder; then one table of every row (``summary.md``) and ``summary.json``
+(device, versions, each benchmark's status, wall time and rows). ``--budget S`` spreads S seconds over the
+benchmarks by weight (the end-to-end ones stop starting measurements at their share, the others are stopped).
 
-``--budget S`` spreads S seconds over the benchmarks (each gets a share of what is left, by weight; the
-end-to-end ones stop starting new measurements at their share and keep what they have, the others are
-stopped) so that a short GPU allocation is spent in full; ``--micro-quick`` runs only the kernel
-microbenchmarks at their ``--quick`` shapes.
-
-    python -m benchmarks.run [--quick] [--micro-quick] [--out DIR] [--device cuda|cpu] [--only NAME ...]
-                             [--budget SECONDS]
+    python -m benchmarks.run [--quick] [--out DIR] [--device cuda|cpu] [--only NAME ...] [--budget SECONDS]
 """
 from __future__ import annotations
 
@@ -26,18 +19,10 @@ import torch
 from benchmarks.harness import DEFAULT_OUT, device_info
 
 ROOT = Path(__file__).resolve().parent.parent
-# name -> (module, results file stem, weight of the time budget, takes --deadline)
-BENCHMARKS = {
-    "masked_loss": ("benchmarks.bench_masked_loss", "masked_loss", 2.5, False),
-    "ema": ("benchmarks.bench_ema", "ema", 1.0, False),
-    "temporal_pool": ("benchmarks.bench_temporal_pool", "temporal_pool", 2.0, False),
-    "train_step": ("benchmarks.bench_train_step", "train_step", 2.0, True),
-    "scaling": ("benchmarks.bench_scaling", "scaling", 2.5, True),
-    "planning": ("benchmarks.bench_planning", "planning", 1.0, True),
-    "host_overhead": ("benchmarks.bench_host_overhead", "host_overhead", 0.3, False),
-    "op_batch": ("benchmarks.bench_op_batch", "op_batch", 0.5, False),
-}
-MICRO = ("masked_loss", "ema", "temporal_pool")
+# benchmarks.bench_<name> -> (weight of the time budget, takes --deadline)
+BENCHMARKS = {"masked_loss": (2.5, False), "ema": (1.0, False), "temporal_pool": (2.0, False),
+              "train_step": (2.0, True), "scaling": (2.5, True), "planning": (1.0, True),
+              "host_overhead": (0.3, False), "op_batch": (0.5, False)}
 # the row fields the table's last column shows, where a row has them
 DETAILS = {"speedup": "x{:.2f}", "speedup_vs_eager": "x{:.2f} vs eager", "frac_copy": "{:.0%} of copy",
            "frac_copy_autograd": "{:.0%} of copy on the autograd bytes",
@@ -52,7 +37,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results/<date>-<device>)")
     parser.add_argument("--quick", action="store_true", help="every benchmark at its --quick size (a smoke run)")
-    parser.add_argument("--micro-quick", action="store_true", help="the kernel microbenchmarks at --quick size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
     parser.add_argument("--budget", type=float, default=None, help="seconds for all benchmarks together")
@@ -61,11 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_one(name: str, args: argparse.Namespace, out: Path, timeout: float | None) -> dict:
     """Run one benchmark script; its output streams through. Returns status and wall time."""
-    module, _, _, takes_deadline = BENCHMARKS[name]
-    cmd = [sys.executable, "-m", module, "--out", str(out), "--device", args.device]
-    if args.quick or (args.micro_quick and name in MICRO):
-        cmd.append("--quick")
-    if timeout is not None and takes_deadline:
+    cmd = [sys.executable, "-m", f"benchmarks.bench_{name}", "--out", str(out), "--device", args.device]
+    cmd += ["--quick"] if args.quick else []
+    if timeout is not None and BENCHMARKS[name][1]:
         cmd += ["--deadline", f"{max(timeout * 0.7, 1.0):.0f}"]  # room left to finish the last measurement
     print(f"\n=== {name}: {' '.join(cmd[1:])}" + (f" (timeout {timeout:.0f} s)" if timeout else ""), flush=True)
     start = time.perf_counter()
@@ -112,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         timeout = None
         if args.budget is not None:
             left = args.budget - (time.perf_counter() - started)
-            weights = [BENCHMARKS[n][2] for n in names[i:]]
+            weights = [BENCHMARKS[n][0] for n in names[i:]]
             timeout = max(left * weights[0] / sum(weights), 10.0)
         launched = time.time()
         results[name] = run_one(name, args, out, timeout)
-        path = out / f"{BENCHMARKS[name][1]}.json"
+        path = out / f"{name}.json"
         if path.is_file() and path.stat().st_mtime >= launched:  # written by this run, not an earlier one
             data = json.loads(path.read_text())
             results[name] |= {"rows": data.get("rows", []), "skipped": data.get("skipped", []),

@@ -1,10 +1,6 @@
-"""Where a training step's time goes: one warm step under ``torch.profiler``, its time summed by kind.
-
-On CUDA each kernel's device time goes to the category its name falls in (first match in ``CATEGORIES``),
-and ``host gaps`` is the step's wall time with no kernel running (launch overhead, host synchronisation,
-Python); on CPU each operator's self time goes to its category, and what no operator accounts for
-(Python, dispatch) gets a row of its own. The rows add up to the step's wall time.
-"""
+"""Where a training step's time goes: one warm step under ``torch.profiler``, summed by category (the first match
+in ``CATEGORIES``) of each CUDA kernel's device time or, on CPU, each operator's self time; the wall time no kernel
+(CUDA) or operator (CPU) accounts for gets a row of its own. The rows add up to the step's wall time."""
 from __future__ import annotations
 
 import re
@@ -42,7 +38,7 @@ def categorize(name: str) -> str:
 
 
 def _busy_us(intervals: list[tuple[float, float]]) -> float:
-    """Length of the union of [start, end) intervals."""
+    """Length of the union of intervals."""
     total, end = 0.0, float("-inf")
     for s, e in sorted(intervals):
         if e > end:

@@ -1,12 +1,10 @@
-"""The benchmark cases under pytest-benchmark, at small CPU shapes: ``pytest benchmarks/ --benchmark-only``
-(compare saved runs with ``--benchmark-autosave`` and ``pytest-benchmark compare``). Not in the default
-``pytest`` run (testpaths is tests/); nothing here asserts a time.
+"""The benchmarks' cases under pytest-benchmark at small CPU shapes, built by the same setup functions the
+benchmark scripts time: ``pytest benchmarks/ --benchmark-only`` (``--benchmark-autosave``, then
+``--benchmark-compare``). Not in the default ``pytest`` run (testpaths is tests/); nothing here asserts a time.
 
-Cases: the end-to-end training step of the tiny config (``bench_train_step``'s variants that need no
-compilation), the masked latent loss forward + backward (``bench_masked_loss``'s reference), the packed
-multi-level EMA and a per-level foreach (``bench_ema``), temporal attention pooling (``bench_temporal_pool``'s
-reference and SDPA paths) and the planning-speed sweep (``bench_planning --quick``, one round, its JSON
-checked for completeness, not for speed)."""
+Cases: the tiny config's training step (``bench_train_step``'s variants that need no compilation), the masked
+losses' and the pooling's eager and SDPA paths, the EMA's per-level foreach and packed step, and the planning
+sweep (``bench_planning --quick``, one round, its JSON checked for completeness, not for speed)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +13,6 @@ import pytest
 import torch
 
 from benchmarks import bench_ema, bench_masked_loss, bench_planning, bench_temporal_pool, bench_train_step
-from hjepa_fast.kernels import EMASchedule, MultiLevelEMA, kernel_mode
 
 CPU = torch.device("cpu")
 ROUNDS = {"rounds": 5, "warmup_rounds": 1}
@@ -30,12 +27,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def _path(setup, spec, path: str, case: int = 0):
+    return list(setup(spec, CPU, True))[case].paths[path]
+
+
 @pytest.mark.parametrize("variant", ["baseline", "kernels=reference", "activation checkpointing"])
 def test_train_step_tiny(benchmark, variant):
     todo, _ = bench_train_step.variants(CPU, quick=True, levels=3)
     chosen = {v.name: v for v in todo}
-    if variant not in chosen:
-        pytest.skip(f"{variant} is not available in this version")
     prepared = bench_train_step.prepare(bench_train_step.variant_config("tiny_cpu", chosen[variant], 4), CPU)
     benchmark.extra_info["flops_per_step"] = prepared.flops.train_step
     benchmark.pedantic(prepared.step, **ROUNDS)
@@ -44,40 +43,17 @@ def test_train_step_tiny(benchmark, variant):
 @pytest.mark.parametrize("op", list(bench_masked_loss.OPS))
 def test_masked_loss_fwd_bwd(benchmark, op):
     B, M, N, D = bench_masked_loss.QUICK_SHAPES["cpu"][0]
-    g = torch.Generator().manual_seed(0)
-    pred = torch.randn(B, M, D, generator=g).requires_grad_()
-    target = torch.randn(B, N, D, generator=g)
-    idx = torch.rand(B, N, generator=g).argsort(1)[:, :M].contiguous()
-    reference = bench_masked_loss.OPS[op][0]
-    benchmark.pedantic(lambda: torch.autograd.grad(reference(pred, target, idx), pred), **ROUNDS)
+    benchmark.pedantic(_path(bench_masked_loss.setup, (op, (B, M, N, D, B)), "eager"), **ROUNDS)
 
 
 @pytest.mark.parametrize("path", ["foreach per level", "packed, torch slices"])
 def test_ema(benchmark, path):
-    shapes = [group[:20] for group in bench_ema.level_shapes(quick=True)]  # 60 tensors
-    targets, sources = ([[torch.randn(s) for s in group] for group in shapes] for _ in range(2))
-    taus = bench_ema.TAUS
-    if path == "foreach per level":
-        def step() -> None:
-            for tg, sg, tau in zip(targets, sources, taus):
-                torch._foreach_lerp_(tg, sg, 1.0 - tau)
-    else:
-        ema = MultiLevelEMA(targets, sources, EMASchedule(taus, taus, total_steps=1))
-
-        def step() -> None:
-            with kernel_mode("reference"):
-                ema.step(0)
-    benchmark.pedantic(step, **ROUNDS)
+    benchmark.pedantic(_path(bench_ema.setup, 100, path), **ROUNDS)
 
 
 @pytest.mark.parametrize("path", ["eager", "sdpa"])
 def test_temporal_pool_fwd_bwd(benchmark, path):
-    fn = {"eager": bench_temporal_pool.temporal_attention_pool_reference, "sdpa": bench_temporal_pool.sdpa_pool}[path]
-    g = torch.Generator().manual_seed(0)
-    B, T, N, H, Dh, window = 1, 8, 49, 4, 16, bench_temporal_pool.WINDOW
-    q = (torch.randn(H, Dh, generator=g) * Dh**-0.5).requires_grad_()
-    k, v = (torch.randn(B, T, N, H, Dh, generator=g).requires_grad_() for _ in range(2))
-    benchmark.pedantic(lambda: torch.autograd.grad(fn(q, k, v, window).sum(), (q, k, v)), **ROUNDS)
+    benchmark.pedantic(_path(bench_temporal_pool.setup, (1, 4, torch.float32, False), path, case=1), **ROUNDS)
 
 
 def test_planning_quick(benchmark, tmp_path):

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The whole GPU suite in one command, about 10 minutes on one GPU: the tests marked `gpu`, the launch-setting
-# sweep of the Triton kernels, then the kernel microbenchmarks at full size, the end-to-end training step and
-# planning speed, spread over a fixed time budget (each writes its rows as it goes: a benchmark stopped at its
-# share keeps what it measured). Everything lands in one folder:
+# The GPU suite, about 10 minutes on one GPU: the tests marked `gpu` (<= 180 s), the launch-setting sweep of the
+# Triton kernels (<= 120 s), then the benchmarks at full size within a time budget (each writes its rows as it
+# goes: one stopped at its share keeps what it measured) and the goals table. Everything lands in one folder:
 #   device.txt       nvidia-smi, torch, triton, flash-attn / xformers versions
 #   pytest_gpu.txt   the GPU tests' output (pytest_gpu.xml: JUnit)
 #   sweep_launch.*   time and GB/s of each kernel under each launch setting
@@ -10,10 +9,9 @@
 #   goals.md         the kernels' rows against their goals, the fastest launch settings (benchmarks.goals)
 #
 #   scripts/gpu_suite.sh [OUT_DIR]        (default benchmarks/results/gpu-<date>)
-# Budget: tests <= 180 s, sweep <= 120 s, benchmarks <= 300 s (+ start-up); PYTHON picks the interpreter;
-# BENCH_ARGS replaces the benchmark selection (default: the loss and pooling kernels, their batch scaling and
-# host overhead, the EMA, the training step and planning speed, in that order; all but scaling), BENCH_BUDGET
-# their seconds (default 300).
+# PYTHON: the interpreter; BENCH_ARGS: the benchmark selection (default: the loss and pooling kernels, their batch
+# scaling and host time, the EMA, the training step and planning speed, in that order); BENCH_BUDGET: their
+# seconds (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -47,7 +45,7 @@ timeout $((BUDGET + 20)) "$PY" -m benchmarks.run --out "$OUT" --budget "$BUDGET"
   ${BENCH_ARGS:---only masked_loss temporal_pool op_batch host_overhead ema train_step planning} \
   2>&1 | tee "$OUT/benchmarks.txt"
 bench=${PIPESTATUS[0]}
-"$PY" -m benchmarks.goals "$OUT" > /dev/null  # goals.md: each Triton row against its goal, fastest settings
+"$PY" -m benchmarks.goals "$OUT" > /dev/null
 
 echo "gpu suite: tests exit $tests, sweep exit $sweep, benchmarks exit $bench; results in $OUT ($(head -n 2 "$OUT/device.txt" | tail -n 1))"
 [ "$tests" -eq 0 ] && [ "$sweep" -eq 0 ] && [ "$bench" -eq 0 ]

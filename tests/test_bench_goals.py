@@ -1,5 +1,5 @@
 """benchmarks.goals reads a results folder: every Triton row against its kernel's goals, and the fastest
-launch setting per case (through autograd and in the sweep) beside the default."""
+launch setting per case (through autograd and in the sweep) beside the default (a sweep case's first setting)."""
 from __future__ import annotations
 
 import json
@@ -29,11 +29,11 @@ def test_goals_and_fastest_launch_settings(tmp_path):
          "speedup_vs_eager": 1.2, "frac_copy": 0.08},
     ])
     _write(tmp_path, "sweep_launch", [
-        {"kernel": "masked_loss fwd D768", "path": "a=1", "ms": 0.3, "frac_copy": 0.6, "default": True},
-        {"kernel": "masked_loss fwd D768", "path": "a=2", "ms": 0.2, "frac_copy": 0.9, "default": False},
+        {"case": "masked_loss fwd D768", "path": "a=1", "ms": 0.3, "frac_copy": 0.6, "default": True},
+        {"case": "masked_loss fwd D768", "path": "a=2", "ms": 0.2, "frac_copy": 0.9, "default": False},
         # timed twice: a setting fast once but slow again loses to one fast both times (by the mean), and one
         # timed once (a=4, not among the fastest in round 1) does not win by its single time
-        *({"kernel": "masked_loss fwd D96", "path": path, "ms": ms, "frac_copy": frac, "default": default,
+        *({"case": "masked_loss fwd D96", "path": path, "ms": ms, "frac_copy": frac, "default": default,
            "round": r} for path, ms, frac, default, r in [
             ("a=1", 0.103, 0.14, True, 1), ("a=2", 0.050, 0.30, False, 1), ("a=3", 0.060, 0.25, False, 1),
             ("a=4", 0.070, 0.21, False, 1),
