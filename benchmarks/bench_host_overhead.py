@@ -2,11 +2,10 @@
 ``torch.library.custom_op`` that ``torch.compile`` traces, and the public ``*_triton`` function with its
 ``autograd.Function``), the public function also with the backward on the calling thread
 (``torch.autograd.set_multithreading_enabled(False)``: on CUDA the autograd engine otherwise hands the backward to
-a device thread), and an ``autograd floor``: one torch multiply, both ways. On a GPU the device waits for this time
-wherever the op's kernels are shorter. The doors are timed in turn, 100 calls a round; on CPU the kernel launches
-are stubbed out (the interpreter's launch is not Triton's), on CUDA they are real.
+a device thread), and an ``autograd floor``: one torch multiply, both ways. The doors are timed in turn, 10 rounds
+(--quick: 5) of 100 calls; on CPU the kernel launches are stubbed out, on CUDA they are real.
 
-    python -m benchmarks.bench_host_overhead [--out DIR] [--rounds N] [--quick] [--device cpu|cuda]
+    python -m benchmarks.bench_host_overhead [--out DIR] [--quick] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -74,8 +73,6 @@ def setup(op: str, device: torch.device, quick: bool = False):
 
 
 if __name__ == "__main__":
-    parser = cli(__doc__)
-    parser.add_argument("--rounds", type=int, default=10, help="rounds of 100 calls a door (--quick: 5)")
-    args = parser.parse_args()
+    args = cli(__doc__).parse_args()
     run_cases("host_overhead", args, lambda device, quick: list(doors(device)), setup, wall=True, calls=100,
-              reps=5 if args.quick else args.rounds)
+              reps=5 if args.quick else 10)

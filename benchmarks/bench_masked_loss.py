@@ -1,12 +1,7 @@
-"""Forward + backward of the masked latent losses (``masked_l2_loss``, I-JEPA's ``masked_jepa_loss``) at ViT-B
-recipe shapes: the eager reference, ``torch.compile`` of it and, on CUDA, the fused Triton kernel (at D >= 768 also
-under candidate launch settings, ``triton <setting>``); and I-JEPA's own trainer pipeline (every target token
-layer-normalised, each mask gathered with an expanded int64 index, the blocks concatenated, smooth L1) against one
-``masked_jepa_loss`` on the un-gathered targets.
-
-Bytes: the prediction and gathered target rows and ``idx`` read, the gradient written (``frac_copy``); a drop-in
-loss under autograd moves two more passes over the gradient (``frac_copy_autograd``). The inputs come in enough
-copies to be read cold (``harness.cold_copies``), ``idx`` rows in increasing order as mask generators give them.
+"""Forward + backward of the masked latent losses (``masked_l2_loss``, ``masked_jepa_loss``) at ViT-B recipe shapes:
+the eager reference, ``torch.compile`` of it and, on CUDA, the Triton kernel (at D >= 768 also under candidate launch
+settings); and I-JEPA's trainer pipeline (layer norm, gather, concatenation, smooth L1) against one
+``masked_jepa_loss``. Bytes: ``frac_copy`` 3 row-passes, ``frac_copy_autograd`` 5 (benchmarks/README.md).
 
     python -m benchmarks.bench_masked_loss [--quick] [--device cuda|cpu] [--out DIR]
 """
@@ -56,8 +51,8 @@ def ijepa_trainer_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tens
 
 def loss_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, g: torch.Generator,
                 in_order: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random ``pred [B, M, D]``, ``target [B_t, N, D]`` and ``idx [B, M]`` for (B, M, N, D, B_t): each ``idx`` row
-    distinct positions, in increasing order as mask generators give them or (``in_order=False``) shuffled."""
+    """Random ``pred [B, M, D]``, ``target [B_t, N, D]``, ``idx [B, M]`` (distinct positions a row, in increasing
+    order as mask generators give them, or shuffled) for (B, M, N, D, B_t)."""
     B, M, N, D, Bt = shape
     pred = torch.randn(B, M, D, device=device, dtype=dtype, generator=g)
     target = torch.randn(Bt, N, D, device=device, dtype=dtype, generator=g)

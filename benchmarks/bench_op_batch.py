@@ -1,8 +1,6 @@
 """The Triton ops forward + backward through autograd as the batch grows (CUDA only): the masked L2 loss at ViT-B
-width (M 1176, N 1568, D 768) and the temporal pooling at level 1 -> 2 (T 32), bf16, each batch as a caller sees it
-(``triton``) and replayed from a CUDA graph (``triton graph``, the device's time). Their difference (``gap_ms``) is
-the per-call cost the device waits for (host work, the autograd engine's hand-off); the batch from which it is
-small is where a caller sees the kernels' rate. Bytes as the op benchmarks count them under autograd.
+width and the pooling at level 1 -> 2 (T 32), bf16, as a caller sees them and from a CUDA graph; their difference
+(``gap_ms``) is the per-call cost the device waits for.
 
     python -m benchmarks.bench_op_batch [--quick] [--out DIR]
 """

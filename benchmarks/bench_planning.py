@@ -1,20 +1,16 @@
 """Planning speed: ms per action of a planning agent (``PlanningAgent.act`` on a panworld episode) against the
-candidates, for each planner (CEM, MPPI, gradient) flat and hierarchical (2 levels), with the analytic FLOPs per
-action and the FLOP rate achieved. The model is the config's, freshly initialised (``--run RUN_DIR``: a trained
-one), fp32 as ``hjepa plan`` runs it. The gradient planner's candidates are its parallel starts, at 3x the
-iterations (``build_planner``); the x-axis is the batch of every world-model call. One untimed call, then 3 to 15
-(enough for ~3 s, ~0.5 s with ``--quick``).
+candidates, for CEM, MPPI and the gradient planner (its candidates are parallel starts, at 3x the iterations), flat
+and 2-level, with the analytic FLOPs per action and the FLOP rate; the config's model, fresh weights, fp32 as
+``hjepa plan`` runs it. One untimed call, then 3 to 15 (enough for ~3 s, ~0.5 s with ``--quick``).
 
-``python -m benchmarks.bench_planning [--quick] [--device cuda|cpu] [--out DIR] [--config PATH] [--run RUN_DIR]
-[--iterations N] [--threads N] [--deadline S]``
+``python -m benchmarks.bench_planning [--quick] [--device cuda|cpu] [--out DIR] [--config PATH] [--iterations N]
+[--deadline S]``
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,33 +29,6 @@ CANDIDATES = (16, 32, 64, 128, 256, 512)
 QUICK_CANDIDATES = (8, 16, 32)
 GRAD_MAX_CPU = 128  # the gradient planner's largest point on CPU at default sizes
 NAME = "planning"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = cli(__doc__)
-    parser.add_argument("--config", default="configs/panworld_tiny.yaml", help="model config (fresh weights)")
-    parser.add_argument("--run", type=Path, default=None, help="a run folder: its config and trained checkpoint")
-    parser.add_argument("--iterations", type=int, default=3, help="CEM/MPPI iterations (gradient: 3x)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: stable medians)")
-    parser.add_argument("--deadline", type=float, default=None,
-                        help="seconds after which no new measurement starts (results so far are kept)")
-    return parser.parse_args(argv)
-
-
-def build_world_model(config: str, run: Path | None, device: torch.device) -> tuple[PlanningModel, Config]:
-    """The planning model of ``run`` (trained weights) or of ``config`` (fresh weights) on ``device``."""
-    state = None
-    if run is not None:
-        from hjepa_fast.eval.probe import load_run
-
-        cfg, state = load_run(run)
-    else:
-        cfg = load_config(config, [])
-    set_kernel_mode(cfg.model.kernels)
-    model = build_model(cfg)
-    if state is not None:
-        model.load_state_dict(state["model"])
-    return PlanningModel(model.to(device), cfg), cfg
 
 
 def episode(cfg: Config, wm: PlanningModel, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
@@ -99,13 +68,18 @@ def points(device: torch.device, quick: bool) -> list[tuple[str, int, int]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    started, device = time.perf_counter(), torch.device(args.device)
+    parser = cli(__doc__)
+    parser.add_argument("--config", default="configs/panworld_tiny.yaml", help="model config (fresh weights)")
+    parser.add_argument("--iterations", type=int, default=3, help="CEM/MPPI iterations (gradient: 3x)")
+    parser.add_argument("--deadline", type=float, default=None, help="seconds after which no measurement starts")
+    args = parser.parse_args(argv)
+    started, device, cfg = time.perf_counter(), torch.device(args.device), load_config(args.config, [])
     if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    wm, cfg = build_world_model(args.config, args.run, device)
-    info = device_info(device) | {"config": str(args.run or args.config), "weights": "trained" if args.run else
-                                  "fresh", "precision": "fp32", "model_levels": wm.levels, "skipped": []}
+        torch.set_num_threads(1)  # stable medians on a shared machine
+    set_kernel_mode(cfg.model.kernels)
+    wm = PlanningModel(build_model(cfg).to(device), cfg)
+    info = device_info(device) | {"config": args.config, "weights": "fresh", "precision": "fp32",
+                                  "model_levels": wm.levels, "skipped": []}
     if not args.quick and device.type == "cpu":
         info["skipped"].append(f"grad above {GRAD_MAX_CPU} candidates: too slow on CPU (~25 s per 2-level action)")
     ep, rows, last = episode(cfg, wm), [], {}  # last: path -> (candidates, wall s) of its latest point

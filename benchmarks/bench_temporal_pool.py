@@ -1,11 +1,7 @@
-"""Temporal attention pooling at the recipe's level 1 -> 2 shape (ViT-B: N = 196 tokens, 12 heads x 64, window 4),
-forward and forward + backward: the eager reference, SDPA on the same problem, ``torch.compile`` of the reference
-and, on CUDA, the Triton kernels. Bytes: k and v read and the output written (plus the bool mask); the backward
-adds a read of k, v and the output gradient and a write of dk and dv (plus the mask).
-
-SDPA: the query expanded to ``[B*W*N, H, 1, Dh]``, keys and values permuted to ``[B*W*N, H, window, Dh]`` (the
-copies are part of its time), the batch in chunks of at most 65,535 (SDPA's CUDA kernels fail from 65,536:
-pytorch #146704, #142228).
+"""Temporal attention pooling at the recipe's level 1 -> 2 shape (N 196 tokens, 12 heads x 64, window 4), forward
+and forward + backward: the eager reference, SDPA on the same problem, ``torch.compile`` of the reference and, on
+CUDA, the Triton kernels. Bytes: k, v (and the mask) read, the output written; the backward adds k, v and the output
+gradient read, dk and dv written.
 
     python -m benchmarks.bench_temporal_pool [--quick] [--device cpu|cuda] [--out DIR]
 """
@@ -23,7 +19,8 @@ SDPA_MAX_BATCH = 65_535
 
 def sdpa_pool(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
               visible: torch.Tensor | None = None) -> torch.Tensor:
-    """The same pooling through ``F.scaled_dot_product_attention`` (one query per row, ``window`` keys)."""
+    """The same pooling through SDPA: rows ``[B*W*N, H, window, Dh]`` (the copies part of its time), in chunks of
+    at most 65,535 (SDPA's CUDA kernels fail from 65,536 rows)."""
     B, T, N_, H, Dh = k.shape
     W = T // window
 

@@ -1,28 +1,29 @@
-"""End-to-end training step (forward under bf16 autocast on CUDA, backward, AdamW, the EMA of every target
-encoder) on one fixed synthetic batch: steps/s, clips/s, tokens/s, memory and (CUDA) MFU of the tiny CPU config and
-the ViT-B 3-level recipe, each speed switch flipped against one baseline in the same run (``variants``), and
-``speedup`` over the baseline's clips/s. On CPU the variants are built first and timed in turn, on CUDA one at a
-time; ViT-B runs on CUDA only, at the largest micro-batch that fits from ``--batch`` (halved on each out-of-memory
-error). ``--profile``: one warm step of the baseline and ``fast`` under ``torch.profiler`` (``step_profile``).
+"""The training step (forward under bf16 autocast on CUDA, backward, AdamW, the EMA of every target encoder) on one
+fixed synthetic batch: steps/s, clips/s, tokens/s, memory and (CUDA) MFU per speed switch (``variants``), each
+against the baseline in the same run; ViT-B on CUDA only, at the largest micro-batch from ``--batch`` that fits.
+``--profile``: one warm step of the baseline and ``fast`` under ``torch.profiler``, summed by category.
+``--scaling``: the baseline's step time against frames, levels, resolution and batch, with log-log slopes.
 
 ``python -m benchmarks.bench_train_step [--quick] [--device cuda|cpu] [--out DIR] [--batch N] [--configs ...]
-[--variants ...] [--profile]``
+[--variants ...] [--profile] [--scaling] [--deadline S]``
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
-import dataclasses
 import gc
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.harness import cli, device_info, interleaved, write_results
-from benchmarks.step_profile import format_profile, profile_step
+from benchmarks.harness import cli, device_info, interleaved, loglog, write_results
 from hjepa_fast.config import Config, level_time_steps, load_config
 from hjepa_fast.flops import StepFlops, mask_token_counts, peak_bf16_flops, step_flops
 from hjepa_fast.kernels import set_kernel_mode
@@ -39,25 +40,11 @@ BASELINE = ["model.kernels=auto", "model.attention_backend=sdpa", "train.fused_o
 FAST = ["train.fused_optimizer=true", "model.attention_backend=cudnn", "train.compile=blocks"]
 
 
-@dataclasses.dataclass
-class Variant:
+class Variant(NamedTuple):
     name: str
     overrides: list[str]
     compile: bool = False  # torch.compile of the whole model
     batch_factor: int = 1  # micro-batch = the baseline's x this
-
-
-def parse_args(doc: str, batch_help: str) -> argparse.Namespace:
-    parser = cli(doc)
-    parser.add_argument("--batch", type=int, default=None, help=batch_help)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: stable medians)")
-    parser.add_argument("--deadline", type=float, default=None,
-                        help="seconds after which no new measurement starts (results so far are kept)")
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None, help="default: all")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        help="variants to run after the baseline, in this order (default: all)")
-    parser.add_argument("--profile", action="store_true", help="profile one step of baseline and fast")
-    return parser.parse_args()
 
 
 def variants(device: torch.device, quick: bool, levels: int) -> tuple[list[Variant], list[str]]:
@@ -145,8 +132,7 @@ def build_step(cfg: Config, device: torch.device, compile_model: bool = False) -
     return step, step_flops(cfg, B, *mask_token_counts(masks_cpu))
 
 
-@dataclasses.dataclass
-class Prepared:
+class Prepared(NamedTuple):
     """A built step after two untimed runs: ``first_s`` the first (compilation included), ``estimate_s`` the second."""
 
     step: Callable[[], None]
@@ -186,13 +172,12 @@ def _free(device: torch.device) -> None:
 
 def _prepare_fitting(config: str, variant: Variant, batch: int, device: torch.device,
                      skipped: list[str]) -> tuple[Prepared | None, int]:
-    """The variant prepared, and the batch it ran at: the baseline's batch halves on each out-of-memory error."""
+    """The variant prepared, and its batch: the baseline's halves while it runs out of memory."""
     while True:
         try:
             return prepare(variant_config(config, variant, batch), device, variant.compile), batch
-        except Exception as err:  # record and go on: one failing variant must not hide the others
-            oom = isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
-            error = f"{type(err).__name__}: {str(err)[:200]}"
+        except Exception as err:  # recorded: one failing variant must not hide the others
+            error, oom = f"{type(err).__name__}: {str(err)[:200]}", "out of memory" in str(err).lower()
         _free(device)  # outside the except block: its traceback no longer holds the variant's tensors
         if not (oom and variant.name == "baseline" and batch > 1):
             skipped.append(f"{config} {variant.name} at batch {batch}: {error}")
@@ -204,7 +189,7 @@ def _prepare_fitting(config: str, variant: Variant, batch: int, device: torch.de
 def measure_case(config: str, batch: int, todo: list[Variant], device: torch.device, quick: bool, rows: list[dict],
                  skipped: list[str], out_of_time: Callable[[], bool], save: Callable[[], None],
                  profiles: dict[str, dict] | None = None) -> None:
-    """A row per variant of one config, ``save`` after each measurement. CPU: every variant built, then timed in
+    """A row per variant of one config, saved after each measurement. CPU: every variant built, then timed in
     turn; CUDA: one at a time, each with all the memory. ``profiles``: the baseline's and fast's step profiles."""
     cfg = variant_config(config, todo[0], batch)
     tokens_per_clip = sum(level_time_steps(cfg)) * (cfg.model.img_size // cfg.model.patch_size) ** 2
@@ -228,15 +213,13 @@ def measure_case(config: str, batch: int, todo: list[Variant], device: torch.dev
         for name, p in prepared.items():
             t, s, b = times[name], times[name]["ms"] * 1e-3, batch * factors[name]
             baseline_rate = b / s if name == "baseline" else baseline_rate
-            row = {"config": config, "variant": name, "batch": b, **t, "first_step_s": p.first_s,
-                   "steps_per_s": 1 / s, "clips_per_s": b / s, "tokens_per_s": b * tokens_per_clip / s,
-                   "tokens_per_clip": tokens_per_clip, "flops_per_step": p.flops.train_step,
-                   "tflops": p.flops.train_step / s / 1e12, **memory[name],
-                   "speedup": b / s / baseline_rate if baseline_rate else None}
-            if peak_flops:
-                row["mfu"] = p.flops.train_step / s / peak_flops
-            rows.append(row)
-            print(format_row(row), flush=True)
+            rows.append({"config": config, "variant": name, "batch": b, **t, "first_step_s": p.first_s,
+                         "steps_per_s": 1 / s, "clips_per_s": b / s, "tokens_per_s": b * tokens_per_clip / s,
+                         "tokens_per_clip": tokens_per_clip, "flops_per_step": p.flops.train_step,
+                         "tflops": p.flops.train_step / s / 1e12, **memory[name],
+                         "speedup": b / s / baseline_rate if baseline_rate else None,
+                         **({"mfu": p.flops.train_step / s / peak_flops} if peak_flops else {})})
+            print(format_row(rows[-1]), flush=True)
             if profiles is not None and name in ("baseline", "fast"):
                 profiles[f"{config} {name} B{b}"] = profile_step(p.step, device)
         save()
@@ -253,11 +236,136 @@ def format_row(r: dict) -> str:
             f"{r['tokens_per_s']:10.0f} tok/s {mem}{mfu}" + ("" if r["speedup"] is None else f"  x{r['speedup']:.2f}"))
 
 
+# (category, pattern over a kernel or operator name, lower case): the first match wins, so the specific
+# names (our kernels, attention, convolutions) come before the general ones (gemm, elementwise)
+CATEGORIES = [
+    ("our kernels: loss", r"_masked_loss|_scale_kernel|masked_l2|masked_jepa"),
+    ("our kernels: pooling", r"_pool_(fwd|bwd)|temporal_pool"),
+    ("EMA", r"_ema_flat|lerp"),
+    ("optimiser", r"adam|multi_tensor_apply|_foreach"),
+    ("compiled fusions (inductor)", r"^triton_(poi|per|red)|^cpp_fused|compiledfunction"),
+    ("attention", r"flash|fmha|attention|sdpa|scaled_dot|cudnn.*mha|_efficient_attention|softmax"),
+    ("convolution", r"conv|fprop|dgrad|wgrad"),
+    ("matmul", r"gemm|nvjet|xmma|cutlass|cublas|matmul|\baten::(addmm|mm|bmm|linear)\b"),
+    ("norms", r"layer_norm|layernorm"),
+    ("data movement", r"memcpy|memset|copy|\bcat\b|catarray|index|gather|scatter|transpose|permute|contiguous"
+                      r"|clone|to_copy"),
+    ("elementwise and reductions", r"elementwise|vectorized|unrolled|reduce|gelu|add|mul|div|sub|rand|bernoulli"
+                                   r"|sum|mean|where|fill|exp|sqrt"),
+]
+
+
+def categorize(name: str) -> str:
+    """The category of a kernel or operator name ('other' if none matches)."""
+    return next((cat for cat, pattern in CATEGORIES if re.search(pattern, name.lower())), "other")
+
+
+def profile_step(step: Callable[[], None], device: torch.device) -> dict:
+    """One warm call of ``step`` under ``torch.profiler``: per category the CUDA kernels' device time (CPU: the
+    operators' self time), and a row for the wall time none accounts for, so the rows add up to the step;
+    ``{"wall_ms", "rows": [{category, ms, share}], "top": [(name, ms)]}``, sorted by time."""
+    cuda, by_name, busy, end = device.type == "cuda", {}, 0.0, float("-inf")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        start = time.perf_counter()
+        step()  # synchronises itself
+        wall_us = (time.perf_counter() - start) * 1e6
+    events = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    for name, us in ([(n, e - s) for n, s, e in events] if cuda else
+                     [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]):
+        by_name[name] = by_name.get(name, 0.0) + us
+    for _, s, e in sorted(events, key=lambda x: x[1]):  # the union of the kernels' intervals
+        busy, end = (busy + e - max(s, end), e) if e > end else (busy, end)
+    sums: dict[str, float] = {}
+    for name, us in by_name.items():
+        sums[categorize(name)] = sums.get(categorize(name), 0.0) + us
+    gap = "host gaps (no kernel running)" if cuda else "outside operators (Python, dispatch)"
+    sums[gap] = max(wall_us - (busy if cuda else sum(by_name.values())), 0.0)
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:15]
+    return {"wall_ms": wall_us / 1e3, "top": [(name[:90], us / 1e3) for name, us in top],
+            "rows": sorted(({"category": c, "ms": us / 1e3, "share": us / wall_us} for c, us in sums.items()),
+                           key=lambda r: -r["ms"])}
+
+
+def format_profile(title: str, summary: dict) -> str:
+    """A markdown table of the categories, then the 15 costliest kernels or operators."""
+    lines = [f"### {title}: one warm step, {summary['wall_ms']:.1f} ms wall", "",
+             "| where | ms | share of the step |", "|---|---:|---:|"]
+    lines += [f"| {r['category']} | {r['ms']:.2f} | {r['share']:.1%} |" for r in summary["rows"]]
+    lines += ["", "| costliest kernels / operators | ms |", "|---|---:|"]
+    return "\n".join(lines + [f"| `{name}` | {ms:.2f} |" for name, ms in summary["top"]]) + "\n"
+
+
+# (config, sweep -> values) around the base (tiny on CPU, ViT-B on CUDA, batch 8); data.frames must split into the
+# levels' strides. The slope of time ~ x^a below that of the FLOPs: fixed costs still matter at that size.
+SWEEPS = {"cpu": ("tiny_cpu", {"frames": [16, 32, 64], "levels": [1, 2, 3], "img_size": [16, 32, 64],
+                               "batch": [2, 4, 8, 16]}),
+          "cuda": ("vitb_3level", {"frames": [32, 64, 96], "levels": [1, 2, 3], "img_size": [112, 160, 224],
+                                   "batch": [2, 4, 8, 16]})}
+KEYS = {"frames": "data.frames", "levels": "model.levels", "img_size": "model.img_size", "batch": "train.batch_size"}
+
+
+def scaling(args, device: torch.device, out_of_time: Callable[[], bool]) -> None:
+    """One sweep per factor, the others at the base, a sweep's points built first and timed in turn."""
+    config, sweeps = SWEEPS[device.type]
+    path, base = CONFIGS[config]
+    batch = args.batch or 8
+    info, rows, fits = device_info(device) | {"base": f"{config} batch {batch}", "skipped": []}, [], {}
+    build_step(load_config(path, [*base, *BASELINE, "train.batch_size=2"]), device)[0]()  # one-time warm-up
+    for sweep, values in sweeps.items():
+        if out_of_time():
+            info["skipped"].append(f"{sweep}: past the --deadline of {args.deadline:.0f} s")
+            continue
+        prepared, times = {}, {}
+        try:  # out of memory at the largest point, say: time the others
+            for value in values[:3] if args.quick else values:
+                prepared[value] = prepare(load_config(path, [*base, *BASELINE, f"train.batch_size={batch}",
+                                                             f"{KEYS[sweep]}={value}"]), device)
+        except Exception as err:
+            info["skipped"].append(f"{sweep}={value}: {type(err).__name__}: {str(err)[:200]}")
+        try:  # out of memory with every point alive: keep the other sweeps
+            times = round_robin({v: p.step for v, p in prepared.items()},
+                                max(p.estimate_s for p in prepared.values()), args.quick) if prepared else {}
+        except Exception as err:
+            info["skipped"].append(f"{sweep}: {type(err).__name__}: {str(err)[:200]}")
+        for value, t in times.items():
+            flops = prepared[value].flops.train_step
+            rows.append({"sweep": sweep, "value": value, "point": f"{sweep}={value}", **t, "flops_per_step": flops})
+            print(f"{sweep:>9} = {value:<4} {t['ms']:9.1f} ms (IQR {t['ms_q25']:.1f}-{t['ms_q75']:.1f})  "
+                  f"{flops / 1e9:9.2f} GFLOP", flush=True)
+        del prepared
+        _free(device)
+        if len(times) >= 2:
+            xs = np.log(list(times))
+            fits[sweep] = {f"{key}_slope": float(np.polyfit(xs, np.log(ys), 1)[0]) for key, ys in
+                           [("time", [t["ms"] for t in times.values()]), ("flops", [r["flops_per_step"] for r in
+                                                                                   rows if r["sweep"] == sweep])]}
+            print(f"{sweep:>9}: time ~ x^{fits[sweep]['time_slope']:.2f}, FLOPs ~ x^{fits[sweep]['flops_slope']:.2f}")
+    info["fits"] = fits
+    for note in info["skipped"]:
+        print("skipped:", note)
+    json_path, png_path = write_results("scaling", info, rows, args.out, label="sweep", group="point")
+    loglog(args.out / "scaling_loglog.png", f"training-step scaling, {info['base']} on {info['name']}",
+           [(sweep, "step ms (median)", {f"time ~ x^{fit['time_slope']:.2f}, FLOPs ~ x^{fit['flops_slope']:.2f}":
+                                         [(r["value"], r["ms"]) for r in rows if r["sweep"] == sweep]})
+            for sweep, fit in fits.items()])
+    print(f"wrote {json_path}, {png_path} and {args.out / 'scaling_loglog.png'}")
+
+
 def main() -> None:
-    args = parse_args(__doc__, "ViT-B micro-batch to start the search from (tiny: its config)")
+    parser = cli(__doc__)
+    parser.add_argument("--batch", type=int, default=None, help="ViT-B's micro-batch to start from (scaling: 8)")
+    parser.add_argument("--deadline", type=float, default=None, help="seconds after which no measurement starts")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None, help="default: all")
+    parser.add_argument("--variants", nargs="+", default=None, help="after the baseline, in this order (default all)")
+    parser.add_argument("--profile", action="store_true", help="profile one step of baseline and fast")
+    parser.add_argument("--scaling", action="store_true", help="the scaling sweeps instead of the variants")
+    args = parser.parse_args()
     started, device = time.perf_counter(), torch.device(args.device)
+    out_of_time = lambda: args.deadline is not None and time.perf_counter() - started > args.deadline
     if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(1)  # stable medians on a shared machine
+    if args.scaling:
+        return scaling(args, device, out_of_time)
     info = device_info(device) | {
         "memory": "step_mem_mb: peak over one step minus what was allocated before it; peak_mem_mb: "
                   "torch.cuda.max_memory_allocated" if device.type == "cuda" else
@@ -272,12 +380,13 @@ def main() -> None:
     profiles: dict[str, dict] | None = {} if args.profile else None
 
     def save() -> tuple[Path, Path]:
-        if profiles:
-            info["profiles"] = profiles
+        paths = write_results("train_step", info | ({"profiles": profiles} if profiles else {}), rows, args.out,
+                              label="variant", group="config")
+        if profiles:  # after write_results, which makes the folder
             (args.out / "train_step_profile.md").write_text(
                 f"{info.get('name', device.type)}, torch {torch.__version__}\n\n"
                 + "\n".join(format_profile(key, summary) for key, summary in profiles.items()))
-        return write_results("train_step", info, rows, args.out, label="variant", group="config")
+        return paths
 
     for config, batch in cases.items():
         if args.configs is not None and config not in args.configs:
@@ -290,9 +399,7 @@ def main() -> None:
         info["skipped"] += [f"{config} {s}" for s in skipped]
         if device.type == "cpu":  # one-time allocations (thread pools, workspaces) must not land on a variant
             build_step(variant_config(config, todo[0], 2), device)[0]()
-        measure_case(config, batch, todo, device, args.quick, rows, info["skipped"],
-                     lambda: args.deadline is not None and time.perf_counter() - started > args.deadline, save,
-                     profiles)
+        measure_case(config, batch, todo, device, args.quick, rows, info["skipped"], out_of_time, save, profiles)
     for note in info["skipped"]:
         print("skipped:", note)
     json_path, png_path = save()

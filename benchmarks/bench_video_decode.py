@@ -1,10 +1,9 @@
-"""Clip decoding on one CPU core: decoding from the start of the file (with PyAV's default threads, and on one
-thread) against seeking to the keyframe before the clip (``hjepa_fast.data.decode``), and the whole VideoFolder
-item. Videos: H.264 mp4s at 30 fps written here with libx264's defaults (B-frames, a keyframe at most every
-``--gop`` frames) from a panning photo with noise, so that motion search and bit rate look like camera footage.
-Clips: 16 frames, stride 2, starting uniformly over each video (the two readers decode the same clips).
+"""Clip decoding on one CPU core: from the start of the file (PyAV's default threads, and one thread) against
+seeking to the keyframe before the clip (``hjepa_fast.data.decode``), and the whole VideoFolder item. Videos: 4
+H.264 mp4s of 30 s, 30 fps, 320x240 (--quick: 2 of 5 s), written here with libx264's defaults (a keyframe at most
+every ``--gop`` frames) from a panning photo with noise; 16 clips of 16 frames (--quick: 4), stride 2, uniform.
 
-    python -m benchmarks.bench_video_decode [--quick] [--videos 4] [--seconds 30] [--size 320x240] [--gop 250]
+    python -m benchmarks.bench_video_decode [--quick] [--gop 250] [--out DIR]
 """
 from __future__ import annotations
 
@@ -20,10 +19,10 @@ from hjepa_fast.data import SampleKey, VideoFolder
 from hjepa_fast.data.clips import clip_frame_numbers
 from hjepa_fast.data.decode import Video, import_av
 
-FPS, FRAMES, STRIDE = 30, 16, 2
+FPS, FRAMES, STRIDE, WIDTH, HEIGHT = 30, 16, 2, 320, 240
 
 
-def write_videos(folder: Path, count: int, seconds: int, width: int, height: int, gop: int) -> list[str]:
+def write_videos(folder: Path, count: int, seconds: int, gop: int) -> list[str]:
     """``count`` H.264 mp4s in ``folder/v/`` (one class folder, as VideoFolder reads them)."""
     av = import_av()
     from skimage import data as photos  # bundled CC0 photos
@@ -34,11 +33,11 @@ def write_videos(folder: Path, count: int, seconds: int, width: int, height: int
         paths.append(str(folder / "v" / f"video{v}.mp4"))
         with av.open(paths[-1], "w") as container:
             stream = container.add_stream("libx264", rate=FPS)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
             stream.codec_context.thread_count, stream.codec_context.gop_size = 1, gop
             for k in range(seconds * FPS):
-                y, x = (3 * k + 50 * v) % (1024 - height), (2 * k) % (1024 - width)  # a slow diagonal pan
-                image = texture[y : y + height, x : x + width].astype(np.int16)
+                y, x = (3 * k + 50 * v) % (1024 - HEIGHT), (2 * k) % (1024 - WIDTH)  # a slow diagonal pan
+                image = texture[y : y + HEIGHT, x : x + WIDTH].astype(np.int16)
                 image += rng.integers(-6, 7, image.shape, dtype=np.int16)  # sensor noise
                 frame = av.VideoFrame.from_ndarray(image.clip(0, 255).astype(np.uint8), format="rgb24")
                 container.mux(stream.encode(frame))
@@ -54,21 +53,15 @@ def read(path: str, numbers: list[int], from_start: bool, threads: int | None) -
 
 def main() -> None:
     parser = cli(__doc__)
-    parser.add_argument("--videos", type=int, default=4)
-    parser.add_argument("--seconds", type=int, default=30)
-    parser.add_argument("--size", default="320x240", help="WIDTHxHEIGHT of the written videos")
     parser.add_argument("--gop", type=int, default=250, help="longest keyframe interval, frames")
-    parser.add_argument("--clips", type=int, default=16, help="clips per timed call")
     args = parser.parse_args()
-    if args.quick:
-        args.videos, args.seconds, args.clips = 2, 5, 4
-    width, height = map(int, args.size.split("x"))
+    videos, seconds, n_clips = (2, 5, 4) if args.quick else (4, 30, 16)
     torch.set_num_threads(1)
-    cpu, shape = torch.device("cpu"), f"{args.size} {args.seconds}s gop {args.gop}"
+    cpu, shape = torch.device("cpu"), f"{WIDTH}x{HEIGHT} {seconds}s gop {args.gop}"
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_videos(Path(tmp), args.videos, args.seconds, width, height, args.gop)
+        paths = write_videos(Path(tmp), videos, seconds, args.gop)
         counts, rng = [read(p, [], False, 1)[1] for p in paths], np.random.default_rng(1)
-        picks = [int(rng.integers(len(paths))) for _ in range(args.clips)]
+        picks = [int(rng.integers(len(paths))) for _ in range(n_clips)]
         clips = [(paths[v], clip_frame_numbers(counts[v], FRAMES, Fraction(STRIDE), rng)) for v in picks]
         start = float(np.mean([numbers[0] for _, numbers in clips]))
         folder = VideoFolder(tmp, frames=FRAMES, size=224, frame_stride=STRIDE)
@@ -80,15 +73,15 @@ def main() -> None:
                    "VideoFolder item (seek, crop, 224 px)": lambda: [folder[k] for k in keys]}
         rows = [{"path": name, "case": shape, **measure(fn, cpu, reps=3 if args.quick else 5, warmup=1)}
                 for name, fn in readers.items()]
-    print(f"{args.videos} videos, {args.seconds} s at {FPS} fps, {args.size}, gop {args.gop}; {args.clips} clips of "
+    print(f"{videos} videos, {seconds} s at {FPS} fps, {WIDTH}x{HEIGHT}, gop {args.gop}; {n_clips} clips of "
           f"{FRAMES} frames (stride {STRIDE}), mean start frame {start:.0f}; one core")
     print(f"{'path':40s} {'clips/s':>8s} {'ms/clip':>8s} {'x first':>8s}")
     for r in rows:
-        r["clips_per_s"] = args.clips / (r["ms"] * 1e-3)
+        r["clips_per_s"] = n_clips / (r["ms"] * 1e-3)
         r["speedup"] = r["clips_per_s"] / rows[0]["clips_per_s"]
-        print(f"{r['path']:40s} {r['clips_per_s']:8.1f} {r['ms'] / args.clips:8.1f} {r['speedup']:7.1f}x")
-    info = device_info(cpu) | {"videos": args.videos, "seconds": args.seconds, "size": args.size, "gop": args.gop,
-                               "clips": args.clips, "frames": FRAMES, "stride": STRIDE, "mean_start_frame": start}
+        print(f"{r['path']:40s} {r['clips_per_s']:8.1f} {r['ms'] / n_clips:8.1f} {r['speedup']:7.1f}x")
+    info = device_info(cpu) | {"videos": videos, "seconds": seconds, "size": f"{WIDTH}x{HEIGHT}", "gop": args.gop,
+                               "clips": n_clips, "frames": FRAMES, "stride": STRIDE, "mean_start_frame": start}
     print(f"results: {write_results('video_decode', info, rows, args.out)[0]}")
 
 

@@ -1,8 +1,7 @@
 """The kernels' goals read off a results folder: each Triton row of the loss and pooling benchmarks at the default
-launch setting against its targets (``GOALS``); the fastest launch setting per loss case (through autograd) and per
-swept kernel (bare launches), beside the default; and per op and batch the caller's time against the device's
-(``bench_op_batch``). Speedups compare paths under the same timing (``<path> graph`` rows against ``eager graph``).
-It states what was measured; which shapes and which timing a goal is read on is the reader's call.
+launch setting against its targets (``goals.json``: benchmark -> [goal, row field, least value]); the fastest
+launch setting per loss case and per swept kernel beside the default; per op and batch the caller's time against
+the device's. Speedups compare paths under the same timing.
 
 ``python -m benchmarks.goals RESULTS_DIR`` prints the table and writes ``RESULTS_DIR/goals.md``.
 """
@@ -13,12 +12,7 @@ import json
 import statistics
 from pathlib import Path
 
-# benchmark -> [(goal, row field, target)]: each Triton row's field at least the target
-GOALS = {
-    "masked_loss": [("3x eager", "speedup_vs_eager", 3.0),
-                    ("85% of copy (autograd bytes)", "frac_copy_autograd", 0.85)],
-    "temporal_pool": [("3x eager", "speedup_vs_eager", 3.0), ("70% of copy", "frac_copy", 0.70)],
-}
+GOALS = json.loads((Path(__file__).parent / "goals.json").read_text())
 
 
 def _rows(folder: Path, name: str) -> list[dict]:
@@ -39,9 +33,9 @@ def goal_lines(folder: Path) -> list[str]:
 
 
 def fastest_launch_lines(folder: Path) -> list[str]:
-    """Per loss case and timing, the fastest Triton path (the default is plain ``triton``); per swept kernel, the
-    fastest setting against the default (a case's first), by the mean of its rounds among the settings timed in
-    every round (a setting timed once would win by one lucky time), every round's time beside it."""
+    """Per loss case and timing, the fastest Triton path against the default (plain ``triton``); per swept kernel,
+    the fastest setting against the default (a case's first) by the mean of its rounds, among those timed in every
+    round (one timed once would win by one lucky time)."""
     lines, by_case = [], {}
     for row in _rows(folder, "masked_loss"):
         if row["path"] == "triton" or row["path"].startswith("triton "):

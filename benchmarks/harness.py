@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import inspect
 import itertools
 import json
@@ -24,25 +26,17 @@ L2_BYTES = 50 * 2**20  # an H100's or H200's L2 cache, where the device properti
 
 
 def device_info(device: torch.device) -> dict:
-    cuda = device.type == "cuda"
-    return {"device": str(device), "torch": torch.__version__, "triton": _triton_version(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    cuda, triton = device.type == "cuda", importlib.util.find_spec("triton")
+    return {"device": str(device), "torch": torch.__version__, "triton": triton and importlib.import_module(
+            "triton").__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
             **({} if cuda else {"threads": torch.get_num_threads()})}
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return None
-    return triton.__version__
 
 
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, reps: int = 20, warmup: int = 1,
                 calls: int = 1) -> dict[str, dict]:
     """Wall-clock ms per call of each function: median and IQR over ``reps`` rounds that time the functions in
-    turn (a shared machine's load hits them alike), each timing ``calls`` calls ended by a CUDA synchronise."""
+    turn (a shared machine's load hits them alike), ``calls`` calls a timing."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for fn in [fn for fn in fns.values() for _ in range(warmup)]:
         fn()
@@ -60,9 +54,8 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, reps
 
 def measure(fn: Callable[[], object], device: torch.device, graph: bool = False, reps: int = 20,
             warmup: int = 3) -> dict:
-    """Median and IQR of ``fn``'s time in ms. CUDA: ``triton.testing.do_bench`` (the time a caller sees, the L2
-    flushed between calls) or, ``graph=True``, ``do_bench_cudagraph`` (replayed from a CUDA graph: the device's
-    time alone). CPU: ``interleaved``."""
+    """Median and IQR of ``fn``'s time in ms: on CUDA ``do_bench`` (a caller's time) or, ``graph``,
+    ``do_bench_cudagraph`` (the device's); on CPU ``interleaved``."""
     if device.type == "cuda":
         from triton.testing import do_bench, do_bench_cudagraph
 
@@ -76,9 +69,8 @@ def measure(fn: Callable[[], object], device: torch.device, graph: bool = False,
 
 
 def cold_copies(input_bytes: int, device: torch.device, factor: int = 4, most: int = 8) -> int:
-    """How many copies of a call's inputs (``input_bytes`` read per call) a timing takes in turn (``Cycling``) so
-    that between two uses of one copy the others stream ``factor`` L2 caches: each call reads from memory, as
-    ``do_bench`` (which flushes the L2) and the copy reference do. 1 on CPU; at most ``most``."""
+    """Copies of a call's inputs (``input_bytes``) to take in turn (``Cycling``) so that the others stream
+    ``factor`` L2 caches between two uses of one: each call reads from memory. 1 on CPU; at most ``most``."""
     if device.type != "cuda" or input_bytes <= 0:
         return 1
     l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or L2_BYTES
@@ -86,9 +78,8 @@ def cold_copies(input_bytes: int, device: torch.device, factor: int = 4, most: i
 
 
 class Cycling:
-    """``fn`` on the next of ``arg_sets`` at each call (a CUDA graph captures the rotation, so consecutive replayed
-    calls read different memory); ``restart()``: the next call takes the first set again. Arguments of a call
-    follow the set's."""
+    """``fn`` on the next of ``arg_sets`` at each call (a CUDA graph captures the rotation); ``restart()``: the
+    next call takes the first set again."""
 
     def __init__(self, fn: Callable[..., object], arg_sets: list[tuple]):
         if not arg_sets:
@@ -112,8 +103,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) -> float:
 
 def default_setting(settings_fn: Callable, like: dict) -> dict:
     """The defaults of ``settings_fn``'s keyword arguments that the launch setting ``like`` names."""
-    params = inspect.signature(settings_fn).parameters
-    return {key: params[key].default for key in like}
+    return {key: inspect.signature(settings_fn).parameters[key].default for key in like}
 
 
 def setting_text(setting: dict, default: dict | None = None) -> str:
@@ -135,10 +125,9 @@ def fraction_of_copy(gbps: float, copy_gbps: float | None) -> float | None:
 
 @dataclasses.dataclass
 class Case:
-    """One op at one shape. ``paths``: name -> one call; the first is the baseline (the others' outputs are
-    compared with its, ``max_abs_err``; speedups are over it: ``speedup_vs_eager`` where it is ``eager``).
-    ``nbytes``: row field -> bytes a call moves (GB/s on the first; on CUDA each a fraction of the copy
-    bandwidth, measured on ``copy_bytes``). ``reset`` runs before each output comparison (``compare``)."""
+    """One op at one shape. ``paths``: name -> one call, the baseline first (outputs compared with its,
+    speedups over it). ``nbytes``: row field -> bytes a call moves (GB/s on the first; on CUDA fractions of the
+    copy bandwidth, measured on ``copy_bytes``). ``reset`` runs before each output comparison."""
 
     name: str
     paths: dict[str, Callable[[], object]]
@@ -156,10 +145,10 @@ def _tensors(out: object) -> list[torch.Tensor]:
 
 def time_case(case: Case, device: torch.device, copy_gbps: float | None, errors: list[str], graph_only: bool = False,
               again: int = 0, wall: bool = False, calls: int = 1, reps: int = 20) -> list[dict]:
-    """Rows of every path of ``case``. CPU, or ``wall``: ``interleaved``. CUDA: each path as a caller sees it and
-    replayed from a graph (``<path> graph`` rows, ``gap_ms`` the difference), or the graph alone
-    (``graph_only``). ``again``: the baseline and the ``again`` fastest others timed a second time, in reverse
-    order (``round`` 2). A path that fails goes to ``errors`` and is left out."""
+    """Rows of every path of ``case``. CPU, or ``wall``: ``interleaved``. CUDA: as a caller sees it and from a
+    graph (``<path> graph``, ``gap_ms`` the difference), or the graph alone (``graph_only``). ``again``: the
+    baseline and the ``again`` fastest others timed again, in reverse order (``round`` 2). Failures go to
+    ``errors``."""
     first, want, err = next(iter(case.paths)), [], {}
     for name, fn in case.paths.items():
         case.reset()
@@ -222,9 +211,8 @@ def time_case(case: Case, device: torch.device, copy_gbps: float | None, errors:
 
 def run_cases(name: str, args: argparse.Namespace, specs: Callable[[torch.device, bool], Iterable],
               setup: Callable[..., Iterable[Case]], cuda_only: bool = False, **timing) -> list[dict]:
-    """Every case ``setup(spec, device, quick)`` yields for each of ``specs(device, quick)``, timed (``time_case``),
-    the results written after each spec (a time limit keeps what was measured). One CPU thread: on a shared
-    machine spinning OpenMP threads make medians swing."""
+    """Every case ``setup(spec, device, quick)`` yields for each of ``specs(device, quick)``, timed on one CPU
+    thread (``time_case``), the results written after each spec (a time limit keeps what was measured)."""
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)

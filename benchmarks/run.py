@@ -1,7 +1,6 @@
-"""Every benchmark in one command, each in its own process (a crash or an out-of-memory error in one leaves the
-others), all writing into one results folder; then one table of every row (``summary.md``) and ``summary.json``
-(device, versions, each benchmark's status, wall time and rows). ``--budget S`` spreads S seconds over the
-benchmarks by weight (the end-to-end ones stop starting measurements at their share, the others are stopped).
+"""Every benchmark in one command, each in its own process, into one results folder; then one table of every row
+(``summary.md``) and ``summary.json`` (device, versions, each benchmark's status, wall time and rows). ``--budget S``
+spreads S seconds over the benchmarks by weight.
 
     python -m benchmarks.run [--quick] [--out DIR] [--device cuda|cpu] [--only NAME ...] [--budget SECONDS]
 """
@@ -16,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import DEFAULT_OUT, device_info
+from benchmarks.harness import DEFAULT_OUT, cli, device_info
 
 ROOT = Path(__file__).resolve().parent.parent
-# benchmarks.bench_<name> -> (weight of the time budget, takes --deadline)
+# name -> (weight of the time budget, takes --deadline, its module's arguments: default benchmarks.bench_<name>)
 BENCHMARKS = {"masked_loss": (2.5, False), "ema": (1.0, False), "temporal_pool": (2.0, False),
-              "train_step": (2.0, True), "scaling": (2.5, True), "planning": (1.0, True),
-              "host_overhead": (0.3, False), "op_batch": (0.5, False)}
+              "train_step": (2.0, True), "scaling": (2.5, True, "bench_train_step", "--scaling"),
+              "planning": (1.0, True), "host_overhead": (0.3, False), "op_batch": (0.5, False)}
 # the row fields the table's last column shows, where a row has them
 DETAILS = {"speedup": "x{:.2f}", "speedup_vs_eager": "x{:.2f} vs eager", "frac_copy": "{:.0%} of copy",
            "frac_copy_autograd": "{:.0%} of copy on the autograd bytes",
@@ -33,19 +32,18 @@ DETAILS = {"speedup": "x{:.2f}", "speedup_vs_eager": "x{:.2f} vs eager", "frac_c
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results folder (default benchmarks/results/<date>-<device>)")
-    parser.add_argument("--quick", action="store_true", help="every benchmark at its --quick size (a smoke run)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = cli(__doc__)
+    parser.prog = "python -m benchmarks.run"
+    parser.set_defaults(out=None)  # benchmarks/results/<date>-<device>
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
     parser.add_argument("--budget", type=float, default=None, help="seconds for all benchmarks together")
     return parser.parse_args(argv)
 
 
 def run_one(name: str, args: argparse.Namespace, out: Path, timeout: float | None) -> dict:
-    """Run one benchmark script; its output streams through. Returns status and wall time."""
-    cmd = [sys.executable, "-m", f"benchmarks.bench_{name}", "--out", str(out), "--device", args.device]
+    """Run one benchmark (its output streams through): status, wall time, command."""
+    module, *extra = BENCHMARKS[name][2:] or [f"bench_{name}"]
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", *extra, "--out", str(out), "--device", args.device]
     cmd += ["--quick"] if args.quick else []
     if timeout is not None and BENCHMARKS[name][1]:
         cmd += ["--deadline", f"{max(timeout * 0.7, 1.0):.0f}"]  # room left to finish the last measurement
@@ -60,9 +58,8 @@ def run_one(name: str, args: argparse.Namespace, out: Path, timeout: float | Non
 
 
 def table(results: dict[str, dict]) -> str:
-    """One markdown table of every row: benchmark, case, path, median ms, IQR, and the details the row has
-    (speedup over its baseline, fraction of copy bandwidth, throughput, memory, MFU, FLOPs); a benchmark
-    that failed or measured nothing gets a line that says so."""
+    """One markdown table of every row with the ``DETAILS`` it has; a benchmark that failed or measured nothing
+    gets a line that says so."""
     lines = ["| benchmark | case | path | median ms | IQR ms | details |", "|---|---|---|---:|---:|---|"]
     for name, res in results.items():
         for r in res.get("rows", []):

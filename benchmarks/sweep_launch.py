@@ -1,20 +1,10 @@
-"""Launch settings of the three Triton kernels, swept on one large shape each (CUDA only): the bare launch's device
-time (replayed from a CUDA graph), GB/s on the bytes the kernel itself moves and the fraction of the copy
-bandwidth. A setting is keyword arguments of the op's launch-settings function (``masked_loss_launch``,
-``temporal_pool_launch``, ``ema_launch``), whose defaults come from this table; the default is the first row of a
-case and every other setting's output is compared with its (``max_abs_err``). The default and the three fastest
-others are timed a second time (``round`` 2; ``benchmarks.goals`` ranks settings by the mean of their rounds).
+"""Launch settings of the three Triton kernels on one large shape each (CUDA only): the bare launch's device time
+(from a CUDA graph), GB/s on the bytes the kernel moves and the fraction of copy. A setting is keywords of the op's
+launch-settings function; the default comes first, every other output is compared with its, and the default and
+the three fastest others are timed again (``round`` 2). Cases: the loss forward (D 768, D 96, D 96 shuffled) and
+its backward's product, the pooling forward and backward (with and without the mask), the EMA of ~100 M fp32.
 
-Cases and bytes (each read or write once):
-- masked loss forward (it computes the gradient): the prediction and gathered target rows and ``idx`` read, the
-  gradient written; ViT-B video shapes at D 768 and D 96, bf16, ``idx`` in increasing order (at D 96 also
-  shuffled), the inputs in enough copies to be read cold (``harness.cold_copies``);
-- masked loss backward (that gradient times ``grad_output``): read it, write the product; Triton against torch;
-- temporal pool forward (k, v read, the output written) and backward (k, v and the output gradient read, dk and
-  dv written), without and with the model's ``visible`` mask; level 1 -> 2, B 32, T 32, bf16;
-- EMA: target and source read, target written; the recipe's ~100 M parameters as one fp32 flat buffer.
-
-``python -m benchmarks.sweep_launch [--out DIR] [--quick] [--kernels masked_loss temporal_pool ema]``
+``python -m benchmarks.sweep_launch [--out DIR] [--quick]``
 """
 from __future__ import annotations
 
@@ -121,9 +111,5 @@ def setup(case: str, device: torch.device, quick: bool = False):
 
 
 if __name__ == "__main__":
-    parser = cli(__doc__)
-    parser.add_argument("--kernels", nargs="+", choices=["masked_loss", "temporal_pool", "ema"],
-                        default=["masked_loss", "temporal_pool", "ema"], help="sweep only these")
-    args = parser.parse_args()
-    run_cases("sweep_launch", args, lambda device, quick: [c for c in SETTINGS if c.split()[0] in args.kernels], setup,
-              cuda_only=True, graph_only=True, again=3)
+    run_cases("sweep_launch", cli(__doc__).parse_args(), lambda device, quick: list(SETTINGS), setup, cuda_only=True,
+              graph_only=True, again=3)

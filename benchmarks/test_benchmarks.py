@@ -1,10 +1,6 @@
-"""The benchmarks' cases under pytest-benchmark at small CPU shapes, built by the same setup functions the
-benchmark scripts time: ``pytest benchmarks/ --benchmark-only`` (``--benchmark-autosave``, then
-``--benchmark-compare``). Not in the default ``pytest`` run (testpaths is tests/); nothing here asserts a time.
-
-Cases: the tiny config's training step (``bench_train_step``'s variants that need no compilation), the masked
-losses' and the pooling's eager and SDPA paths, the EMA's per-level foreach and packed step, and the planning
-sweep (``bench_planning --quick``, one round, its JSON checked for completeness, not for speed)."""
+"""The benchmarks' cases at small CPU shapes under pytest-benchmark, built by the benchmarks' own setups:
+``pytest benchmarks/ --benchmark-only`` (``--benchmark-autosave``, ``--benchmark-compare``). Not in the default
+``pytest`` run; nothing here asserts a time (the planning sweep's JSON is checked for completeness)."""
 from __future__ import annotations
 
 import json
@@ -19,8 +15,7 @@ ROUNDS = {"rounds": 5, "warmup_rounds": 1}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared machine two spinning OpenMP threads stall small ops for seconds."""
+def _one_thread():  # on a shared machine two spinning OpenMP threads stall small ops for seconds
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -33,9 +28,8 @@ def _path(setup, spec, path: str, case: int = 0):
 
 @pytest.mark.parametrize("variant", ["baseline", "kernels=reference", "activation checkpointing"])
 def test_train_step_tiny(benchmark, variant):
-    todo, _ = bench_train_step.variants(CPU, quick=True, levels=3)
-    chosen = {v.name: v for v in todo}
-    prepared = bench_train_step.prepare(bench_train_step.variant_config("tiny_cpu", chosen[variant], 4), CPU)
+    chosen = next(v for v in bench_train_step.variants(CPU, quick=True, levels=3)[0] if v.name == variant)
+    prepared = bench_train_step.prepare(bench_train_step.variant_config("tiny_cpu", chosen, 4), CPU)
     benchmark.extra_info["flops_per_step"] = prepared.flops.train_step
     benchmark.pedantic(prepared.step, **ROUNDS)
 
@@ -57,8 +51,7 @@ def test_temporal_pool_fwd_bwd(benchmark, path):
 
 
 def test_planning_quick(benchmark, tmp_path):
-    """``bench_planning --quick`` on CPU, one iteration per plan (~10 s): a row per (planner, levels,
-    candidates), positive times, FLOPs per action that grow with the candidates, the log-log plot."""
+    """A row per (planner, levels, candidates), FLOPs per action growing with the candidates, the plot."""
     argv = ["--quick", "--device", "cpu", "--iterations", "1", "--out", str(tmp_path)]
     benchmark.pedantic(bench_planning.main, args=(argv,), rounds=1, iterations=1)
     rows = json.loads((tmp_path / "planning.json").read_text())["rows"]

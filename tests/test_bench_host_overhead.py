@@ -3,9 +3,9 @@ per forward and backward, so the host time it reports is the path to a real laun
 from __future__ import annotations
 
 import torch
+from cuda_compile import recording
 
 from benchmarks import bench_host_overhead as bench
-from benchmarks.cuda_compile import recording
 from hjepa_fast.kernels import masked_loss as ml
 from hjepa_fast.kernels import temporal_pool as tp
 

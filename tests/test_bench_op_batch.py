@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from cuda_compile import recording
 
 from benchmarks import bench_op_batch as bench
-from benchmarks.cuda_compile import recording
 from benchmarks.harness import run_cases
 from hjepa_fast.kernels import masked_loss as ml
 from hjepa_fast.kernels import temporal_pool as tp

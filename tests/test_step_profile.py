@@ -2,7 +2,7 @@
 rows account for the whole step."""
 import torch
 
-from benchmarks.step_profile import categorize, format_profile, profile_step
+from benchmarks.bench_train_step import categorize, format_profile, profile_step
 
 
 def test_kernel_names_fall_in_their_category():

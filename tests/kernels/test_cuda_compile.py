@@ -1,5 +1,5 @@
 """Every kernel launch the public functions make on CUDA compiles for a GPU on this CPU-only machine
-(``benchmarks.cuda_compile``: Triton's compiler and its wheel's ptxas), at the recipe's shapes and with sizes
+(``tests/cuda_compile.py``: Triton's compiler and its wheel's ptxas), at the recipe's shapes and with sizes
 of 1, without register spills at the default launch settings (the loss kernel also software-pipelined, its
 loads then asynchronous copies into shared memory). The interpreter the other kernel tests use
 never runs the compiler: a kernel can pass them all and still fail to build for a GPU."""
@@ -11,20 +11,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cuda_compile as cc
 import pytest
 import torch
 import triton
 import triton.language as tl
 
-from benchmarks import cuda_compile as cc
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compile_all(tmp_path: Path, arch: int) -> list[dict]:
-    """``python -m benchmarks.cuda_compile`` in a process of its own: without the interpreter this one runs."""
+    """``python -m tests.cuda_compile`` in a process of its own: without the interpreter this one runs."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.cuda_compile", "--arch", str(arch), "--out",
+    done = subprocess.run([sys.executable, "-m", "tests.cuda_compile", "--arch", str(arch), "--out",
                            str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     rows = json.loads((tmp_path / "cuda_compile.json").read_text())["rows"]
     assert done.returncode == 0, [r for r in rows if "error" in r] or done.stderr[-2000:]

@@ -213,7 +213,7 @@ _DEVICES = ["cuda", torch.device("cuda"), "cpu", torch.device("cpu")]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_launch_settings_follow_the_rules(device, dtype):
     """Powers of two; rows of at most ``tile_elements`` (or one row a tile); at the CUDA defaults at most 32
-    fp32 values of each row tile per thread (registers: no spills, ``benchmarks.cuda_compile``) and one tile a
+    fp32 values of each row tile per thread (registers: no spills, ``tests/cuda_compile.py``) and one tile a
     program; the CPU's many rows a program; the same object for the same arguments (cached)."""
     for shape in [(128, 1176, 768), (128, 784, 96), (2, 5, 3), (1, 1, 1), (4, 7, 1000), (2, 3, ml.MAX_D),
                   (3, 0, 8)]:

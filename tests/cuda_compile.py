@@ -4,7 +4,8 @@ launch settings forced, CPU tensors standing in), specialised as Triton's runtim
 to 1 becomes a constant, pointers and integers divisible by 16 carry that hint) and compiled with Triton's compiler
 and the ptxas its wheel ships, which reports registers per thread, spills and shared memory.
 
-``python -m benchmarks.cuda_compile [--arch 90] [--settings] [--out DIR]`` writes ``cuda_compile.json``: every kernel
+A helper of the default tests (tests/kernels/test_cuda_compile.py) and a tool: from the repository root,
+``python -m tests.cuda_compile [--arch 90] [--settings] [--out DIR]`` writes ``cuda_compile.json``: every kernel
 variant at its default CUDA launch setting, at the recipe's shapes and with sizes of 1; ``--settings`` adds the loss
 kernel at D 768 under each setting the sweep times (``benchmarks.sweep_launch``).
 """
