@@ -61,19 +61,24 @@ def test_predictions_have_zero_gradient_on_their_targets(make_config, strategies
             assert grad[~held_out].max() > 0, "predictions depend on nothing: the check would be vacuous"
 
 
-@pytest.mark.parametrize("source", ["context", "prediction"])
-def test_a_rollout_never_sees_its_targets(make_config, source):
-    """A rollout feeds predictions back as context: they come from the context alone, so the targets of
-    every level still get exactly zero gradient."""
-    cfg = make_config("masks.strategies=[future,future,future]", "loss.rollout_steps=[4,2,0]",
-                      f"model.topdown_source={source}")
+def assert_no_level_sees_its_targets(cfg) -> None:
+    """Sample 0 of a batch of 2: every level's predictions have zero gradient under its targets and a
+    nonzero one elsewhere."""
     model = build_model(cfg)
     masks = build_mask_sampler(cfg).sample(2, torch.Generator().manual_seed(0))
     clips = torch.randn(2, cfg.data.frames, 1, cfg.model.img_size, cfg.model.img_size, requires_grad=True)
     for level in range(cfg.model.levels):
         grad = prediction_gradients(model, clips, masks, level, 0)
         held_out = footprint_pixels(cfg, level, masks[level].target[0])
-        assert grad[held_out].max() == 0 and grad[~held_out].max() > 0
+        assert grad[held_out].max() == 0 and grad[~held_out].max() > 0, f"level {level + 1}"
+
+
+@pytest.mark.parametrize("source", ["context", "prediction"])
+def test_a_rollout_never_sees_its_targets(make_config, source):
+    """A rollout feeds predictions back as context: they come from the context alone, so the targets of
+    every level still get exactly zero gradient."""
+    assert_no_level_sees_its_targets(make_config("masks.strategies=[future,future,future]",
+                                                 "loss.rollout_steps=[4,2,0]", f"model.topdown_source={source}"))
 
 
 @pytest.mark.parametrize("source", ["context", "prediction"])
@@ -81,15 +86,9 @@ def test_a_rollout_never_sees_its_targets(make_config, source):
 @pytest.mark.parametrize("strategies", STRATEGY_MIXES[:3])
 def test_token_keys_never_see_their_targets(make_config, strategies, topdown, source):
     """One top-down key per coarse step and position: the same zero-gradient check."""
-    cfg = make_config(f"masks.strategies={strategies}", f"model.topdown={topdown}", "masks.num_blocks=1",
-                      f"model.topdown_source={source}", "model.topdown_keys=token")
-    model = build_model(cfg)
-    masks = build_mask_sampler(cfg).sample(2, torch.Generator().manual_seed(0))
-    clips = torch.randn(2, cfg.data.frames, 1, cfg.model.img_size, cfg.model.img_size, requires_grad=True)
-    for level in range(cfg.model.levels):
-        grad = prediction_gradients(model, clips, masks, level, 0)
-        held_out = footprint_pixels(cfg, level, masks[level].target[0])
-        assert grad[held_out].max() == 0 and grad[~held_out].max() > 0
+    assert_no_level_sees_its_targets(make_config(f"masks.strategies={strategies}", f"model.topdown={topdown}",
+                                                 "masks.num_blocks=1", f"model.topdown_source={source}",
+                                                 "model.topdown_keys=token"))
 
 
 def test_the_check_catches_a_leak(make_config):
