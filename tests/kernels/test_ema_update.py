@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from kernel_spy import LaunchSpy
 from kernel_tolerance import assert_within_torch_error
 
 from hjepa_fast.kernels import ema as ema_module
@@ -136,23 +137,11 @@ def test_launch_settings_follow_the_rules():
     assert ema_launch(10, torch.float32, "cuda", block=1024, warps=4) == EMALaunch(1024, 4)
 
 
-class _Spy:
-    """Stands in for a ``@triton.jit`` kernel, recording each launch's grid and keyword arguments."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs["BLOCK"], kwargs["num_warps"]))
-            return self.kernel[grid](*args, **kwargs)
-        return launch
-
 
 def test_launch_settings_given_reach_the_kernel(monkeypatch):
     """``launch=`` on the flat kernel, the functional update and the custom op is what the kernel launches with;
     the results stay the reference's."""
-    spy = _Spy(ema_module._ema_flat_kernel)
+    spy = LaunchSpy(ema_module._ema_flat_kernel)
     monkeypatch.setattr(ema_module, "_ema_flat_kernel", spy)
     launch = EMALaunch(32, 2)
     g = torch.Generator().manual_seed(4)
@@ -169,7 +158,8 @@ def test_launch_settings_given_reach_the_kernel(monkeypatch):
         with kernel_mode("triton"):
             run(got)
         torch.testing.assert_close(got, want)
-        assert spy.launches == [((10,), 32, 2)]  # 301 elements, 32 a program
+        # 301 elements, 32 a program
+        assert [(grid, kw["BLOCK"], kw["num_warps"]) for grid, kw in spy.launches] == [((10,), 32, 2)]
 
 
 def test_flat_op_refuses_bad_buffers():

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_spy import LaunchSpy
 from kernel_tolerance import assert_within_torch_error
 
 from hjepa_fast.kernels import kernel_mode, masked_l2_loss
@@ -173,7 +174,7 @@ def test_triton_with_the_cuda_tiling_many_programs(monkeypatch, name, reference,
     launch = ml.masked_loss_launch(pred.shape, pred.dtype, "cuda", tiles=tiles, stages=stages, split_rows=split)
     assert launch.block_r == 2048 // 512 == 4 and (launch.tiles, launch.stages) == (tiles, stages)
     assert (launch.hi, launch.lo) == ((256, 64) if split else (512, 0))
-    fwd, scale = _Spy(ml._masked_loss_fwd_kernel), _Spy(ml._scale_kernel)
+    fwd, scale = LaunchSpy(ml._masked_loss_fwd_kernel), LaunchSpy(ml._scale_kernel)
     monkeypatch.setattr(ml, "_masked_loss_fwd_kernel", fwd)
     monkeypatch.setattr(ml, "_scale_kernel", scale)
     # 4 tiles a program: 5 programs, tiles 18 and 19 past the rows
@@ -234,18 +235,6 @@ def test_launch_settings_follow_the_rules(device, dtype):
         launch.block_r = 2
 
 
-class _Spy:
-    """Stands in for a ``@triton.jit`` kernel, recording each launch's grid and keyword arguments."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-        return launch
-
 
 def test_launch_settings_given_reach_the_kernel_on_every_door(monkeypatch):
     """``launch=`` on the public function, the ``*_triton`` form and under torch.compile (the custom op) is
@@ -253,7 +242,7 @@ def test_launch_settings_given_reach_the_kernel_on_every_door(monkeypatch):
     pred, target, idx = _inputs(3, 13, 20, 40, torch.float32, seed=9)
     launch = dataclasses.replace(ml.masked_loss_launch(pred.shape, pred.dtype, "cpu", split_rows=True), block_r=4,
                                  tiles=2, scale_block=64)
-    fwd = _Spy(ml._masked_loss_fwd_kernel)
+    fwd = LaunchSpy(ml._masked_loss_fwd_kernel)
     monkeypatch.setattr(ml, "_masked_loss_fwd_kernel", fwd)
     with kernel_mode("triton"):
         for fn in (ml.masked_l2_loss, ml.masked_l2_loss_triton,

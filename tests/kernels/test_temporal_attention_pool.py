@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from kernel_spy import LaunchSpy
 from kernel_tolerance import assert_within_torch_error
 
 import hjepa_fast.kernels.temporal_pool as tp
@@ -28,18 +29,6 @@ def _small_tiles(monkeypatch):
 
     monkeypatch.setattr(tp, "temporal_pool_launch", small)
 
-
-class _Spy:
-    """Stands in for a ``@triton.jit`` kernel, recording each launch's grid and keyword arguments."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-        return launch
 
 
 def naive_pool(q, k, v, window, visible):
@@ -140,7 +129,7 @@ def test_launch_settings_given_reach_the_kernels(monkeypatch, tiles, warps):
     q, k, v, visible = make_inputs(2, 8, 5, 3, 16, 4, True, torch.float32, seed=5)
     launch = tp.temporal_pool_launch(k.shape, 4, k.dtype, "cuda", tile_elements=tiles, warps=warps)
     assert (launch.block_p, launch.bwd_block_p) == ((2, 1) if tiles[0] == 128 else (32, 32))
-    fwd, bwd = _Spy(tp._pool_fwd_kernel), _Spy(tp._pool_bwd_kernel)
+    fwd, bwd = LaunchSpy(tp._pool_fwd_kernel), LaunchSpy(tp._pool_bwd_kernel)
     monkeypatch.setattr(tp, "_pool_fwd_kernel", fwd)
     monkeypatch.setattr(tp, "_pool_bwd_kernel", bwd)
     for fn in (temporal_attention_pool_triton, temporal_attention_pool):
