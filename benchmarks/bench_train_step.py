@@ -45,27 +45,25 @@ class Variant(NamedTuple):
 
 
 def variants(device: torch.device, quick: bool, levels: int) -> tuple[list[Variant], list[str]]:
-    """The baseline (``BASELINE``), one switch each, then ``fast`` (``FAST``: the recipe's settings) with
-    checkpointing and at twice the micro-batch; and a note for each variant this device skips."""
-    every = f"train.activation_checkpointing=[{','.join(['true'] * levels)}]"
-    out = [Variant("baseline", []), Variant("kernels=reference", ["model.kernels=reference"]),
-           Variant("fused AdamW", ["train.fused_optimizer=true"])]
-    skipped = []
-    for backend in ("cudnn", "flash", "xformers"):
-        try:
-            if device.type != "cuda":
-                raise ImportError("CUDA only (on CPU every backend runs SDPA)")
-            resolve_backend(backend)
-            out.append(Variant(f"attention={backend}", [f"model.attention_backend={backend}"]))
-        except ImportError as e:
-            skipped.append(f"attention={backend}: {e}")
-    out.append(Variant("activation checkpointing", [every]))
-    if device.type == "cuda" or not quick:  # last: the slowest to build, the first to give way to a deadline
-        out += [Variant("compile blocks", ["train.compile=blocks"]), Variant("fast", FAST),
-                Variant("fast + checkpointing", [*FAST, every]), Variant("fast, 2x micro-batch", FAST, batch_factor=2),
-                Variant("torch.compile", [], compile=True)]
+    """The baseline (``BASELINE``), then each switch of ``cases.yaml``; and a note for each variant this device
+    skips."""
+    expand = {"fast": FAST, "checkpointing": [f"train.activation_checkpointing=[{','.join(['true'] * levels)}]"]}
+    out, skipped, switches = [Variant("baseline", [])], [], CASES["train_step"]["variants"]
+    if device.type == "cuda" or not quick:
+        switches = switches + CASES["train_step"]["compiled_variants"]
     else:
         skipped.append("compiled variants: left out of --quick on CPU (compiling the tiny model takes minutes there)")
+    for name, overrides, *options in switches:
+        backend = name.removeprefix("attention=") if name.startswith("attention=") else None
+        try:
+            if backend and device.type != "cuda":
+                raise ImportError("CUDA only (on CPU every backend runs SDPA)")
+            if backend:
+                resolve_backend(backend)
+        except ImportError as e:
+            skipped.append(f"{name}: {e}")
+            continue
+        out.append(Variant(name, [o for key in overrides for o in expand.get(key, [key])], **(options or [{}])[0]))
     return out, skipped
 
 
