@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.harness import cli, device_info, interleaved, loglog, write_results
+from benchmarks.harness import cli, device_info, failure, interleaved, loglog, write_results
 from hjepa_fast.config import Config, load_config
 from hjepa_fast.envs import make_env
 from hjepa_fast.kernels import set_kernel_mode
@@ -96,11 +96,10 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(measure_point(wm, ep, planner, levels, candidates, args.iterations, device,
                                           0.5 if args.quick else 3.0))
             except Exception as err:  # out of memory at the largest point, say: keep the others
-                info["skipped"].append(f"{point}: {type(err).__name__}: {str(err)[:200]}")
+                info["skipped"].append(f"{point}: {failure(err)}")
                 gc.collect()
                 continue
-            last[path] = (candidates, time.perf_counter() - begun)
-            r = rows[-1]
+            last[path], r = (candidates, time.perf_counter() - begun), rows[-1]
             print(f"{r['path']:<11} N={candidates:<4} it {r['iterations']:<2} {r['ms']:10.1f} ms/action (IQR "
                   f"{r['ms_q25']:.1f}-{r['ms_q75']:.1f}, {r['reps']} calls) {r['flops_per_action'] / 1e9:9.3f} GFLOP "
                   f"{r['gflops_per_s']:8.1f} GFLOP/s", flush=True)

@@ -2,7 +2,7 @@
 fixed synthetic batch: steps/s, clips/s, tokens/s, memory and (CUDA) MFU per speed switch (``variants``), each
 against the baseline in the same run; ViT-B on CUDA only, at the largest micro-batch from ``--batch`` that fits.
 ``--profile``: one warm step of the baseline and ``fast`` under ``torch.profiler``, summed by category.
-``--scaling``: the baseline's step time against frames, levels, resolution and batch, with log-log slopes.
+``--scaling``: the baseline's step against frames, levels, resolution and batch (``cases.yaml``), log-log slopes.
 
 ``python -m benchmarks.bench_train_step [--quick] [--device cuda|cpu] [--out DIR] [--batch N] [--configs ...]
 [--variants ...] [--profile] [--scaling] [--deadline S]``
@@ -23,7 +23,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.harness import cli, device_info, interleaved, loglog, write_results
+from benchmarks.harness import CASES, cli, device_info, failure, interleaved, loglog, write_results
 from hjepa_fast.config import Config, level_time_steps, load_config
 from hjepa_fast.flops import StepFlops, mask_token_counts, peak_bf16_flops, step_flops
 from hjepa_fast.kernels import set_kernel_mode
@@ -34,10 +34,7 @@ from hjepa_fast.train.compile import apply_compile
 from hjepa_fast.train.ema import TargetEMA
 from hjepa_fast.train.parallelize import apply_activation_checkpointing
 
-CONFIGS = {"tiny_cpu": ("configs/tiny_cpu.yaml", []),
-           "vitb_3level": ("configs/vitb_3level.yaml", ["data.root=synthetic"])}  # synthetic clips: no videos read
-BASELINE = ["model.kernels=auto", "model.attention_backend=sdpa", "train.fused_optimizer=false", "train.compile=none"]
-FAST = ["train.fused_optimizer=true", "model.attention_backend=cudnn", "train.compile=blocks"]
+CONFIGS, BASELINE, FAST = (CASES["train_step"][key] for key in ("configs", "baseline", "fast"))
 
 
 class Variant(NamedTuple):
@@ -48,27 +45,25 @@ class Variant(NamedTuple):
 
 
 def variants(device: torch.device, quick: bool, levels: int) -> tuple[list[Variant], list[str]]:
-    """The baseline (``BASELINE``), one switch each, then ``fast`` (``FAST``: the recipe's settings) with
-    checkpointing and at twice the micro-batch; and a note for each variant this device skips."""
-    every = f"train.activation_checkpointing=[{','.join(['true'] * levels)}]"
-    out = [Variant("baseline", []), Variant("kernels=reference", ["model.kernels=reference"]),
-           Variant("fused AdamW", ["train.fused_optimizer=true"])]
-    skipped = []
-    for backend in ("cudnn", "flash", "xformers"):
-        try:
-            if device.type != "cuda":
-                raise ImportError("CUDA only (on CPU every backend runs SDPA)")
-            resolve_backend(backend)
-            out.append(Variant(f"attention={backend}", [f"model.attention_backend={backend}"]))
-        except ImportError as e:
-            skipped.append(f"attention={backend}: {e}")
-    out.append(Variant("activation checkpointing", [every]))
-    if device.type == "cuda" or not quick:  # last: the slowest to build, the first to give way to a deadline
-        out += [Variant("compile blocks", ["train.compile=blocks"]), Variant("fast", FAST),
-                Variant("fast + checkpointing", [*FAST, every]), Variant("fast, 2x micro-batch", FAST, batch_factor=2),
-                Variant("torch.compile", [], compile=True)]
+    """The baseline (``BASELINE``), then each switch of ``cases.yaml``; and a note for each variant this device
+    skips."""
+    expand = {"fast": FAST, "checkpointing": [f"train.activation_checkpointing=[{','.join(['true'] * levels)}]"]}
+    out, skipped, switches = [Variant("baseline", [])], [], CASES["train_step"]["variants"]
+    if device.type == "cuda" or not quick:
+        switches = switches + CASES["train_step"]["compiled_variants"]
     else:
         skipped.append("compiled variants: left out of --quick on CPU (compiling the tiny model takes minutes there)")
+    for name, overrides, *options in switches:
+        backend = name.removeprefix("attention=") if name.startswith("attention=") else None
+        try:
+            if backend and device.type != "cuda":
+                raise ImportError("CUDA only (on CPU every backend runs SDPA)")
+            if backend:
+                resolve_backend(backend)
+        except ImportError as e:
+            skipped.append(f"{name}: {e}")
+            continue
+        out.append(Variant(name, [o for key in overrides for o in expand.get(key, [key])], **(options or [{}])[0]))
     return out, skipped
 
 
@@ -135,6 +130,7 @@ def build_step(cfg: Config, device: torch.device, compile_model: bool = False) -
 class Prepared(NamedTuple):
     """A built step after two untimed runs: ``first_s`` the first (compilation included), ``estimate_s`` the second."""
 
+    cfg: Config
     step: Callable[[], None]
     flops: StepFlops
     first_s: float
@@ -148,7 +144,7 @@ def prepare(cfg: Config, device: torch.device, compile_model: bool = False) -> P
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return Prepared(step, flops, *times)
+    return Prepared(cfg, step, flops, *times)
 
 
 def round_robin(steps: dict[str, Callable[[], None]], estimate_s: float, quick: bool) -> dict[str, dict]:
@@ -158,8 +154,8 @@ def round_robin(steps: dict[str, Callable[[], None]], estimate_s: float, quick: 
 
 
 def variant_config(config: str, variant: Variant, batch: int) -> Config:
-    path, base = CONFIGS[config]
-    return load_config(path, [*base, *BASELINE, *variant.overrides, f"train.batch_size={batch * variant.batch_factor}"])
+    path, base = CONFIGS[config]  # the variant's own batch size, if it sets one, wins
+    return load_config(path, [*base, *BASELINE, f"train.batch_size={batch * variant.batch_factor}", *variant.overrides])
 
 
 def _free(device: torch.device) -> None:
@@ -177,7 +173,7 @@ def _prepare_fitting(config: str, variant: Variant, batch: int, device: torch.de
         try:
             return prepare(variant_config(config, variant, batch), device, variant.compile), batch
         except Exception as err:  # recorded: one failing variant must not hide the others
-            error, oom = f"{type(err).__name__}: {str(err)[:200]}", "out of memory" in str(err).lower()
+            error, oom = failure(err), "out of memory" in str(err).lower()
         _free(device)  # outside the except block: its traceback no longer holds the variant's tensors
         if not (oom and variant.name == "baseline" and batch > 1):
             skipped.append(f"{config} {variant.name} at batch {batch}: {error}")
@@ -191,8 +187,6 @@ def measure_case(config: str, batch: int, todo: list[Variant], device: torch.dev
                  profiles: dict[str, dict] | None = None) -> None:
     """A row per variant of one config, saved after each measurement. CPU: every variant built, then timed in
     turn; CUDA: one at a time, each with all the memory. ``profiles``: the baseline's and fast's step profiles."""
-    cfg = variant_config(config, todo[0], batch)
-    tokens_per_clip = sum(level_time_steps(cfg)) * (cfg.model.img_size // cfg.model.patch_size) ** 2
     peak_flops = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     baseline_rate = None
     for group in [todo] if device.type == "cpu" else [[v] for v in todo]:
@@ -209,9 +203,9 @@ def measure_case(config: str, batch: int, todo: list[Variant], device: torch.dev
         memory = {name: step_memory(p.step, device) for name, p in prepared.items()}
         times = round_robin({name: p.step for name, p in prepared.items()},
                             max(p.estimate_s for p in prepared.values()), quick)
-        factors = {v.name: v.batch_factor for v in group}
         for name, p in prepared.items():
-            t, s, b = times[name], times[name]["ms"] * 1e-3, batch * factors[name]
+            t, s, b, m = times[name], times[name]["ms"] * 1e-3, p.cfg.train.batch_size, p.cfg.model
+            tokens_per_clip = sum(level_time_steps(p.cfg)) * (m.img_size // m.patch_size) ** 2
             baseline_rate = b / s if name == "baseline" else baseline_rate
             rows.append({"config": config, "variant": name, "batch": b, **t, "first_step_s": p.first_s,
                          "steps_per_s": 1 / s, "clips_per_s": b / s, "tokens_per_s": b * tokens_per_clip / s,
@@ -236,28 +230,10 @@ def format_row(r: dict) -> str:
             f"{r['tokens_per_s']:10.0f} tok/s {mem}{mfu}" + ("" if r["speedup"] is None else f"  x{r['speedup']:.2f}"))
 
 
-# (category, pattern over a kernel or operator name, lower case): the first match wins, so the specific
-# names (our kernels, attention, convolutions) come before the general ones (gemm, elementwise)
-CATEGORIES = [
-    ("our kernels: loss", r"_masked_loss|_scale_kernel|masked_l2|masked_jepa"),
-    ("our kernels: pooling", r"_pool_(fwd|bwd)|temporal_pool"),
-    ("EMA", r"_ema_flat|lerp"),
-    ("optimiser", r"adam|multi_tensor_apply|_foreach"),
-    ("compiled fusions (inductor)", r"^triton_(poi|per|red)|^cpp_fused|compiledfunction"),
-    ("attention", r"flash|fmha|attention|sdpa|scaled_dot|cudnn.*mha|_efficient_attention|softmax"),
-    ("convolution", r"conv|fprop|dgrad|wgrad"),
-    ("matmul", r"gemm|nvjet|xmma|cutlass|cublas|matmul|\baten::(addmm|mm|bmm|linear)\b"),
-    ("norms", r"layer_norm|layernorm"),
-    ("data movement", r"memcpy|memset|copy|\bcat\b|catarray|index|gather|scatter|transpose|permute|contiguous"
-                      r"|clone|to_copy"),
-    ("elementwise and reductions", r"elementwise|vectorized|unrolled|reduce|gelu|add|mul|div|sub|rand|bernoulli"
-                                   r"|sum|mean|where|fill|exp|sqrt"),
-]
-
-
 def categorize(name: str) -> str:
     """The category of a kernel or operator name ('other' if none matches)."""
-    return next((cat for cat, pattern in CATEGORIES if re.search(pattern, name.lower())), "other")
+    return next((cat for cat, pattern in CASES["train_step"]["categories"] if re.search(pattern, name.lower())),
+                "other")
 
 
 def profile_step(step: Callable[[], None], device: torch.device) -> dict:
@@ -295,59 +271,32 @@ def format_profile(title: str, summary: dict) -> str:
     return "\n".join(lines + [f"| `{name}` | {ms:.2f} |" for name, ms in summary["top"]]) + "\n"
 
 
-# (config, sweep -> values) around the base (tiny on CPU, ViT-B on CUDA, batch 8); data.frames must split into the
-# levels' strides. The slope of time ~ x^a below that of the FLOPs: fixed costs still matter at that size.
-SWEEPS = {"cpu": ("tiny_cpu", {"frames": [16, 32, 64], "levels": [1, 2, 3], "img_size": [16, 32, 64],
-                               "batch": [2, 4, 8, 16]}),
-          "cuda": ("vitb_3level", {"frames": [32, 64, 96], "levels": [1, 2, 3], "img_size": [112, 160, 224],
-                                   "batch": [2, 4, 8, 16]})}
-KEYS = {"frames": "data.frames", "levels": "model.levels", "img_size": "model.img_size", "batch": "train.batch_size"}
-
-
 def scaling(args, device: torch.device, out_of_time: Callable[[], bool]) -> None:
-    """One sweep per factor, the others at the base, a sweep's points built first and timed in turn."""
-    config, sweeps = SWEEPS[device.type]
-    path, base = CONFIGS[config]
-    batch = args.batch or 8
-    info, rows, fits = device_info(device) | {"base": f"{config} batch {batch}", "skipped": []}, [], {}
-    build_step(load_config(path, [*base, *BASELINE, "train.batch_size=2"]), device)[0]()  # one-time warm-up
+    """One sweep per factor, the others at the base, a sweep's points timed as variants of the baseline."""
+    (config, sweeps), keys = CASES["train_step"]["scaling"][device.type], CASES["train_step"]["scaling_keys"]
+    info, rows = device_info(device) | {"base": f"{config} batch {args.batch or 8}", "skipped": [], "fits": {}}, []
+    save = lambda: write_results("scaling", info, rows, args.out, label="config", group="variant")
+    build_step(variant_config(config, Variant("", []), 2), device)[0]()  # one-time warm-up
     for sweep, values in sweeps.items():
-        if out_of_time():
-            info["skipped"].append(f"{sweep}: past the --deadline of {args.deadline:.0f} s")
-            continue
-        prepared, times = {}, {}
-        try:  # out of memory at the largest point, say: time the others
-            for value in values[:3] if args.quick else values:
-                prepared[value] = prepare(load_config(path, [*base, *BASELINE, f"train.batch_size={batch}",
-                                                             f"{KEYS[sweep]}={value}"]), device)
-        except Exception as err:
-            info["skipped"].append(f"{sweep}={value}: {type(err).__name__}: {str(err)[:200]}")
-        try:  # out of memory with every point alive: keep the other sweeps
-            times = round_robin({v: p.step for v, p in prepared.items()},
-                                max(p.estimate_s for p in prepared.values()), args.quick) if prepared else {}
-        except Exception as err:
-            info["skipped"].append(f"{sweep}: {type(err).__name__}: {str(err)[:200]}")
-        for value, t in times.items():
-            flops = prepared[value].flops.train_step
-            rows.append({"sweep": sweep, "value": value, "point": f"{sweep}={value}", **t, "flops_per_step": flops})
-            print(f"{sweep:>9} = {value:<4} {t['ms']:9.1f} ms (IQR {t['ms_q25']:.1f}-{t['ms_q75']:.1f})  "
-                  f"{flops / 1e9:9.2f} GFLOP", flush=True)
-        del prepared
-        _free(device)
-        if len(times) >= 2:
-            xs = np.log(list(times))
-            fits[sweep] = {f"{key}_slope": float(np.polyfit(xs, np.log(ys), 1)[0]) for key, ys in
-                           [("time", [t["ms"] for t in times.values()]), ("flops", [r["flops_per_step"] for r in
-                                                                                   rows if r["sweep"] == sweep])]}
-            print(f"{sweep:>9}: time ~ x^{fits[sweep]['time_slope']:.2f}, FLOPs ~ x^{fits[sweep]['flops_slope']:.2f}")
-    info["fits"] = fits
+        points = {f"{sweep}={v}": v for v in (values[:3] if args.quick else values)}
+        start = len(rows)
+        measure_case(config, args.batch or 8, [Variant(p, [f"{keys[sweep]}={v}"]) for p, v in points.items()], device,
+                     args.quick, rows, info["skipped"], out_of_time, save)
+        for r in rows[start:]:
+            r |= {"sweep": sweep, "value": points[r["variant"]], "point": r["variant"]}
+        if len(rows) - start >= 2:
+            x = np.log([r["value"] for r in rows[start:]])
+            info["fits"][sweep] = fit = {f"{name}_slope": float(np.polyfit(x, np.log([r[key] for r in rows[start:]]),
+                                                                           1)[0])
+                                         for name, key in (("time", "ms"), ("flops", "flops_per_step"))}
+            print(f"{sweep:>9}: time ~ x^{fit['time_slope']:.2f}, FLOPs ~ x^{fit['flops_slope']:.2f}")
     for note in info["skipped"]:
         print("skipped:", note)
-    json_path, png_path = write_results("scaling", info, rows, args.out, label="sweep", group="point")
+    json_path, png_path = save()
     loglog(args.out / "scaling_loglog.png", f"training-step scaling, {info['base']} on {info['name']}",
            [(sweep, "step ms (median)", {f"time ~ x^{fit['time_slope']:.2f}, FLOPs ~ x^{fit['flops_slope']:.2f}":
-                                         [(r["value"], r["ms"]) for r in rows if r["sweep"] == sweep]})
-            for sweep, fit in fits.items()])
+                                         [(r["value"], r["ms"]) for r in rows if r.get("sweep") == sweep]})
+            for sweep, fit in info["fits"].items()])
     print(f"wrote {json_path}, {png_path} and {args.out / 'scaling_loglog.png'}")
 
 

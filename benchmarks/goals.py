@@ -1,7 +1,6 @@
 """The kernels' goals read off a results folder: each Triton row of the loss and pooling benchmarks at the default
-launch setting against its targets (``goals.json``: benchmark -> [goal, row field, least value]); the fastest
-launch setting per loss case and per swept kernel beside the default; per op and batch the caller's time against
-the device's. Speedups compare paths under the same timing.
+launch setting against its targets (``goals.json``: benchmark -> [goal, row field, least value]), and the fastest
+launch setting per loss case and per swept kernel beside the default. Speedups compare paths under the same timing.
 
 ``python -m benchmarks.goals RESULTS_DIR`` prints the table and writes ``RESULTS_DIR/goals.md``.
 """
@@ -36,7 +35,7 @@ def fastest_launch_lines(folder: Path) -> list[str]:
     """Per loss case and timing, the fastest Triton path against the default (plain ``triton``); per swept kernel,
     the fastest setting against the default (a case's first) by the mean of its rounds, among those timed in every
     round (one timed once would win by one lucky time)."""
-    lines, by_case = [], {}
+    lines, by_case, sweeps = [], {}, {}
     for row in _rows(folder, "masked_loss"):
         if row["path"] == "triton" or row["path"].startswith("triton "):
             by_case.setdefault((_case(row), "graph" if row["path"].endswith(" graph") else "caller"), []).append(row)
@@ -47,7 +46,6 @@ def fastest_launch_lines(folder: Path) -> list[str]:
                           if fastest.get(field) is not None)
         lines.append(f"| masked_loss | {case} ({timing} time) | {fastest['path']} | {fastest['ms']:.3f} ms ({goals}) "
                      f"| {default} |")
-    sweeps: dict[str, dict[str, list[dict]]] = {}
     for row in _rows(folder, "sweep_launch"):
         sweeps.setdefault(_case(row), {}).setdefault(row["path"], []).append(row)
     for case, by_setting in sweeps.items():
@@ -56,20 +54,6 @@ def fastest_launch_lines(folder: Path) -> list[str]:
         frac = statistics.mean(r["frac_copy"] for r in by_setting[fastest])
         lines.append(f"| sweep | {case} | {fastest} | {_rounds(by_setting[fastest])} ({frac:.0%} of copy) "
                      f"| {_rounds(next(iter(by_setting.values())))} |")
-    return lines
-
-
-def batch_lines(folder: Path) -> list[str]:
-    """Per op and batch (``bench_op_batch``): the caller's and the device's time and fraction of copy, their gap."""
-    by_case: dict[tuple[str, int], dict[str, dict]] = {}
-    for row in _rows(folder, "op_batch"):
-        by_case.setdefault((row["op"], row["B"]), {})[row["path"]] = row
-    lines = []
-    for (op, batch), paths in by_case.items():
-        caller, graph = paths.get("triton"), paths.get("triton graph")
-        cells = [f"{r['ms']:.3f} ms ({r['frac_copy']:.0%})" if r else "-" for r in (caller, graph)]
-        gap = (caller or graph or {}).get("gap_ms")
-        lines.append(f"| {op} | {batch} | {cells[0]} | {cells[1]} | {'-' if gap is None else f'{gap:.3f} ms'} |")
     return lines
 
 
@@ -84,15 +68,13 @@ def _rounds(rows: list[dict]) -> str:
 
 
 def report(folder: Path) -> str:
-    goals, launches, batches = goal_lines(folder), fastest_launch_lines(folder), batch_lines(folder)
+    goals, launches = goal_lines(folder), fastest_launch_lines(folder)
     return "\n".join([
         f"Goals of the Triton rows in {folder}", "",
         "| benchmark | case | path | goal | measured | target | |", "|---|---|---|---|---:|---:|---|",
         *(goals or ["| (no Triton rows) | | | | | | |"]), "",
         "Fastest launch settings", "", "| where | case | fastest | time | default |", "|---|---|---|---|---|",
-        *(launches or ["| (no rows) | | | | |"]), "",
-        "Forward + backward by batch (fraction of copy)", "", "| op | B | caller | device (graph) | gap |",
-        "|---|---:|---|---|---|", *(batches or ["| (no rows) | | | | |"]), ""])
+        *(launches or ["| (no rows) | | | | |"]), ""])
 
 
 def main(argv: list[str] | None = None) -> int:

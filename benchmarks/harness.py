@@ -1,6 +1,6 @@
 """The runner every benchmark shares: timing, the copy reference, result rows, JSON (device and versions) and a
 plot, and the command line (``--out``, ``--quick``, ``--device``). An op benchmark is a list of specs and a setup
-that builds each spec's calls (``Case``), handed to ``run_cases``."""
+that builds each spec's calls (``Case``), handed to ``run_cases``; what it times is data in ``cases.yaml``."""
 from __future__ import annotations
 
 import argparse
@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+import yaml
 from matplotlib.figure import Figure
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+CASES = yaml.safe_load((Path(__file__).parent / "cases.yaml").read_text())
 MAX_FRACTION = 1.1  # of a copy of the same bytes: above it the byte count or the reference is wrong
 L2_BYTES = 50 * 2**20  # an H100's or H200's L2 cache, where the device properties do not say
 
@@ -31,6 +33,11 @@ def device_info(device: torch.device) -> dict:
             "triton").__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
             **({} if cuda else {"threads": torch.get_num_threads()})}
+
+
+def failure(exc: BaseException) -> str:
+    """An exception in a line that fits a results file."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, reps: int = 20, warmup: int = 1,
@@ -77,6 +84,13 @@ def cold_copies(input_bytes: int, device: torch.device, factor: int = 4, most: i
     return 1 if input_bytes >= factor * l2 else min(most, math.ceil(factor * l2 / input_bytes) + 1)
 
 
+def seeded_copies(make: Callable[[torch.Generator], tuple], input_bytes: int, device: torch.device,
+                  seed: int = 0) -> list[tuple]:
+    """``make``'s inputs from one seeded generator, in as many copies as a cold timing needs (``cold_copies``)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [make(g) for _ in range(cold_copies(input_bytes, device))]
+
+
 class Cycling:
     """``fn`` on the next of ``arg_sets`` at each call (a CUDA graph captures the rotation); ``restart()``: the
     next call takes the first set again."""
@@ -101,9 +115,17 @@ def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) -> float:
     return 2 * nbytes / measure(lambda: dst.copy_(src), device)["ms"] / 1e6
 
 
-def default_setting(settings_fn: Callable, like: dict) -> dict:
+def default_setting(settings_fn: Callable, like: Iterable[str]) -> dict:
     """The defaults of ``settings_fn``'s keyword arguments that the launch setting ``like`` names."""
     return {key: inspect.signature(settings_fn).parameters[key].default for key in like}
+
+
+def launch_settings(settings_fn: Callable, partial: list[dict]) -> list[dict]:
+    """Each setting of ``partial`` (``cases.yaml``) in full: every keyword any of them names, in
+    ``settings_fn``'s order, the unnamed ones at its defaults (lists as tuples: the settings are cached)."""
+    named = {key for setting in partial for key in setting}
+    default = default_setting(settings_fn, [key for key in inspect.signature(settings_fn).parameters if key in named])
+    return [default | {k: tuple(v) if isinstance(v, list) else v for k, v in s.items()} for s in partial]
 
 
 def setting_text(setting: dict, default: dict | None = None) -> str:
@@ -126,21 +148,41 @@ def fraction_of_copy(gbps: float, copy_gbps: float | None) -> float | None:
 @dataclasses.dataclass
 class Case:
     """One op at one shape. ``paths``: name -> one call, the baseline first (outputs compared with its,
-    speedups over it). ``nbytes``: row field -> bytes a call moves (GB/s on the first; on CUDA fractions of the
-    copy bandwidth, measured on ``copy_bytes``). ``reset`` runs before each output comparison."""
+    speedups over it); with ``inputs`` each path takes the argument sets in turn (``Cycling``). ``nbytes``: row
+    field -> bytes a call moves (GB/s on the first; on CUDA fractions of the copy bandwidth, measured on
+    ``copy_bytes``). ``reset`` runs before each output comparison."""
 
     name: str
-    paths: dict[str, Callable[[], object]]
+    paths: dict[str, Callable[..., object]]
     nbytes: dict[str, int] = dataclasses.field(default_factory=dict)
     fields: dict = dataclasses.field(default_factory=dict)
     reset: Callable[[], object] = lambda: None
     copy_bytes: int = 256 * 2**20
     compare: bool = True
+    inputs: list[tuple] | None = None
+
+    def __post_init__(self):
+        if self.inputs is not None:
+            self.paths = {name: Cycling(fn, self.inputs) for name, fn in self.paths.items()}
 
 
-def _tensors(out: object) -> list[torch.Tensor]:
-    out = out if isinstance(out, (tuple, list)) else [out]
-    return [t.detach() for t in out if isinstance(t, torch.Tensor)]
+def _errors_against_baseline(case: Case, errors: list[str]) -> dict[str, float | None]:
+    """Each path that runs -> the largest difference of its outputs from the baseline's (None where not
+    compared); a path that fails goes to ``errors``."""
+    first, want, err = next(iter(case.paths)), [], {}
+    for name, fn in case.paths.items():
+        case.reset()
+        getattr(fn, "restart", lambda: None)()
+        try:
+            out = fn()
+        except Exception as exc:
+            errors.append(f"{case.name} {name}: {failure(exc)}")
+            continue
+        out = [t.detach() for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
+        want = out if name == first else want
+        diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(out, want)]
+        err[name] = max(diffs) if diffs and case.compare else None
+    return err
 
 
 def time_case(case: Case, device: torch.device, copy_gbps: float | None, errors: list[str], graph_only: bool = False,
@@ -149,63 +191,47 @@ def time_case(case: Case, device: torch.device, copy_gbps: float | None, errors:
     graph (``<path> graph``, ``gap_ms`` the difference), or the graph alone (``graph_only``). ``again``: the
     baseline and the ``again`` fastest others timed again, in reverse order (``round`` 2). Failures go to
     ``errors``."""
-    first, want, err = next(iter(case.paths)), [], {}
-    for name, fn in case.paths.items():
-        case.reset()
-        getattr(fn, "restart", lambda: None)()
-        try:
-            out = _tensors(fn())
-        except Exception as exc:
-            errors.append(f"{case.name} {name}: {type(exc).__name__}: {str(exc)[:200]}")
-            continue
-        want = out if name == first else want
-        diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(out, want)]
-        err[name] = max(diffs) if diffs and case.compare else None
-    del want
-    paths = {name: case.paths[name] for name in err}
-    flags = [False] if wall or device.type != "cuda" else [True] if graph_only else [False, True]
-    base, rows = {}, []
+    err, first, base, rows = _errors_against_baseline(case, errors), next(iter(case.paths)), {}, []
 
     def timed(name: str, graph: bool) -> dict | None:
         try:
-            return measure(paths[name], device, graph, reps)
+            return measure(case.paths[name], device, graph, reps)
         except Exception as exc:
-            errors.append(f"{case.name} {name}{' graph' if graph else ''}: {type(exc).__name__}: {str(exc)[:200]}")
+            errors.append(f"{case.name} {name}{' graph' if graph else ''}: {failure(exc)}")
 
     def add(name: str, graph: bool, t: dict | None, **extra) -> None:
         if t is None:
             return
         base.setdefault(graph, t["ms"] if name == first else None)
         label = f"{name} graph" if graph and not graph_only else name
+        speedup = base[graph] / t["ms"] if base[graph] else None
         row = {"case": case.name, "path": label, **t, "timing": "graph" if graph else "caller", **case.fields}
         for field, nbytes in case.nbytes.items():
-            gbps = nbytes / t["ms"] / 1e6
-            row.setdefault("gbps", gbps)
+            row.setdefault("gbps", nbytes / t["ms"] / 1e6)
             try:
-                row[field] = fraction_of_copy(gbps, copy_gbps)
+                row[field] = fraction_of_copy(nbytes / t["ms"] / 1e6, copy_gbps)
             except ValueError as exc:
                 row[field], row["error"] = None, str(exc)
-        speedup = base[graph] / t["ms"] if base[graph] else None
         row |= {"speedup_vs_eager" if first == "eager" else "speedup": speedup, "max_abs_err": err[name], **extra}
         rows.append(row)
         fracs = " ".join(f"{row[f]:.1%}" for f in case.nbytes if row.get(f) is not None)
         print(f"{case.name:<36} {label:<30} {t['ms']:9.3f} ms" + (f" {row['gbps']:8.1f} GB/s" if "gbps" in row else "")
-              + (f" {fracs} of copy" if fracs else "") + ("" if speedup is None else f"  x{speedup:.2f}"), flush=True)
+              + (f" {fracs} of copy" if fracs else "") + (f"  x{speedup:.2f}" if speedup else ""), flush=True)
 
     if wall or device.type != "cuda":
-        for name, t in interleaved(paths, device, reps, calls=calls).items():
+        graphs = [False]
+        for name, t in interleaved({n: case.paths[n] for n in err}, device, reps, calls=calls).items():
             add(name, False, t)
     else:
-        for graph in flags:
-            for name in paths:
-                add(name, graph, timed(name, graph))
-    for r in rows:  # the caller's time beyond the device's
-        twin = next((g for g in rows if g["path"] == f"{r['path']} graph"), None)
-        if twin:
+        graphs = [True] if graph_only else [False, True]
+        for graph, name in itertools.product(graphs, err):
+            add(name, graph, timed(name, graph))
+    for r, twin in itertools.product(rows, rows):  # the caller's time beyond the device's
+        if twin["path"] == f"{r['path']} graph":
             r["gap_ms"] = twin["gap_ms"] = r["ms"] - twin["ms"]
     fastest = sorted((r for r in rows if r["path"] != first), key=lambda r: r["ms"])[:again]
     for name in [r["path"] for r in reversed([r for r in rows if r["path"] == first][:again and 1] + fastest)]:
-        add(name, flags[-1], timed(name, flags[-1]), round=2)
+        add(name, graphs[-1], timed(name, graphs[-1]), round=2)
     return rows
 
 
@@ -228,7 +254,7 @@ def run_cases(name: str, args: argparse.Namespace, specs: Callable[[torch.device
                 torch._dynamo.reset()  # one compilation per case: Dynamo's recompile limit is 8
                 rows += time_case(case, device, copies.get(case.copy_bytes), info["errors"], **timing)
         except Exception as exc:  # out of memory at the largest shape, say: the other rows still count
-            info["errors"].append(f"{spec}: {type(exc).__name__}: {str(exc)[:200]}")
+            info["errors"].append(f"{spec}: {failure(exc)}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
         write_results(name, info, rows, args.out)
@@ -240,26 +266,20 @@ def run_cases(name: str, args: argparse.Namespace, specs: Callable[[torch.device
 
 def write_results(name: str, info: dict, rows: list[dict], out: Path, label: str = "path", group: str = "case",
                   plot: bool = True) -> tuple[Path, Path]:
-    """``out/<name>.json`` (info + rows) and ``out/<name>.png``: time per ``group``, a bar per ``label``."""
+    """``out/<name>.json`` (info + rows) and ``out/<name>.png``: a bar per row (first rounds), ``group | label``."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / f"{name}.json", out / f"{name}.png"
     json_path.write_text(json.dumps({"benchmark": name, **info, "rows": rows}, indent=2))
-    if not plot:
-        return json_path, png_path
-    groups = list(dict.fromkeys(str(r[group]) for r in rows))
-    labels = list(dict.fromkeys(str(r[label]) for r in rows if r.get("round", 1) == 1))
-    width, fig = 0.8 / max(len(labels), 1), Figure(figsize=(max(6, len(groups) * 1.2), 4), layout="tight")
-    ax = fig.subplots()
-    for i, lab in enumerate(labels):
-        ms = {str(r[group]): r["ms"] for r in reversed(rows) if str(r[label]) == lab}  # the first row of a group
-        ax.bar([j + i * width for j, g in enumerate(groups) if g in ms], [ms[g] for g in groups if g in ms], width,
-               label=lab)
-    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(groups))], groups, rotation=30, ha="right",
-                  fontsize=7)
-    ax.set(ylabel="ms (median)", title=f"{name} on {info.get('name', info['device'])}")
-    if rows:
-        ax.legend(fontsize=7)
-    fig.savefig(png_path, dpi=100)
+    if plot:
+        first = [r for r in rows if r.get("round", 1) == 1]
+        fig = Figure(figsize=(8, 1 + 0.22 * len(first)), layout="tight")
+        ax = fig.subplots()
+        ax.barh([f"{r[group]} | {r[label]}" for r in first], [r["ms"] for r in first])
+        ax.invert_yaxis()
+        ax.tick_params(labelsize=7)
+        ax.set(xlabel="ms (median)", xscale="log" if first else "linear",
+               title=f"{name} on {info.get('name', info['device'])}")
+        fig.savefig(png_path, dpi=100)
     return json_path, png_path
 
 

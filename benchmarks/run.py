@@ -1,6 +1,6 @@
 """Every benchmark in one command, each in its own process, into one results folder; then one table of every row
 (``summary.md``) and ``summary.json`` (device, versions, each benchmark's status, wall time and rows). ``--budget S``
-spreads S seconds over the benchmarks by weight.
+spreads S seconds over the benchmarks by weight (``cases.yaml``).
 
     python -m benchmarks.run [--quick] [--out DIR] [--device cuda|cpu] [--only NAME ...] [--budget SECONDS]
 """
@@ -15,20 +15,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import DEFAULT_OUT, cli, device_info
+from benchmarks.harness import CASES, DEFAULT_OUT, cli, device_info
 
 ROOT = Path(__file__).resolve().parent.parent
-# name -> (weight of the time budget, takes --deadline, its module's arguments: default benchmarks.bench_<name>)
-BENCHMARKS = {"masked_loss": (2.5, False), "ema": (1.0, False), "temporal_pool": (2.0, False),
-              "train_step": (2.0, True), "scaling": (2.5, True, "bench_train_step", "--scaling"),
-              "planning": (1.0, True), "host_overhead": (0.3, False), "op_batch": (0.5, False)}
-# the row fields the table's last column shows, where a row has them
-DETAILS = {"speedup": "x{:.2f}", "speedup_vs_eager": "x{:.2f} vs eager", "frac_copy": "{:.0%} of copy",
-           "frac_copy_autograd": "{:.0%} of copy on the autograd bytes",
-           "clips_per_s": "{:.1f} clips/s", "tokens_per_s": "{:.3g} tokens/s", "step_mem_mb": "step +{:.0f} MB",
-           "peak_mem_mb": "peak {:.0f} MB", "mfu": "MFU {:.1%}", "flops_per_step": "{:.3g} FLOP",
-           "flops_per_action": "{:.3g} FLOP/action", "gflops_per_s": "{:.1f} GFLOP/s",
-           "gap_ms": "caller - graph {:.3f} ms"}
+BENCHMARKS, DETAILS = CASES["run"]["benchmarks"], CASES["run"]["details"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,18 +53,14 @@ def table(results: dict[str, dict]) -> str:
     lines = ["| benchmark | case | path | median ms | IQR ms | details |", "|---|---|---|---:|---:|---|"]
     for name, res in results.items():
         for r in res.get("rows", []):
-            case = r.get("case") or r.get("shape") or r.get("point") or r.get("config")
-            if "config" in r and "batch" in r:
-                case = f"{r['config']} B{r['batch']}"
-            path = r.get("path") or r.get("variant") or r.get("sweep", "")
+            case = f"{r['config']} B{r['batch']}" if "config" in r else r.get("case") or r.get("shape")
             details = ", ".join(fmt.format(r[k]) for k, fmt in DETAILS.items() if r.get(k) is not None)
-            iqr = f"{r['ms_q25']:.3f}-{r['ms_q75']:.3f}"
-            lines.append(f"| {name} | {case} | {path} | {r['ms']:.3f} | {iqr} | {details} |")
+            lines.append(f"| {name} | {case} | {r.get('path') or r.get('variant')} | {r['ms']:.3f} | "
+                         f"{r['ms_q25']:.3f}-{r['ms_q75']:.3f} | {details} |")
         if res["status"] != "ok":
             lines.append(f"| {name} | ({res['status']}) | | | | |")
         elif not res.get("rows"):  # ran, measured nothing: say why (a benchmark that needs CUDA, on a CPU)
-            for note in res.get("skipped") or ["no rows"]:
-                lines.append(f"| {name} | (skipped: {note}) | | | | |")
+            lines += [f"| {name} | (skipped: {note}) | | | | |" for note in res.get("skipped") or ["no rows"]]
     return "\n".join(lines)
 
 
@@ -88,26 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {info.get('name')} ({args.device}), torch {info['torch']}, results in {out}", flush=True)
     started, results = time.perf_counter(), {}
     for i, name in enumerate(names):
-        timeout = None
+        timeout, weights = None, [BENCHMARKS[n][0] for n in names[i:]]
         if args.budget is not None:
-            left = args.budget - (time.perf_counter() - started)
-            weights = [BENCHMARKS[n][0] for n in names[i:]]
-            timeout = max(left * weights[0] / sum(weights), 10.0)
+            timeout = max((args.budget - (time.perf_counter() - started)) * weights[0] / sum(weights), 10.0)
         launched = time.time()
         results[name] = run_one(name, args, out, timeout)
         path = out / f"{name}.json"
         if path.is_file() and path.stat().st_mtime >= launched:  # written by this run, not an earlier one
             data = json.loads(path.read_text())
-            results[name] |= {"rows": data.get("rows", []), "skipped": data.get("skipped", []),
-                              "fits": data.get("fits")}
+            results[name] |= {key: data.get(key, default) for key, default in
+                              (("rows", []), ("skipped", []), ("fits", None))}
     summary = table(results)
     command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
     header = (f"{info.get('name')} ({args.device}), torch {info['torch']}, triton {info.get('triton', '-')}, "
               f"{info['date']}; command: {command}")
     print(f"\n{header}\n{summary}")
-    for res in results.values():
-        for sweep, fit in (res.get("fits") or {}).items():
-            print(f"scaling {sweep}: time ~ x^{fit['time_slope']:.2f} (FLOPs ~ x^{fit['flops_slope']:.2f})")
+    for sweep, fit in (fit for res in results.values() for fit in (res.get("fits") or {}).items()):
+        print(f"scaling {sweep}: time ~ x^{fit['time_slope']:.2f} (FLOPs ~ x^{fit['flops_slope']:.2f})")
     (out / "summary.md").write_text(f"{header}\n\n{summary}\n")
     (out / "summary.json").write_text(json.dumps({**info, "args": vars(args) | {"out": str(out)},
                                                   "benchmarks": results}, indent=2, default=str))

@@ -27,7 +27,6 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from benchmarks.bench_masked_loss import loss_setting
 from benchmarks.harness import cli, setting_text
 from benchmarks.sweep_launch import MASKED_LOSS_SETTINGS
 from hjepa_fast.kernels import ema, masked_loss, temporal_pool
@@ -158,8 +157,8 @@ def resources(compiled: triton.compiler.CompiledKernel, arch: int = 90) -> dict[
 
 
 # launch settings of the loss kernel among the sweep's candidates, compiled by default
-PIPELINED_LOSS = loss_setting(1024, 2, tiles=8, stages=3)
-SPLIT_LOSS = loss_setting(1024, 1, tiles=4, stages=2, split=True)  # rows in two chunks, pipelined too
+PIPELINED_LOSS = {"tile_elements": 1024, "warps": 2, "tiles": 8, "stages": 3, "split_rows": False}
+SPLIT_LOSS = {"tile_elements": 1024, "warps": 1, "tiles": 4, "stages": 2, "split_rows": True}  # two chunks a row
 
 
 def masked_loss_launches(B: int = 8, M: int = 147, N: int = 196, D: int = 768, Bt: int | None = None,

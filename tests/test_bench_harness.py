@@ -12,7 +12,16 @@ import torch
 import triton.testing
 
 from benchmarks import harness
-from benchmarks.harness import Case, Cycling, cold_copies, interleaved, measure, time_case
+from benchmarks.harness import (
+    Case,
+    Cycling,
+    cold_copies,
+    interleaved,
+    launch_settings,
+    measure,
+    setting_text,
+    time_case,
+)
 
 CPU = torch.device("cpu")
 
@@ -125,3 +134,18 @@ def test_outputs_are_compared_on_the_same_input_copy_when_a_path_cycles_through_
     run = Cycling(lambda x: x * 1.0, [(torch.zeros(3),), (torch.ones(3),)])
     rows = time_case(Case("toy", {"a": run, "b": run}), CPU, None, [], reps=3)
     assert [r["max_abs_err"] for r in rows] == [0.0, 0.0]
+
+
+def test_launch_settings_fill_the_keywords_the_others_name_with_the_defaults():
+    def launch(shape, *, block: int = 4096, warps: tuple[int, int] = (4, 4), stages: int = 1):
+        return shape
+
+    full = launch_settings(launch, [{}, {"warps": [8, 8]}, {"block": 1024}])
+    assert full == [{"block": 4096, "warps": (4, 4)}, {"block": 4096, "warps": (8, 8)},
+                    {"block": 1024, "warps": (4, 4)}]  # in the signature's order, lists as tuples, stages unnamed
+    assert [setting_text(s, full[0]) for s in full] == ["default", "warps=8/8", "block=1024"]
+
+
+def test_a_case_with_inputs_takes_them_in_turn_on_every_path():
+    case = Case("toy", {"a": lambda x: x, "b": lambda x: -x}, inputs=[(1,), (2,)])
+    assert [case.paths["a"]() for _ in range(3)] == [1, 2, 1] and case.paths["b"]() == -1
