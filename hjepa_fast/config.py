@@ -56,10 +56,6 @@ class ModelConfig:
     attention_backend: str = "auto"  # auto | sdpa | cudnn | flash | xformers
     kernels: str = "auto"  # auto (Triton on CUDA) | reference (plain PyTorch) | triton (also on CPU, interpreter)
     share_encoders: bool = False  # levels > 1 reuse level 1's transformer blocks and norm (own tokenizer, predictor)
-    # the losses of the levels above also train the encoders below them, through the bottom-up path
-    # (False: each level's input from the level below is detached, so each encoder learns from its own
-    # level's loss and from the top-down reads of the levels below it)
-    bottom_up_grad: bool = True
 
 
 @dataclass

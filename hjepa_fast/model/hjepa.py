@@ -3,8 +3,7 @@
 A training step (``HJEPA.forward``) reads like the algorithm:
 1. target path (no grad): every level's EMA target encoder on the full, unmasked input;
 2. bottom-up online path: level 1 encodes its context tokens; level l+1 pools level l's *context*
-   encodings (a masked pool; detached with ``model.bottom_up_grad=false``) and encodes its own context
-   tokens;
+   encodings (a masked pool) and encodes its own context tokens;
 3. top-down prediction, from level L down to 1: each predictor gets its context, mask tokens at the
    targets, actions, and the causally aligned summary of the level above (``model.topdown_source``: of
    its context, or of its context and its predictions);
@@ -182,8 +181,7 @@ class HJEPA(nn.Module):
                 out.append(encoder(normalize_clips(self._check_clips(clips)), keep=masks[0].context))
                 continue
             T, side, _ = self.grids[level - 1]
-            below = out[-1] if self.cfg.bottom_up_grad else out[-1].detach()
-            grid, visible = scatter_tokens(below, masks[level - 1].context, T * side * side)
+            grid, visible = scatter_tokens(out[-1], masks[level - 1].context, T * side * side)
             B = grid.shape[0]
             out.append(encoder(grid.view(B, T, side * side, -1), visible.view(B, T, side * side),
                                keep=masks[level].context))

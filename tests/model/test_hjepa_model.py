@@ -40,24 +40,6 @@ def test_every_online_part_trains_and_the_target_path_gets_no_gradient(make_conf
             assert p.grad is not None and p.grad.abs().sum() > 0, f"level {level + 1}: {name} gets no gradient"
 
 
-@pytest.mark.parametrize("bottom_up_grad", [True, False])
-def test_upper_losses_train_the_encoders_below_only_with_bottom_up_grad(make_config, bottom_up_grad):
-    """The level-2 and level-3 prediction losses reach level 1's encoder through the bottom-up path,
-    unless ``model.bottom_up_grad=false`` detaches it; level 1's own loss trains it either way."""
-    cfg = make_config("model.topdown=none", f"model.bottom_up_grad={str(bottom_up_grad).lower()}")
-    model = build_model(cfg)
-    clips, masks = batch(cfg)
-    targets, context = model.encode_targets(clips), model.encode_context(clips, masks)
-    preds = model.predict(context, masks)
-    upper = zip(preds[1:], targets[1:], masks[1:])
-    sum(model.prediction_loss(p, t, m.target) for p, t, m in upper).backward()
-    reached = any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders[0].parameters())
-    assert reached == bottom_up_grad
-    model.zero_grad()
-    model(clips, masks).loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders[0].blocks.parameters())
-
-
 def test_target_encoders_start_as_copies_of_the_online_encoders(make_config):
     model = build_model(make_config())
     for t, s in zip(model.target_encoders.parameters(), model.encoders.parameters()):
