@@ -1,9 +1,6 @@
 """EMA of every target encoder of the ViT-B 3-level recipe (~99.6 M parameters in 340 tensors): a Python loop,
 ``torch._foreach_lerp_`` per level, the packed ``MultiLevelEMA`` step (torch slices; on CUDA one Triton launch) and,
-on CUDA, ``torch.compile`` of the loop. Bytes: 12 per fp32 parameter. ``--quick``: first dimensions / 10.
-
-    python -m benchmarks.bench_ema [--quick] [--device cuda]
-"""
+on CUDA, ``torch.compile`` of the loop. Bytes: 12 per fp32 parameter. ``--quick``: first dimensions / 10."""
 from __future__ import annotations
 
 import torch

@@ -3,10 +3,7 @@
 ``torch.compile`` traces; the public ``*_triton`` function, also with the backward on the calling thread) and an
 ``autograd floor`` (a torch multiply), 10 rounds (--quick: 5) of 100 calls, CPU launches stubbed out.
 ``--batches`` (``op_batch``, CUDA): the loss at ViT-B width and the pooling (T 32), bf16, forward + backward as the
-batch grows (``cases.yaml``), as a caller sees them and from a CUDA graph (``gap_ms``: the cost per call).
-
-    python -m benchmarks.bench_host [--batches] [--out DIR] [--quick] [--device cpu|cuda]
-"""
+batch grows (``cases.yaml``), as a caller sees them and from a CUDA graph (``gap_ms``: the cost per call)."""
 from __future__ import annotations
 
 import contextlib

@@ -1,9 +1,6 @@
 """Forward + backward of the masked latent losses (``masked_l2_loss``, ``masked_jepa_loss``) at ViT-B recipe shapes
 (``cases.yaml``): the eager reference, ``torch.compile`` of it and, on CUDA, the Triton kernel (at D >= 768 also
-under candidate launch settings). Bytes: ``frac_copy`` 3 row-passes, ``frac_copy_autograd`` 5 (benchmarks/README.md).
-
-    python -m benchmarks.bench_masked_loss [--quick] [--device cuda|cpu] [--out DIR]
-"""
+under candidate launch settings). Bytes: ``frac_copy`` 3 row-passes, ``frac_copy_autograd`` 5 (benchmarks/README.md)."""
 from __future__ import annotations
 
 import functools

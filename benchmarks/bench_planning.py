@@ -1,11 +1,7 @@
 """Planning speed: ms per action of a planning agent (``PlanningAgent.act`` on a panworld episode) against the
 candidates, for CEM, MPPI and the gradient planner (its candidates are parallel starts, at 3x the iterations), flat
 and 2-level, with the analytic FLOPs per action and the FLOP rate; the config's model, fresh weights, fp32 as
-``hjepa plan`` runs it. One untimed call, then 3 to 15 (enough for ~3 s, ~0.5 s with ``--quick``).
-
-``python -m benchmarks.bench_planning [--quick] [--device cuda|cpu] [--out DIR] [--config PATH] [--iterations N]
-[--deadline S]``
-"""
+``hjepa plan`` runs it. One untimed call, then 3 to 15 (enough for ~3 s, ~0.5 s with ``--quick``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.harness import cli, device_info, failure, interleaved, loglog, write_results
+from benchmarks.harness import cli, device_info, failure, interleaved, row_line, write_results
 from hjepa_fast.config import Config, load_config
 from hjepa_fast.envs import make_env
 from hjepa_fast.kernels import set_kernel_mode
@@ -28,7 +24,6 @@ PLANNERS = ("cem", "mppi", "grad")
 CANDIDATES = (16, 32, 64, 128, 256, 512)
 QUICK_CANDIDATES = (8, 16, 32)
 GRAD_MAX_CPU = 128  # the gradient planner's largest point on CPU at default sizes
-NAME = "planning"
 
 
 def episode(cfg: Config, wm: PlanningModel, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
@@ -99,19 +94,12 @@ def main(argv: list[str] | None = None) -> None:
                 info["skipped"].append(f"{point}: {failure(err)}")
                 gc.collect()
                 continue
-            last[path], r = (candidates, time.perf_counter() - begun), rows[-1]
-            print(f"{r['path']:<11} N={candidates:<4} it {r['iterations']:<2} {r['ms']:10.1f} ms/action (IQR "
-                  f"{r['ms_q25']:.1f}-{r['ms_q75']:.1f}, {r['reps']} calls) {r['flops_per_action'] / 1e9:9.3f} GFLOP "
-                  f"{r['gflops_per_s']:8.1f} GFLOP/s", flush=True)
-            write_results(NAME, info, rows, args.out, plot=False)  # partial results survive a kill
+            last[path] = (candidates, time.perf_counter() - begun)
+            print(row_line(rows[-1]), flush=True)
+            write_results("planning", info, rows, args.out)  # partial results survive a kill
     for note in info["skipped"]:
         print("skipped:", note)
-    json_path, png_path = write_results(NAME, info, rows, args.out)
-    series = {p: [r for r in rows if r["path"] == p] for p in dict.fromkeys(r["path"] for r in rows)}
-    loglog(args.out / f"{NAME}_loglog.png", f"planning speed, {info['config']} on {info['name']}",
-           [("candidates", y, {p: [(r["candidates"], r[key]) for r in pts] for p, pts in series.items()})
-            for y, key in [("ms per action (median)", "ms"), ("achieved GFLOP/s", "gflops_per_s")]])
-    print(f"wrote {json_path}, {png_path} and {args.out / f'{NAME}_loglog.png'}")
+    print(f"wrote {write_results('planning', info, rows, args.out)}")
 
 
 if __name__ == "__main__":

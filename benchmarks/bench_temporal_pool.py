@@ -1,9 +1,6 @@
 """Temporal attention pooling at the recipe's level 1 -> 2 shape (N 196 tokens, 12 heads x 64, window 4), forward
 and forward + backward: the eager reference, ``torch.compile`` of it and, on CUDA, the Triton kernels. Bytes: k, v
-(and the mask) read, the output written; the backward adds k, v and the output gradient read, dk and dv written.
-
-    python -m benchmarks.bench_temporal_pool [--quick] [--device cpu|cuda] [--out DIR]
-"""
+(and the mask) read, the output written; the backward adds k, v and the output gradient read, dk and dv written."""
 from __future__ import annotations
 
 import torch

@@ -1,16 +1,14 @@
 """The training step (forward under bf16 autocast on CUDA, backward, AdamW, the EMA of every target encoder) on one
 fixed synthetic batch: steps/s, clips/s, tokens/s, memory and (CUDA) MFU per speed switch (``variants``), each
-against the baseline in the same run; ViT-B on CUDA only, at the largest micro-batch from ``--batch`` that fits.
+against the baseline in the same run; ViT-B on CUDA only, at the largest micro-batch from 64 that fits.
 ``--profile``: one warm step of the baseline and ``fast`` under ``torch.profiler``, summed by category.
-``--scaling``: the baseline's step against frames, levels, resolution and batch (``cases.yaml``), log-log slopes.
-
-``python -m benchmarks.bench_train_step [--quick] [--device cuda|cpu] [--out DIR] [--batch N] [--configs ...]
-[--variants ...] [--profile] [--scaling] [--deadline S]``
-"""
+``--scaling``: the baseline's step against frames, levels, resolution and batch (``cases.yaml``), log-log slopes."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import re
 import time
@@ -23,7 +21,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.harness import CASES, cli, device_info, failure, interleaved, loglog, write_results
+from benchmarks.harness import CASES, cli, device_info, failure, interleaved, row_line, write_results
 from hjepa_fast.config import Config, level_time_steps, load_config
 from hjepa_fast.flops import StepFlops, mask_token_counts, peak_bf16_flops, step_flops
 from hjepa_fast.kernels import set_kernel_mode
@@ -35,6 +33,33 @@ from hjepa_fast.train.ema import TargetEMA
 from hjepa_fast.train.parallelize import apply_activation_checkpointing
 
 CONFIGS, BASELINE, FAST = (CASES["train_step"][key] for key in ("configs", "baseline", "fast"))
+SCALING_BATCH = 8  # the base of the --scaling sweeps
+
+
+@dataclasses.dataclass
+class Session:
+    """What one run collects (``<name>.json``; with ``--profile`` also ``train_step_profile.md``), saved after each
+    measurement so that a run stopped at its time limit keeps what it measured, and its ``--deadline``."""
+
+    name: str
+    args: argparse.Namespace
+    device: torch.device
+    info: dict
+    rows: list[dict] = dataclasses.field(default_factory=list)
+    profiles: dict[str, dict] | None = None  # "<config> <variant> B<batch>" -> profile_step's summary
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def out_of_time(self) -> bool:
+        return self.args.deadline is not None and time.perf_counter() - self.started > self.args.deadline
+
+    def save(self) -> Path:
+        path = write_results(self.name, self.info | ({"profiles": self.profiles} if self.profiles else {}), self.rows,
+                             self.args.out)
+        if self.profiles:
+            (self.args.out / "train_step_profile.md").write_text(
+                f"{self.info['name']}, torch {torch.__version__}\n\n"
+                + "\n".join(format_profile(key, summary) for key, summary in self.profiles.items()))
+        return path
 
 
 class Variant(NamedTuple):
@@ -54,15 +79,14 @@ def variants(device: torch.device, quick: bool, levels: int) -> tuple[list[Varia
     else:
         skipped.append("compiled variants: left out of --quick on CPU (compiling the tiny model takes minutes there)")
     for name, overrides, *options in switches:
-        backend = name.removeprefix("attention=") if name.startswith("attention=") else None
-        try:
-            if backend and device.type != "cuda":
-                raise ImportError("CUDA only (on CPU every backend runs SDPA)")
-            if backend:
-                resolve_backend(backend)
-        except ImportError as e:
-            skipped.append(f"{name}: {e}")
-            continue
+        if name.startswith("attention="):
+            try:
+                if device.type != "cuda":
+                    raise ImportError("CUDA only (on CPU every backend runs SDPA)")
+                resolve_backend(name.removeprefix("attention="))
+            except ImportError as e:
+                skipped.append(f"{name}: {e}")
+                continue
         out.append(Variant(name, [o for key in overrides for o in expand.get(key, [key])], **(options or [{}])[0]))
     return out, skipped
 
@@ -94,8 +118,18 @@ def step_memory(step: Callable[[], None], device: torch.device) -> dict:
         return {}
 
 
-def build_step(cfg: Config, device: torch.device, compile_model: bool = False) -> tuple[Callable[[], None], StepFlops]:
-    """One training step of ``cfg.train.batch_size`` synthetic clips as a closure, and its analytic FLOPs."""
+class Prepared(NamedTuple):
+    """A built step after two untimed runs: ``first_s`` the first (compilation included), ``estimate_s`` the second."""
+
+    cfg: Config
+    step: Callable[[], None]
+    flops: StepFlops
+    first_s: float
+    estimate_s: float
+
+
+def prepare(cfg: Config, device: torch.device, compile_model: bool = False) -> Prepared:
+    """One training step of ``cfg.train.batch_size`` synthetic clips as a closure, run twice, its analytic FLOPs."""
     set_kernel_mode(cfg.model.kernels)
     model = build_model(cfg).to(device)
     if any(cfg.train.activation_checkpointing):
@@ -124,33 +158,12 @@ def build_step(cfg: Config, device: torch.device, compile_model: bool = False) -
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    return step, step_flops(cfg, B, *mask_token_counts(masks_cpu))
-
-
-class Prepared(NamedTuple):
-    """A built step after two untimed runs: ``first_s`` the first (compilation included), ``estimate_s`` the second."""
-
-    cfg: Config
-    step: Callable[[], None]
-    flops: StepFlops
-    first_s: float
-    estimate_s: float
-
-
-def prepare(cfg: Config, device: torch.device, compile_model: bool = False) -> Prepared:
-    step, flops = build_step(cfg, device, compile_model)
     times = []
     for _ in range(2):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return Prepared(cfg, step, flops, *times)
-
-
-def round_robin(steps: dict[str, Callable[[], None]], estimate_s: float, quick: bool) -> dict[str, dict]:
-    """``harness.interleaved`` over enough rounds (5 to 20) for ~2 s (quick) or ~6 s of the slowest step."""
-    reps = int(min(20, max(5, (2.0 if quick else 6.0) / max(estimate_s, 1e-3))))
-    return interleaved(steps, torch.device("cpu"), reps, warmup=0)  # each step synchronises itself
+    return Prepared(cfg, step, step_flops(cfg, B, *mask_token_counts(masks_cpu)), *times)
 
 
 def variant_config(config: str, variant: Variant, batch: int) -> Config:
@@ -182,17 +195,16 @@ def _prepare_fitting(config: str, variant: Variant, batch: int, device: torch.de
         print(f"{config}: out of memory, trying batch {batch}", flush=True)
 
 
-def measure_case(config: str, batch: int, todo: list[Variant], device: torch.device, quick: bool, rows: list[dict],
-                 skipped: list[str], out_of_time: Callable[[], bool], save: Callable[[], None],
-                 profiles: dict[str, dict] | None = None) -> None:
+def measure_case(run: Session, config: str, batch: int, todo: list[Variant]) -> None:
     """A row per variant of one config, saved after each measurement. CPU: every variant built, then timed in
-    turn; CUDA: one at a time, each with all the memory. ``profiles``: the baseline's and fast's step profiles."""
+    turn; CUDA: one at a time, each with all the memory. ``--profile``: the baseline's and fast's step profiles."""
+    device, skipped = run.device, run.info["skipped"]
     peak_flops = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     baseline_rate = None
     for group in [todo] if device.type == "cpu" else [[v] for v in todo]:
         prepared: dict[str, Prepared] = {}
         for variant in group:
-            if out_of_time():
+            if run.out_of_time():
                 skipped.append(f"{config} {variant.name}: past the --deadline")
                 continue
             p, batch = _prepare_fitting(config, variant, batch, device, skipped)
@@ -201,33 +213,25 @@ def measure_case(config: str, batch: int, todo: list[Variant], device: torch.dev
         if not prepared:
             continue
         memory = {name: step_memory(p.step, device) for name, p in prepared.items()}
-        times = round_robin({name: p.step for name, p in prepared.items()},
-                            max(p.estimate_s for p in prepared.values()), quick)
+        # 5 to 20 rounds, for ~2 s (--quick) or ~6 s of the slowest step; each step synchronises itself
+        slowest = max(p.estimate_s for p in prepared.values())
+        reps = int(min(20, max(5, (2.0 if run.args.quick else 6.0) / max(slowest, 1e-3))))
+        times = interleaved({name: p.step for name, p in prepared.items()}, torch.device("cpu"), reps, warmup=0)
         for name, p in prepared.items():
             t, s, b, m = times[name], times[name]["ms"] * 1e-3, p.cfg.train.batch_size, p.cfg.model
             tokens_per_clip = sum(level_time_steps(p.cfg)) * (m.img_size // m.patch_size) ** 2
             baseline_rate = b / s if name == "baseline" else baseline_rate
-            rows.append({"config": config, "variant": name, "batch": b, **t, "first_step_s": p.first_s,
-                         "steps_per_s": 1 / s, "clips_per_s": b / s, "tokens_per_s": b * tokens_per_clip / s,
-                         "tokens_per_clip": tokens_per_clip, "flops_per_step": p.flops.train_step,
-                         "tflops": p.flops.train_step / s / 1e12, **memory[name],
-                         "speedup": b / s / baseline_rate if baseline_rate else None,
-                         **({"mfu": p.flops.train_step / s / peak_flops} if peak_flops else {})})
-            print(format_row(rows[-1]), flush=True)
-            if profiles is not None and name in ("baseline", "fast"):
-                profiles[f"{config} {name} B{b}"] = profile_step(p.step, device)
-        save()
+            run.rows.append({"config": config, "variant": name, "batch": b, **t, "first_step_s": p.first_s,
+                             "clips_per_s": b / s, "tokens_per_s": b * tokens_per_clip / s, "tokens_per_clip":
+                             tokens_per_clip, "flops_per_step": p.flops.train_step, **memory[name],
+                             "speedup": b / s / baseline_rate if baseline_rate else None,
+                             **({"mfu": p.flops.train_step / s / peak_flops} if peak_flops else {})})
+            print(row_line(run.rows[-1]), flush=True)
+            if run.profiles is not None and name in ("baseline", "fast"):
+                run.profiles[f"{config} {name} B{b}"] = profile_step(p.step, device)
+        run.save()
         del prepared
         _free(device)
-
-
-def format_row(r: dict) -> str:
-    mem = f"step +{r['step_mem_mb']:6.0f} MB" if "step_mem_mb" in r else "step +     - MB"
-    mem += f" peak {r['peak_mem_mb']:6.0f} MB" if "peak_mem_mb" in r else ""
-    mfu = f"  MFU {r['mfu']:5.1%}" if "mfu" in r else ""
-    return (f"{r['config']:<12} {r['variant']:<21} B{r['batch']:<4} {r['ms']:9.1f} ms "
-            f"(IQR {r['ms_q25']:.1f}-{r['ms_q75']:.1f}) {r['clips_per_s']:8.1f} clips/s "
-            f"{r['tokens_per_s']:10.0f} tok/s {mem}{mfu}" + ("" if r["speedup"] is None else f"  x{r['speedup']:.2f}"))
 
 
 def categorize(name: str) -> str:
@@ -271,72 +275,35 @@ def format_profile(title: str, summary: dict) -> str:
     return "\n".join(lines + [f"| `{name}` | {ms:.2f} |" for name, ms in summary["top"]]) + "\n"
 
 
-def scaling(args, device: torch.device, out_of_time: Callable[[], bool]) -> None:
-    """One sweep per factor, the others at the base, a sweep's points timed as variants of the baseline."""
-    (config, sweeps), keys = CASES["train_step"]["scaling"][device.type], CASES["train_step"]["scaling_keys"]
-    info, rows = device_info(device) | {"base": f"{config} batch {args.batch or 8}", "skipped": [], "fits": {}}, []
-    save = lambda: write_results("scaling", info, rows, args.out, label="config", group="variant")
-    build_step(variant_config(config, Variant("", []), 2), device)[0]()  # one-time warm-up
+def scaling(run: Session) -> None:
+    """One sweep per factor, the others at the base, a sweep's points timed as variants of the baseline; per sweep
+    the log-log slopes of the step time and of its FLOPs against the factor (``fits``)."""
+    (config, sweeps), keys = CASES["train_step"]["scaling"][run.device.type], CASES["train_step"]["scaling_keys"]
+    run.info |= {"base": f"{config} batch {SCALING_BATCH}", "fits": {}}
+    prepare(variant_config(config, Variant("", []), 2), run.device)  # one-time warm-up
     for sweep, values in sweeps.items():
-        points = {f"{sweep}={v}": v for v in (values[:3] if args.quick else values)}
-        start = len(rows)
-        measure_case(config, args.batch or 8, [Variant(p, [f"{keys[sweep]}={v}"]) for p, v in points.items()], device,
-                     args.quick, rows, info["skipped"], out_of_time, save)
-        for r in rows[start:]:
-            r |= {"sweep": sweep, "value": points[r["variant"]], "point": r["variant"]}
-        if len(rows) - start >= 2:
-            x = np.log([r["value"] for r in rows[start:]])
-            info["fits"][sweep] = fit = {f"{name}_slope": float(np.polyfit(x, np.log([r[key] for r in rows[start:]]),
-                                                                           1)[0])
-                                         for name, key in (("time", "ms"), ("flops", "flops_per_step"))}
+        points = {f"{sweep}={v}": v for v in (values[:3] if run.args.quick else values)}
+        start = len(run.rows)
+        measure_case(run, config, SCALING_BATCH, [Variant(p, [f"{keys[sweep]}={v}"]) for p, v in points.items()])
+        swept = run.rows[start:]
+        for r in swept:
+            r |= {"sweep": sweep, "value": points[r["variant"]]}
+        if len(swept) >= 2:
+            x = np.log([r["value"] for r in swept])
+            fit = {f"{name}_slope": float(np.polyfit(x, np.log([r[key] for r in swept]), 1)[0])
+                   for name, key in (("time", "ms"), ("flops", "flops_per_step"))}
+            run.info["fits"][sweep] = fit
             print(f"{sweep:>9}: time ~ x^{fit['time_slope']:.2f}, FLOPs ~ x^{fit['flops_slope']:.2f}")
-    for note in info["skipped"]:
-        print("skipped:", note)
-    json_path, png_path = save()
-    loglog(args.out / "scaling_loglog.png", f"training-step scaling, {info['base']} on {info['name']}",
-           [(sweep, "step ms (median)", {f"time ~ x^{fit['time_slope']:.2f}, FLOPs ~ x^{fit['flops_slope']:.2f}":
-                                         [(r["value"], r["ms"]) for r in rows if r.get("sweep") == sweep]})
-            for sweep, fit in info["fits"].items()])
-    print(f"wrote {json_path}, {png_path} and {args.out / 'scaling_loglog.png'}")
 
 
-def main() -> None:
-    parser = cli(__doc__)
-    parser.add_argument("--batch", type=int, default=None, help="ViT-B's micro-batch to start from (scaling: 8)")
-    parser.add_argument("--deadline", type=float, default=None, help="seconds after which no measurement starts")
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None, help="default: all")
-    parser.add_argument("--variants", nargs="+", default=None, help="after the baseline, in this order (default all)")
-    parser.add_argument("--profile", action="store_true", help="profile one step of baseline and fast")
-    parser.add_argument("--scaling", action="store_true", help="the scaling sweeps instead of the variants")
-    args = parser.parse_args()
-    started, device = time.perf_counter(), torch.device(args.device)
-    out_of_time = lambda: args.deadline is not None and time.perf_counter() - started > args.deadline
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # stable medians on a shared machine
-    if args.scaling:
-        return scaling(args, device, out_of_time)
-    info = device_info(device) | {
-        "memory": "step_mem_mb: peak over one step minus what was allocated before it; peak_mem_mb: "
-                  "torch.cuda.max_memory_allocated" if device.type == "cuda" else
-                  "step_mem_mb: peak RSS over one step minus RSS before it (VmHWM - VmRSS, Linux)",
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "skipped": []}
+def compare_variants(run: Session) -> None:
+    """Each config's variants against its baseline: the tiny model, and ViT-B on CUDA."""
+    args, device = run.args, run.device
     cases = {"tiny_cpu": 8 if args.quick and device.type == "cpu" else 32}
     if device.type == "cuda":
-        cases["vitb_3level"] = args.batch or (16 if args.quick else 64)
+        cases["vitb_3level"] = 16 if args.quick else 64
     else:
-        info["skipped"].append("vitb_3level: needs a GPU (one step of one clip is ~1.4 TFLOP)")
-    rows: list[dict] = []
-    profiles: dict[str, dict] | None = {} if args.profile else None
-
-    def save() -> tuple[Path, Path]:
-        paths = write_results("train_step", info | ({"profiles": profiles} if profiles else {}), rows, args.out,
-                              label="variant", group="config")
-        if profiles:  # after write_results, which makes the folder
-            (args.out / "train_step_profile.md").write_text(
-                f"{info.get('name', device.type)}, torch {torch.__version__}\n\n"
-                + "\n".join(format_profile(key, summary) for key, summary in profiles.items()))
-        return paths
-
+        run.info["skipped"].append("vitb_3level: needs a GPU (one step of one clip is ~1.4 TFLOP)")
     for config, batch in cases.items():
         if args.configs is not None and config not in args.configs:
             continue
@@ -345,14 +312,31 @@ def main() -> None:
         if args.variants is not None:  # the baseline, then the named ones in the order given
             by_name = {v.name: v for v in todo}
             todo = [todo[0], *(by_name[n] for n in args.variants if n in by_name and n != "baseline")]
-        info["skipped"] += [f"{config} {s}" for s in skipped]
+        run.info["skipped"] += [f"{config} {s}" for s in skipped]
         if device.type == "cpu":  # one-time allocations (thread pools, workspaces) must not land on a variant
-            build_step(variant_config(config, todo[0], 2), device)[0]()
-        measure_case(config, batch, todo, device, args.quick, rows, info["skipped"], out_of_time, save, profiles)
+            prepare(variant_config(config, todo[0], 2), device)
+        measure_case(run, config, batch, todo)
+
+
+def main() -> None:
+    parser = cli(__doc__)
+    parser.add_argument("--deadline", type=float, default=None, help="seconds after which no measurement starts")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None, help="default: all")
+    parser.add_argument("--variants", nargs="+", default=None, help="after the baseline, in this order (default all)")
+    parser.add_argument("--profile", action="store_true", help="profile one step of baseline and fast")
+    parser.add_argument("--scaling", action="store_true", help="the scaling sweeps instead of the variants")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # stable medians on a shared machine
+    info = device_info(device) | {"memory": " ".join(step_memory.__doc__.split()), "skipped": [],
+                                  "precision": "bf16 autocast" if device.type == "cuda" else "fp32"}
+    run = Session("scaling" if args.scaling else "train_step", args, device, info,
+                  profiles={} if args.profile and not args.scaling else None)
+    (scaling if args.scaling else compare_variants)(run)
     for note in info["skipped"]:
         print("skipped:", note)
-    json_path, png_path = save()
-    print(f"wrote {json_path} and {png_path}")
+    print(f"wrote {run.save()}")
 
 
 if __name__ == "__main__":

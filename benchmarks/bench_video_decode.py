@@ -1,10 +1,7 @@
 """Clip decoding on one CPU core: from the start of the file (PyAV's default threads, and one thread) against
 seeking to the keyframe before the clip (``hjepa_fast.data.decode``), and the whole VideoFolder item. Videos: 4
 H.264 mp4s of 30 s, 30 fps, 320x240 (--quick: 2 of 5 s), written here with libx264's defaults (a keyframe at most
-every ``--gop`` frames) from a panning photo with noise; 16 clips of 16 frames (--quick: 4), stride 2, uniform.
-
-    python -m benchmarks.bench_video_decode [--quick] [--gop 250] [--out DIR]
-"""
+every ``--gop`` frames) from a panning photo with noise; 16 clips of 16 frames (--quick: 4), stride 2, uniform."""
 from __future__ import annotations
 
 import tempfile
@@ -14,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import cli, device_info, measure, write_results
+from benchmarks.harness import cli, device_info, measure, row_line, write_results
 from hjepa_fast.data import SampleKey, VideoFolder
 from hjepa_fast.data.clips import clip_frame_numbers
 from hjepa_fast.data.decode import Video, import_av
@@ -75,14 +72,13 @@ def main() -> None:
                 for name, fn in readers.items()]
     print(f"{videos} videos, {seconds} s at {FPS} fps, {WIDTH}x{HEIGHT}, gop {args.gop}; {n_clips} clips of "
           f"{FRAMES} frames (stride {STRIDE}), mean start frame {start:.0f}; one core")
-    print(f"{'path':40s} {'clips/s':>8s} {'ms/clip':>8s} {'x first':>8s}")
     for r in rows:
         r["clips_per_s"] = n_clips / (r["ms"] * 1e-3)
         r["speedup"] = r["clips_per_s"] / rows[0]["clips_per_s"]
-        print(f"{r['path']:40s} {r['clips_per_s']:8.1f} {r['ms'] / n_clips:8.1f} {r['speedup']:7.1f}x")
+        print(row_line(r))
     info = device_info(cpu) | {"videos": videos, "seconds": seconds, "size": f"{WIDTH}x{HEIGHT}", "gop": args.gop,
                                "clips": n_clips, "frames": FRAMES, "stride": STRIDE, "mean_start_frame": start}
-    print(f"results: {write_results('video_decode', info, rows, args.out)[0]}")
+    print(f"results: {write_results('video_decode', info, rows, args.out)}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,7 @@
 launch setting against its targets (``goals.json``: benchmark -> [goal, row field, least value]), and the fastest
 launch setting per loss case and per swept kernel beside the default. Speedups compare paths under the same timing.
 
-``python -m benchmarks.goals RESULTS_DIR`` prints the table and writes ``RESULTS_DIR/goals.md``.
-"""
+``python -m benchmarks.goals RESULTS_DIR`` prints the table and writes ``RESULTS_DIR/goals.md``."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,6 @@
-"""The runner every benchmark shares: timing, the copy reference, result rows, JSON (device and versions) and a
-plot, and the command line (``--out``, ``--quick``, ``--device``). An op benchmark is a list of specs and a setup
-that builds each spec's calls (``Case``), handed to ``run_cases``; what it times is data in ``cases.yaml``."""
+"""The runner every benchmark shares: timing, the copy reference, result rows, their printed line and JSON (device
+and versions), and the command line (``--out``, ``--quick``, ``--device``). An op benchmark is a list of specs and a
+setup that builds each spec's calls (``Case``), handed to ``run_cases``; what it times is data in ``cases.yaml``."""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from matplotlib.figure import Figure
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 CASES = yaml.safe_load((Path(__file__).parent / "cases.yaml").read_text())
+DETAILS = CASES["run"]["details"]  # row field -> format, for the printed lines and the summary table
 MAX_FRACTION = 1.1  # of a copy of the same bytes: above it the byte count or the reference is wrong
 L2_BYTES = 50 * 2**20  # an H100's or H200's L2 cache, where the device properties do not say
 
@@ -33,6 +33,23 @@ def device_info(device: torch.device) -> dict:
             "triton").__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
             **({} if cuda else {"threads": torch.get_num_threads()})}
+
+
+def row_label(row: dict) -> tuple[str, str]:
+    """A row's case and path, whichever benchmark wrote it (the training step's: config and batch, variant)."""
+    case = f"{row['config']} B{row['batch']}" if "config" in row else row.get("case") or row.get("shape")
+    return case, row.get("path") or row.get("variant")
+
+
+def details(row: dict) -> str:
+    """The ``DETAILS`` fields a row has, formatted: the summary table's last column, the end of a printed line."""
+    return ", ".join(fmt.format(row[key]) for key, fmt in DETAILS.items() if row.get(key) is not None)
+
+
+def row_line(row: dict) -> str:
+    """The line a benchmark prints for a row as it measures it."""
+    case, path = row_label(row)
+    return f"{case:<36} {path:<30} {row['ms']:9.3f} ms (IQR {row['ms_q25']:.3f}-{row['ms_q75']:.3f})  {details(row)}"
 
 
 def failure(exc: BaseException) -> str:
@@ -214,9 +231,7 @@ def time_case(case: Case, device: torch.device, copy_gbps: float | None, errors:
                 row[field], row["error"] = None, str(exc)
         row |= {"speedup_vs_eager" if first == "eager" else "speedup": speedup, "max_abs_err": err[name], **extra}
         rows.append(row)
-        fracs = " ".join(f"{row[f]:.1%}" for f in case.nbytes if row.get(f) is not None)
-        print(f"{case.name:<36} {label:<30} {t['ms']:9.3f} ms" + (f" {row['gbps']:8.1f} GB/s" if "gbps" in row else "")
-              + (f" {fracs} of copy" if fracs else "") + (f"  x{speedup:.2f}" if speedup else ""), flush=True)
+        print(row_line(row), flush=True)
 
     if wall or device.type != "cuda":
         graphs = [False]
@@ -264,35 +279,12 @@ def run_cases(name: str, args: argparse.Namespace, specs: Callable[[torch.device
     return rows
 
 
-def write_results(name: str, info: dict, rows: list[dict], out: Path, label: str = "path", group: str = "case",
-                  plot: bool = True) -> tuple[Path, Path]:
-    """``out/<name>.json`` (info + rows) and ``out/<name>.png``: a bar per row (first rounds), ``group | label``."""
+def write_results(name: str, info: dict, rows: list[dict], out: Path) -> Path:
+    """``out/<name>.json``: ``info`` (device, versions, notes) and the rows."""
     out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out / f"{name}.json", out / f"{name}.png"
-    json_path.write_text(json.dumps({"benchmark": name, **info, "rows": rows}, indent=2))
-    if plot:
-        first = [r for r in rows if r.get("round", 1) == 1]
-        fig = Figure(figsize=(8, 1 + 0.22 * len(first)), layout="tight")
-        ax = fig.subplots()
-        ax.barh([f"{r[group]} | {r[label]}" for r in first], [r["ms"] for r in first])
-        ax.invert_yaxis()
-        ax.tick_params(labelsize=7)
-        ax.set(xlabel="ms (median)", xscale="log" if first else "linear",
-               title=f"{name} on {info.get('name', info['device'])}")
-        fig.savefig(png_path, dpi=100)
-    return json_path, png_path
-
-
-def loglog(path: Path, title: str, panels: list[tuple[str, str, dict[str, list[tuple[float, float]]]]]) -> None:
-    """One log-log panel per (x label, y label, series name -> points)."""
-    fig = Figure(figsize=(3.6 * len(panels), 3.4), layout="tight")
-    for ax, (xlabel, ylabel, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0] if panels else [], panels):
-        for name, pts in series.items():
-            ax.plot(*zip(*pts), "o-", label=name)
-        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=100)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, **info, "rows": rows}, indent=2))
+    return path
 
 
 def cli(doc: str) -> argparse.ArgumentParser:

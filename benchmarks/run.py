@@ -1,9 +1,6 @@
 """Every benchmark in one command, each in its own process, into one results folder; then one table of every row
 (``summary.md``) and ``summary.json`` (device, versions, each benchmark's status, wall time and rows). ``--budget S``
-spreads S seconds over the benchmarks by weight (``cases.yaml``).
-
-    python -m benchmarks.run [--quick] [--out DIR] [--device cuda|cpu] [--only NAME ...] [--budget SECONDS]
-"""
+spreads S seconds over the benchmarks by weight (``cases.yaml``)."""
 from __future__ import annotations
 
 import argparse
@@ -15,19 +12,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import CASES, DEFAULT_OUT, cli, device_info
+from benchmarks.harness import CASES, DEFAULT_OUT, cli, details, device_info, row_label
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS, DETAILS = CASES["run"]["benchmarks"], CASES["run"]["details"]
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = cli(__doc__)
-    parser.prog = "python -m benchmarks.run"
-    parser.set_defaults(out=None)  # benchmarks/results/<date>-<device>
-    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for all benchmarks together")
-    return parser.parse_args(argv)
+BENCHMARKS = CASES["run"]["benchmarks"]
 
 
 def run_one(name: str, args: argparse.Namespace, out: Path, timeout: float | None) -> dict:
@@ -48,15 +36,13 @@ def run_one(name: str, args: argparse.Namespace, out: Path, timeout: float | Non
 
 
 def table(results: dict[str, dict]) -> str:
-    """One markdown table of every row with the ``DETAILS`` it has; a benchmark that failed or measured nothing
-    gets a line that says so."""
+    """One markdown table of every row with the ``harness.DETAILS`` it has; a benchmark that failed or measured
+    nothing gets a line that says so."""
     lines = ["| benchmark | case | path | median ms | IQR ms | details |", "|---|---|---|---:|---:|---|"]
     for name, res in results.items():
         for r in res.get("rows", []):
-            case = f"{r['config']} B{r['batch']}" if "config" in r else r.get("case") or r.get("shape")
-            details = ", ".join(fmt.format(r[k]) for k, fmt in DETAILS.items() if r.get(k) is not None)
-            lines.append(f"| {name} | {case} | {r.get('path') or r.get('variant')} | {r['ms']:.3f} | "
-                         f"{r['ms_q25']:.3f}-{r['ms_q75']:.3f} | {details} |")
+            lines.append(f"| {name} | {' | '.join(row_label(r))} | {r['ms']:.3f} | {r['ms_q25']:.3f}-{r['ms_q75']:.3f} "
+                         f"| {details(r)} |")
         if res["status"] != "ok":
             lines.append(f"| {name} | ({res['status']}) | | | | |")
         elif not res.get("rows"):  # ran, measured nothing: say why (a benchmark that needs CUDA, on a CPU)
@@ -65,13 +51,21 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser = cli(__doc__)
+    parser.prog = "python -m benchmarks.run"
+    parser.set_defaults(out=None)  # benchmarks/results/<date>-<device>
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for all benchmarks together")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     info = device_info(device)
     out = (args.out or DEFAULT_OUT / f"{time.strftime('%Y%m%d-%H%M%S')}-{device.type}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     names = args.only or list(BENCHMARKS)
-    print(f"device: {info.get('name')} ({args.device}), torch {info['torch']}, results in {out}", flush=True)
+    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+    header = (f"{info.get('name')} ({args.device}), torch {info['torch']}, triton {info.get('triton', '-')}, "
+              f"{info['date']}; command: {command}")
+    print(f"{header}; results in {out}", flush=True)
     started, results = time.perf_counter(), {}
     for i, name in enumerate(names):
         timeout, weights = None, [BENCHMARKS[n][0] for n in names[i:]]
@@ -82,19 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         path = out / f"{name}.json"
         if path.is_file() and path.stat().st_mtime >= launched:  # written by this run, not an earlier one
             data = json.loads(path.read_text())
-            results[name] |= {key: data.get(key, default) for key, default in
-                              (("rows", []), ("skipped", []), ("fits", None))}
+            results[name] |= {"rows": data.get("rows", []), "skipped": data.get("skipped", [])}
     summary = table(results)
-    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
-    header = (f"{info.get('name')} ({args.device}), torch {info['torch']}, triton {info.get('triton', '-')}, "
-              f"{info['date']}; command: {command}")
     print(f"\n{header}\n{summary}")
-    for sweep, fit in (fit for res in results.values() for fit in (res.get("fits") or {}).items()):
-        print(f"scaling {sweep}: time ~ x^{fit['time_slope']:.2f} (FLOPs ~ x^{fit['flops_slope']:.2f})")
     (out / "summary.md").write_text(f"{header}\n\n{summary}\n")
     (out / "summary.json").write_text(json.dumps({**info, "args": vars(args) | {"out": str(out)},
                                                   "benchmarks": results}, indent=2, default=str))
-    print(f"\nwrote {out / 'summary.md'}, {out / 'summary.json'} and each benchmark's JSON and plot in {out}")
+    print(f"\nwrote {out / 'summary.md'}, {out / 'summary.json'} and each benchmark's JSON in {out}")
     return 0 if all(r["status"] == "ok" for r in results.values()) else 1
 
 

@@ -3,10 +3,7 @@
 launch-settings function (``cases.yaml``); the default comes first, every other output is compared with its, and
 the default and the three fastest others are timed again (``round`` 2). Cases: the loss forward (D 768, D 96, D 96
 shuffled) and its backward's product, the pooling forward and backward (with and without the mask), the EMA of
-~100 M fp32.
-
-``python -m benchmarks.sweep_launch [--out DIR] [--quick]``
-"""
+~100 M fp32."""
 from __future__ import annotations
 
 import functools

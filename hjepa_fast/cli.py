@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_shard)
     p = sub.add_parser("info", help="versions, device, attention backend")
     p.set_defaults(func=_info)
-    p = sub.add_parser("bench", help="every benchmark: one table, JSON and plots in one folder (benchmarks/run.py)")
+    p = sub.add_parser("bench", help="every benchmark: one table and JSON in one folder (benchmarks/run.py)")
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run, ~1-2 min on CPU)")
     p.add_argument("--out", help="results folder (default benchmarks/results/<date>-<device>)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")

@@ -5,7 +5,7 @@
 #   device.txt       nvidia-smi, torch, triton, flash-attn / xformers versions
 #   pytest_gpu.txt   the GPU tests' output (pytest_gpu.xml: JUnit)
 #   sweep_launch.*   time and GB/s of each kernel under each launch setting
-#   *.json, *.png    each benchmark's results and plot; summary.md / summary.json: the one table
+#   *.json           each benchmark's results; summary.md / summary.json: the one table
 #   goals.md         the kernels' rows against their goals, the fastest launch settings (benchmarks.goals)
 #
 #   scripts/gpu_suite.sh [OUT_DIR]        (default benchmarks/results/gpu-<date>)
