@@ -3,9 +3,10 @@ macro-actions toward the goal; its predicted latents become subgoals for the lev
 
 At level k the plan's variables are one action per level-k step (held for the step's ``span`` frames):
 over the whole imagined future at the top, over the first future step of level k+1 below it (the rest of
-the future keeps the plan from above). The top level's cost is the L1 distance of its predicted step
-``energy_frames`` frames ahead (default: its last) to the goal's embedding; level k's cost is the L1
-distance of its prediction, encoded one level up, to the subgoal. With ``energy_path`` the top level's cost
+the future keeps the plan from above). The top level's cost is the energy (``energy``: the latent L1
+distance by default, or a learned distance) of its predicted step ``energy_frames`` frames ahead (default:
+its last) to the goal's embedding; level k's cost is the energy of its prediction, encoded one level up, to
+the subgoal (level k + 1's energy). With ``energy_path`` the top level's cost
 is that distance averaged over every imagined step up to ``energy_frames`` ahead (a running cost: stay near
 the goal along the way) instead of the one step. With one level this is exactly flat planning. Only the
 first primitive action is executed; the next step plans again from the new observation."""
@@ -16,32 +17,27 @@ import torch
 
 from hjepa_fast.envs import Env, replay
 
+from .energy import Energy, LatentEnergy
 from .planners import CEM, MPPI, GradientPlanner
 from .world_model import PlanningModel, State
 
 Planner = CEM | MPPI | GradientPlanner
 
 
-def latent_cost(pred: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """The planning energy: mean L1 distance of predicted tokens ``[N, hw, D]`` (or ``[N, steps, hw, D]``:
-    averaged over the steps too) to goal tokens ``[hw, D]``: ``[N]``."""
-    return (pred - goal).abs().flatten(1).mean(1)
-
-
 class PlanningAgent:
     """``energy_frames``: how far ahead the top level's prediction is compared with the goal, in frames
     (rounded up to the top level's steps; None: its last predicted step). Nearer predictions are more
     accurate; the replanning at every step carries the agent on. ``energy_path``: average the distance
-    over every imagined step up to there."""
+    over every imagined step up to there. ``energy``: how far tokens are from a goal (default: latent L1)."""
 
     def __init__(self, wm: PlanningModel, planner: Planner, levels: int = 1, energy_frames: int | None = None,
-                 energy_path: bool = False):
+                 energy_path: bool = False, energy: Energy | None = None):
         if not 1 <= levels <= wm.levels:
             raise ValueError(f"levels must be in [1, {wm.levels}] (the model's levels), got {levels}")
         if energy_frames is not None and not 1 <= energy_frames <= wm.horizon:
             raise ValueError(f"energy_frames must be in [1, {wm.horizon}] (the imagined future), got {energy_frames}")
         self.wm, self.planner, self.levels, self.energy_frames = wm, planner, levels, energy_frames
-        self.energy_path = energy_path
+        self.energy_path, self.energy = energy_path, energy or LatentEnergy()
         self.goal: list[torch.Tensor] = []
         self.previous: torch.Tensor | None = None  # the last level-1 plan, for a warm start
 
@@ -95,11 +91,17 @@ class PlanningAgent:
             if subgoal is None:  # the top level: its predicted step(s) up to energy_frames ahead against the goal
                 step = self._energy_step(level)
                 start = first if self.energy_path else step
-                return latent_cost(wm.predict(state, level, future, range(start, step + 1)), self.goal[level])
+                return self._energy(level, wm.predict(state, level, future, range(start, step + 1)), self.goal[level])
             pred = wm.predict(state, level, future, range(first, first + n))
-            return latent_cost(wm.lift(state, level, pred, first), subgoal)
+            return self._energy(level + 1, wm.lift(state, level, pred, first), subgoal)
 
         return cost
+
+    def _energy(self, level: int, tokens: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """``self.energy`` of level ``level``'s tokens ``[N, (steps,) hw, D]`` to ``goal``, its FLOPs counted."""
+        grad = 3 if torch.is_grad_enabled() and tokens.requires_grad else 1
+        self.wm.flops += grad * self.energy.flops(level, tokens.shape[:-2].numel())
+        return self.energy(level, tokens, goal)
 
     def _energy_step(self, level: int) -> int:
         """The step of ``level`` whose prediction the energy compares with the goal."""
@@ -117,8 +119,8 @@ class OracleAgent(PlanningAgent):
     predictor would reach with this energy, goal embedding and planner: the ceiling of the flat agent."""
 
     def __init__(self, wm: PlanningModel, planner: Planner, env: Env, energy_frames: int | None = None,
-                 energy_path: bool = False):
-        super().__init__(wm, planner, 1, energy_frames, energy_path)
+                 energy_path: bool = False, energy: Energy | None = None):
+        super().__init__(wm, planner, 1, energy_frames, energy_path, energy)
         self.env, self.task_seed = env, None
         self.episode: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
 
@@ -147,7 +149,7 @@ class OracleAgent(PlanningAgent):
             wm.flops += len(future) * wm.encode_flops(online=False)
             real = wm.model.encode_targets(clips)[0].view(len(future), wm.steps[0], wm.hw, -1)
             step = self._energy_step(0)
-            return latent_cost(real[:, (first if self.energy_path else step):step + 1], self.goal[0])
+            return self._energy(0, real[:, (first if self.energy_path else step):step + 1], self.goal[0])
 
         return cost
 

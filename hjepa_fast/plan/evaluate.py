@@ -18,6 +18,7 @@ from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.runs import load_run
 
 from .agent import OracleAgent, PlanningAgent, RandomAgent
+from .energy import load_energy
 from .planners import build_planner
 from .world_model import PlanningModel
 
@@ -113,22 +114,25 @@ def matched_samples(wm: PlanningModel, env: Env, make_agent, target_flops: float
 def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: int = 3, planner: str = "cem",
                       levels: list[int] | tuple[int, ...] = (1, 2), samples: int = 64, iterations: int = 3,
                       out: str | Path | None = None, match_flops: bool = False,
-                      energy_frames: int | None = None, energy_path: bool = False, oracle: bool = False) -> dict:
+                      energy_frames: int | None = None, energy_path: bool = False, oracle: bool = False,
+                      energy: str = "latent") -> dict:
     """Random baseline and one planning agent per entry of ``levels`` (1: flat). ``match_flops``: each
     hierarchical agent gets the candidates per iteration that make one of its actions cost what a flat
     action with ``samples`` candidates costs, so that agents compare at an equal FLOP budget.
     ``energy_frames``, ``energy_path``: see ``PlanningAgent``. ``oracle``: one more row, the flat planner
-    with the environment itself as the world model (``OracleAgent``): the ceiling of the flat row."""
+    with the environment itself as the world model (``OracleAgent``): the ceiling of the flat row.
+    ``energy``: ``latent`` or ``learned`` (``energy.load_energy``), for every agent."""
     if oracle and planner == "grad":
         raise ConfigError("--oracle needs a sampling planner (cem or mppi): the environment has no gradient")
     wm, env = load_world(run, env_name)
+    scorer = load_energy(energy, run, env_name, wm)
     levels = [k for k in levels if k <= wm.levels]
     rows = {"random": evaluate_agent(env, lambda: RandomAgent(env.action_dim), tasks, seeds)}
     rows["random"]["samples"] = 0
     flat_flops = None
     for k in levels:
         def make_agent(n: int, k: int = k) -> PlanningAgent:
-            return PlanningAgent(wm, build_planner(planner, n, iterations), k, energy_frames, energy_path)
+            return PlanningAgent(wm, build_planner(planner, n, iterations), k, energy_frames, energy_path, scorer)
 
         n = samples
         if match_flops and k > 1:
@@ -140,10 +144,10 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
         replayed = make_env(env_name)  # the oracle's own instance: replays never touch the episode's
         rows[f"{planner} oracle"] = {**evaluate_agent(
             env, lambda: OracleAgent(wm, build_planner(planner, samples, iterations), replayed, energy_frames,
-                                     energy_path), tasks, seeds, wm), "samples": samples}
+                                     energy_path, scorer), tasks, seeds, wm), "samples": samples}
     result = {"run": str(run), "env": env_name, "tasks": tasks, "seeds": seeds, "planner": planner,
               "samples": samples, "match_flops": match_flops, "energy_frames": energy_frames,
-              "energy_path": energy_path, "oracle": oracle, "iterations": iterations,
+              "energy_path": energy_path, "energy": energy, "oracle": oracle, "iterations": iterations,
               "date": time.strftime("%Y-%m-%d"),
               "device": "cpu", "threads": torch.get_num_threads(), "rows": rows}
     out = Path(out) if out else Path(run) / f"plan-{env_name}"
@@ -187,6 +191,8 @@ def format_table(result: dict) -> str:
     if result.get("energy_frames") or result.get("energy_path"):
         ahead = f"{result['energy_frames']} frames ahead" if result.get("energy_frames") else "the imagined future"
         budget += f", energy {'averaged over' if result.get('energy_path') else 'at'} {ahead}"
+    if result.get("energy", "latent") != "latent":
+        budget += f", {result['energy']} energy"
     lines = [f"{result['env']} ({result['tasks']} tasks x {result['seeds']} seeds, {result['planner']}, "
              f"{result['samples']} samples x {result['iterations']} iterations{budget}, {result['date']}, "
              f"{result['device']} {result['threads']} threads)",

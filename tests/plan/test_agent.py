@@ -7,24 +7,13 @@ import pytest
 import torch
 
 from hjepa_fast.envs import make_env
-from hjepa_fast.plan.agent import OracleAgent, PlanningAgent, latent_cost
+from hjepa_fast.plan.agent import OracleAgent, PlanningAgent
 from hjepa_fast.plan.diagnose import diagnose
+from hjepa_fast.plan.energy import latent_cost
 from hjepa_fast.plan.evaluate import act_flops, matched_samples
 from hjepa_fast.plan.planners import CEM
 from hjepa_fast.plan.world_model import PlanningModel
 from hjepa_fast.train.builders import build_model
-
-# 8 frames of 16x16 RGB; level 1: 8 steps, sees 4; level 2: 2 steps of 4 frames, sees 1
-PLAN = ["model.levels=2", "model.img_size=16", "model.in_chans=3", "model.tubelet=1", "model.temporal_strides=[1,4]",
-        "model.action_dim=2", "data.frames=8", "masks.strategies=[future,future]",
-        "masks.context_fraction=[0.5,0.5]"]
-
-
-@pytest.fixture
-def world(make_config):
-    cfg = make_config(*PLAN)
-    env = make_env("panworld", view=16, world=48, goal_range=(4.0, 12.0))
-    return PlanningModel(build_model(cfg), cfg), env
 
 
 def test_one_level_hierarchy_is_flat_planning(world):
@@ -221,13 +210,13 @@ def test_path_energy_is_the_mean_of_the_step_energies():
 
 @pytest.mark.parametrize("overrides", [[], ["loss.rollout_steps=[3,0]", "model.topdown_source=prediction"]],
                          ids=["one-pass", "rollout-predicted-topdown"])
-def test_a_prediction_counts_the_flops_it_runs(make_config, overrides):
+def test_a_prediction_counts_the_flops_it_runs(make_plan_config, overrides):
     """The planner's analytic count of one batched prediction equals FlopCounterMode's, also when level 1
     rolls out and reads level 2's prediction (which it then computes too)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = make_config(*PLAN, *overrides)
+    cfg = make_plan_config(*overrides)
     wm = PlanningModel(build_model(cfg), cfg)
     env = make_env("panworld", view=16, world=48, goal_range=(4.0, 12.0))
     state = wm.observe([env.reset(0)], [])
