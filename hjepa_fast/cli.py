@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-path", action="store_true",
                    help="average the distance to the goal over every imagined step up to there (a running cost)")
     p.add_argument("--oracle", action="store_true",
-                   help="one more row: the flat planner with the environment itself as the world model (its ceiling)")
+                   help="one more row per --levels entry: that agent with the environment itself as the world model "
+                        "(its ceiling)")
     p.add_argument("--energy", default="latent", choices=["latent", "learned"],
                    help="latent: L1 distance of tokens to the goal's; learned: the temporal distance heads of "
                         "--fit-distance (--diagnose then reports both)")

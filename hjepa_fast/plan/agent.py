@@ -75,9 +75,14 @@ class PlanningAgent:
             if level == 0:
                 self.previous = plan.actions
             base = self._expand(level, plan.actions[None], first, base)[0]
-            if level > 0:  # this level's predicted first future step: the subgoal of the level below
-                subgoal = wm.predict(state, level, base[None], range(first, first + 1))[0, 0]
+            if level > 0:
+                subgoal = self._subgoal(state, level, first, base)
         return base[0].cpu().numpy()
+
+    def _subgoal(self, state: State, level: int, first: int, base: torch.Tensor) -> torch.Tensor:
+        """Level ``level``'s predicted first future step ``[hw, D]`` under the plan ``base`` ``[horizon, A]``:
+        the subgoal of the level below."""
+        return self.wm.predict(state, level, base[None], range(first, first + 1))[0, 0]
 
     def _observe(self, frames: list[np.ndarray], actions: list[np.ndarray]) -> State | None:
         """What the costs start from: the world model's encoding of the episode so far."""
@@ -113,14 +118,15 @@ class PlanningAgent:
 
 
 class OracleAgent(PlanningAgent):
-    """Flat planning with the environment itself as the world model: every candidate is played out in a
-    private instance of the environment (replayed from the task's seed) and its real frames are encoded by
-    level 1's target encoder, then scored by the same energy. Its success is what a perfect level-1
-    predictor would reach with this energy, goal embedding and planner: the ceiling of the flat agent."""
+    """Planning with the environment itself as the world model, flat or hierarchical (``levels``): every
+    candidate is played out in a private instance of the environment (replayed from the task's seed), its
+    real clip encoded by the target encoders, then scored by the same energy; a subgoal is the real outcome
+    of the plan from above. Its success is what perfect predictors would reach with this energy, goal
+    embedding and planner: the ceiling of the agent with the same ``levels``."""
 
     def __init__(self, wm: PlanningModel, planner: Planner, env: Env, energy_frames: int | None = None,
-                 energy_path: bool = False, energy: Energy | None = None):
-        super().__init__(wm, planner, 1, energy_frames, energy_path, energy)
+                 energy_path: bool = False, energy: Energy | None = None, levels: int = 1):
+        super().__init__(wm, planner, levels, energy_frames, energy_path, energy)
         self.env, self.task_seed = env, None
         self.episode: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
 
@@ -139,19 +145,31 @@ class OracleAgent(PlanningAgent):
         frames, actions = self.episode
         return np.stack(self.wm.history_frames(frames) + replay(self.env, self.task_seed, actions, future)[0])
 
+    def _real(self, future: torch.Tensor) -> list[torch.Tensor]:
+        """Each level's target encoding of the real clips of ``future`` ``[N, horizon, A]``: ``[N, T_l, hw, D_l]``."""
+        wm, N = self.wm, len(future)
+        played = [self._play(f) for f in future.cpu().numpy().astype(np.float64)]
+        wm.flops += N * wm.encode_flops(online=False)
+        encoded = wm.model.encode_targets(torch.from_numpy(np.stack(played)).to(wm.device))
+        return [t.view(N, wm.steps[k], wm.hw, -1) for k, t in enumerate(encoded)]
+
     def _cost(self, state: State | None, level: int, first: int, n: int, base: torch.Tensor,
               subgoal: torch.Tensor | None):
         wm = self.wm
 
         def cost(variables: torch.Tensor) -> torch.Tensor:
-            future = self._expand(level, variables, first, base).cpu().numpy().astype(np.float64)
-            clips = torch.from_numpy(np.stack([self._play(f) for f in future])).to(wm.device)
-            wm.flops += len(future) * wm.encode_flops(online=False)
-            real = wm.model.encode_targets(clips)[0].view(len(future), wm.steps[0], wm.hw, -1)
-            step = self._energy_step(0)
-            return self._energy(0, real[:, (first if self.energy_path else step):step + 1], self.goal[0])
+            real = self._real(self._expand(level, variables, first, base))
+            if subgoal is None:  # the top level: its real step(s) up to energy_frames ahead against the goal
+                step = self._energy_step(level)
+                return self._energy(level, real[level][:, (first if self.energy_path else step):step + 1],
+                                    self.goal[level])
+            return self._energy(level + 1, real[level + 1][:, wm.context_steps[level + 1]], subgoal)
 
         return cost
+
+    def _subgoal(self, state: State | None, level: int, first: int, base: torch.Tensor) -> torch.Tensor:
+        """The real outcome of the plan from above at ``level``'s first future step ``[hw, D]``."""
+        return self._real(base[None])[level][0, first]
 
 
 class RandomAgent:

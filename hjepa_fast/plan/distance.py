@@ -11,9 +11,11 @@ panworld can be walked both ways). ``fit_head`` trains it with
   keeps long gaps (whose step counts are noisy: a random walk wanders) from dominating short ones, which
   carry the local geometry;
 - negatives: states of two different trajectories, whose gap is unknown but mostly long: a one-sided loss
-  ``relu(log1p cap - log1p d)^2`` only keeps them at least ``cap`` steps apart. It has no upper bound, so
-  far pairs are not all squashed onto ``cap``: their order comes from the embedding's geometry (the
-  triangle inequality chains the short gaps), which is what ranking far goals needs.
+  ``relu(log1p cap - log1p d)^2`` only keeps them at least ``cap`` steps apart (default: twice the longest
+  gap a trajectory shows; on tworooms it ranks real outcomes better than once or four times it, and
+  without negatives the head does not rank them at all). It has no upper bound, so far pairs are not all
+  squashed onto ``cap``: their order comes from the embedding's geometry (the triangle inequality chains
+  the short gaps), which is what ranking far goals needs.
 The second state of a pair is, half of the time, taken in its goal form (``goals``: the planner encodes a
 goal as a clip of the goal frame alone, unlike an outcome's clip), so the head compares outcomes with
 goals as the planner does."""
@@ -59,8 +61,8 @@ def fit_head(states: torch.Tensor, goals: torch.Tensor, steps: int = 2000, batch
     """A ``DistanceHead`` fitted to trajectories: ``states`` ``[E, T, F]`` (episode ``e``'s features at step
     ``t``, as outcomes are encoded) and ``goals`` ``[E, T, F]`` (the same states encoded as goals; pass
     ``states`` when they are encoded alike). Each step draws ``batch // 2`` positive and ``batch // 2``
-    negative pairs (module docstring); ``cap`` (default ``T - 1``, the longest gap a trajectory shows) is the
-    gap negatives are kept beyond. Deterministic for ``seed``."""
+    negative pairs (module docstring); ``cap`` (default ``2 * (T - 1)``, twice the longest gap a trajectory
+    shows) is the gap negatives are kept beyond. Deterministic for ``seed``."""
     E, T, F = states.shape
     if goals.shape != states.shape:
         raise ValueError(f"goals must have the states' shape {tuple(states.shape)}, got {tuple(goals.shape)}")
@@ -71,7 +73,7 @@ def fit_head(states: torch.Tensor, goals: torch.Tensor, steps: int = 2000, batch
     flat = torch.cat([states, goals], 1).reshape(-1, F)
     head.mean.copy_(flat.mean(0))
     head.std.copy_(flat.std(0).clamp_min(1e-6))
-    log_cap = math.log1p(T - 1 if cap is None else cap)
+    log_cap = math.log1p(2 * (T - 1) if cap is None else cap)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     half = max(1, batch // 2)
     for _ in range(steps):

@@ -119,8 +119,9 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
     """Random baseline and one planning agent per entry of ``levels`` (1: flat). ``match_flops``: each
     hierarchical agent gets the candidates per iteration that make one of its actions cost what a flat
     action with ``samples`` candidates costs, so that agents compare at an equal FLOP budget.
-    ``energy_frames``, ``energy_path``: see ``PlanningAgent``. ``oracle``: one more row, the flat planner
-    with the environment itself as the world model (``OracleAgent``): the ceiling of the flat row.
+    ``energy_frames``, ``energy_path``: see ``PlanningAgent``. ``oracle``: one more row per entry of
+    ``levels``, the same agent with the environment itself as the world model (``OracleAgent``, with
+    ``samples`` candidates): the ceiling of that row.
     ``energy``: ``latent`` or ``learned`` (``energy.load_energy``), for every agent."""
     if oracle and planner == "grad":
         raise ConfigError("--oracle needs a sampling planner (cem or mppi): the environment has no gradient")
@@ -140,11 +141,11 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
             n = matched_samples(wm, env, make_agent, flat_flops, samples)
         name = f"{planner} {'flat' if k == 1 else f'hier-{k}'}"
         rows[name] = {**evaluate_agent(env, lambda n=n, k=k: make_agent(n, k), tasks, seeds, wm), "samples": n}
-    if oracle:
-        replayed = make_env(env_name)  # the oracle's own instance: replays never touch the episode's
-        rows[f"{planner} oracle"] = {**evaluate_agent(
-            env, lambda: OracleAgent(wm, build_planner(planner, samples, iterations), replayed, energy_frames,
-                                     energy_path, scorer), tasks, seeds, wm), "samples": samples}
+    replayed = make_env(env_name) if oracle else None  # the oracles' own instance: replays never touch the episode's
+    for k in levels if oracle else []:
+        rows[f"{planner} oracle{'' if k == 1 else f' hier-{k}'}"] = {**evaluate_agent(
+            env, lambda k=k: OracleAgent(wm, build_planner(planner, samples, iterations), replayed, energy_frames,
+                                         energy_path, scorer, k), tasks, seeds, wm), "samples": samples}
     result = {"run": str(run), "env": env_name, "tasks": tasks, "seeds": seeds, "planner": planner,
               "samples": samples, "match_flops": match_flops, "energy_frames": energy_frames,
               "energy_path": energy_path, "energy": energy, "oracle": oracle, "iterations": iterations,

@@ -23,9 +23,9 @@ def test_collect_train_plan(tmp_path, capsys):
                  "--samples", "8", "--iterations", "1", "--levels", "1", "2", "--match-flops",
                  "--energy-frames", "2", "--energy-path", "--oracle"]) == 0
     out = capsys.readouterr().out
-    assert "random" in out and "cem flat" in out and "cem hier-2" in out and "cem oracle" in out
+    assert "random" in out and "cem flat" in out and "cem hier-2" in out and "cem oracle hier-2" in out
     result = json.loads((tmp_path / "r" / "plan-panworld" / "plan.json").read_text())
-    assert set(result["rows"]) == {"random", "cem flat", "cem hier-2", "cem oracle"}
+    assert set(result["rows"]) == {"random", "cem flat", "cem hier-2", "cem oracle", "cem oracle hier-2"}
     assert result["rows"]["cem oracle"]["flops_per_episode"] > 0
     assert result["rows"]["cem hier-2"]["flops_per_episode"] > 0
     assert result["match_flops"] and 2 <= result["rows"]["cem hier-2"]["samples"] < 8  # the budget of a flat action
