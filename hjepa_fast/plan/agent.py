@@ -6,10 +6,10 @@ over the whole imagined future at the top, over the first future step of level k
 the future keeps the plan from above). The top level's cost is the energy (``energy``: the latent L1
 distance by default, or a learned distance) of its predicted step ``energy_frames`` frames ahead (default:
 its last) to the goal's embedding; level k's cost is the energy of its prediction, encoded one level up, to
-the subgoal (level k + 1's energy). With ``energy_path`` the top level's cost
-is that distance averaged over every imagined step up to ``energy_frames`` ahead (a running cost: stay near
-the goal along the way) instead of the one step. With one level this is exactly flat planning. Only the
-first primitive action is executed; the next step plans again from the new observation."""
+the subgoal (level k + 1's energy). With ``energy_path`` the top level's cost is that distance averaged
+over every imagined step up to ``energy_frames`` ahead (a running cost: stay near the goal along the way)
+instead of the one step. With one level this is exactly flat planning. Only the first primitive action is
+executed; the next step plans again from the new observation."""
 from __future__ import annotations
 
 import numpy as np
