@@ -194,22 +194,23 @@ def format_table(result: dict) -> str:
         budget += f", energy {'averaged over' if result.get('energy_path') else 'at'} {ahead}"
     if result.get("energy", "latent") != "latent":
         budget += f", {result['energy']} energy"
+    w = max(14, *map(len, result["rows"]))  # the agent column fits the longest name ("cem oracle hier-2")
     lines = [f"{result['env']} ({result['tasks']} tasks x {result['seeds']} seeds, {result['planner']}, "
              f"{result['samples']} samples x {result['iterations']} iterations{budget}, {result['date']}, "
              f"{result['device']} {result['threads']} threads)",
-             f"{'agent':<14} {'candidates':>10} {'success':>15} {'ms/action':>10} {'s/episode':>10} "
+             f"{'agent':<{w}} {'candidates':>10} {'success':>15} {'ms/action':>10} {'s/episode':>10} "
              f"{'GFLOP/action':>13} {'GFLOP/episode':>14}"]
     for name, r in result["rows"].items():
         per_action = r["flops_per_episode"] / max(r["steps_per_episode"], 1e-9)
-        lines.append(f"{name:<14} {r['samples']:>10} {r['success_mean']:>8.3f} ± {r['success_se']:.3f} "
+        lines.append(f"{name:<{w}} {r['samples']:>10} {r['success_mean']:>8.3f} ± {r['success_se']:.3f} "
                      f"{r['ms_per_action']:>10.1f} {r['s_per_episode']:>10.2f} {per_action / 1e9:>13.3f} "
                      f"{r['flops_per_episode'] / 1e9:>14.2f}")
     first = next(iter(result["rows"].values()))
     if first.get("by_distance"):
         lines += ["", "success by start distance (episodes)",
-                  f"{'agent':<14} " + " ".join(f"{_bucket_label(b):>16}" for b in first["by_distance"])]
+                  f"{'agent':<{w}} " + " ".join(f"{_bucket_label(b):>16}" for b in first["by_distance"])]
         for name, r in result["rows"].items():
-            lines.append(f"{name:<14} " + " ".join(f"{_bucket_cell(b):>16}" for b in r["by_distance"]))
+            lines.append(f"{name:<{w}} " + " ".join(f"{_bucket_cell(b):>16}" for b in r["by_distance"]))
     if "out" in result:
         lines.append(f"written: {result['out']}/plan.json, success_vs_distance.png")
     return "\n".join(lines)
