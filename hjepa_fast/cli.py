@@ -151,11 +151,20 @@ def _plan(args: argparse.Namespace) -> None:
     _trust_checkpoints(args)
     from hjepa_fast.plan.evaluate import evaluate_planning, format_table
 
+    if args.fit_distance:
+        from hjepa_fast.plan.evaluate import load_world
+        from hjepa_fast.plan.fit_distance import fit_distance, format_fit
+
+        print(format_fit(fit_distance(args.run, args.env, load_world(args.run, args.env)[0], steps=args.fit_steps)))
+        return
     if args.diagnose:
         from hjepa_fast.plan.diagnose import diagnose, format_diagnosis
+        from hjepa_fast.plan.energy import load_energy
         from hjepa_fast.plan.evaluate import load_world
 
-        result = diagnose(*load_world(args.run, args.env), tasks=args.tasks, candidates=args.samples)
+        wm, env = load_world(args.run, args.env)  # the latent energy is always diagnosed; the learned one on request
+        learned = load_energy("learned", args.run, args.env, wm) if args.energy == "learned" else None
+        result = diagnose(wm, env, tasks=args.tasks, candidates=args.samples, learned=learned)
         out = Path(args.out or Path(args.run) / f"plan-{args.env}")
         out.mkdir(parents=True, exist_ok=True)
         (out / "diagnose.json").write_text(json.dumps(result, indent=1))
@@ -165,7 +174,8 @@ def _plan(args: argparse.Namespace) -> None:
     result = evaluate_planning(args.run, args.env, tasks=args.tasks, seeds=args.seeds, planner=args.planner,
                                levels=args.levels, samples=args.samples, iterations=args.iterations,
                                out=args.out, match_flops=args.match_flops,
-                               energy_frames=args.energy_frames, energy_path=args.energy_path, oracle=args.oracle)
+                               energy_frames=args.energy_frames, energy_path=args.energy_path, oracle=args.oracle,
+                               energy=args.energy)
     print(format_table(result))
 
 
@@ -251,9 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-path", action="store_true",
                    help="average the distance to the goal over every imagined step up to there (a running cost)")
     p.add_argument("--oracle", action="store_true",
-                   help="one more row: the flat planner with the environment itself as the world model (its ceiling)")
+                   help="one more row per --levels entry: that agent with the environment itself as the world model "
+                        "(its ceiling)")
+    p.add_argument("--energy", default="latent", choices=["latent", "learned"],
+                   help="latent: L1 distance of tokens to the goal's; learned: the temporal distance heads of "
+                        "--fit-distance (--diagnose then reports both)")
     p.add_argument("--diagnose", action="store_true",
                    help="instead of planning: does the model respond to actions, and does its energy rank outcomes")
+    p.add_argument("--fit-distance", action="store_true",
+                   help="instead of planning: fit a temporal distance head per level on the run's rollouts "
+                        "(RUN_DIR/distance-ENV.pt), for --energy learned")
+    p.add_argument("--fit-steps", type=int, default=2000, help="optimiser steps of --fit-distance per level")
     p.add_argument("--out", help="results folder (default RUN_DIR/plan-ENV)")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_plan)

@@ -3,12 +3,13 @@ macro-actions toward the goal; its predicted latents become subgoals for the lev
 
 At level k the plan's variables are one action per level-k step (held for the step's ``span`` frames):
 over the whole imagined future at the top, over the first future step of level k+1 below it (the rest of
-the future keeps the plan from above). The top level's cost is the L1 distance of its predicted step
-``energy_frames`` frames ahead (default: its last) to the goal's embedding; level k's cost is the L1
-distance of its prediction, encoded one level up, to the subgoal. With ``energy_path`` the top level's cost
-is that distance averaged over every imagined step up to ``energy_frames`` ahead (a running cost: stay near
-the goal along the way) instead of the one step. With one level this is exactly flat planning. Only the
-first primitive action is executed; the next step plans again from the new observation."""
+the future keeps the plan from above). The top level's cost is the energy (``energy``: the latent L1
+distance by default, or a learned distance) of its predicted step ``energy_frames`` frames ahead (default:
+its last) to the goal's embedding; level k's cost is the energy of its prediction, encoded one level up, to
+the subgoal (level k + 1's energy). With ``energy_path`` the top level's cost is that distance averaged
+over every imagined step up to ``energy_frames`` ahead (a running cost: stay near the goal along the way)
+instead of the one step. With one level this is exactly flat planning. Only the first primitive action is
+executed; the next step plans again from the new observation."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,32 +17,27 @@ import torch
 
 from hjepa_fast.envs import Env, replay
 
+from .energy import Energy, LatentEnergy
 from .planners import CEM, MPPI, GradientPlanner
 from .world_model import PlanningModel, State
 
 Planner = CEM | MPPI | GradientPlanner
 
 
-def latent_cost(pred: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """The planning energy: mean L1 distance of predicted tokens ``[N, hw, D]`` (or ``[N, steps, hw, D]``:
-    averaged over the steps too) to goal tokens ``[hw, D]``: ``[N]``."""
-    return (pred - goal).abs().flatten(1).mean(1)
-
-
 class PlanningAgent:
     """``energy_frames``: how far ahead the top level's prediction is compared with the goal, in frames
     (rounded up to the top level's steps; None: its last predicted step). Nearer predictions are more
     accurate; the replanning at every step carries the agent on. ``energy_path``: average the distance
-    over every imagined step up to there."""
+    over every imagined step up to there. ``energy``: how far tokens are from a goal (default: latent L1)."""
 
     def __init__(self, wm: PlanningModel, planner: Planner, levels: int = 1, energy_frames: int | None = None,
-                 energy_path: bool = False):
+                 energy_path: bool = False, energy: Energy | None = None):
         if not 1 <= levels <= wm.levels:
             raise ValueError(f"levels must be in [1, {wm.levels}] (the model's levels), got {levels}")
         if energy_frames is not None and not 1 <= energy_frames <= wm.horizon:
             raise ValueError(f"energy_frames must be in [1, {wm.horizon}] (the imagined future), got {energy_frames}")
         self.wm, self.planner, self.levels, self.energy_frames = wm, planner, levels, energy_frames
-        self.energy_path = energy_path
+        self.energy_path, self.energy = energy_path, energy or LatentEnergy()
         self.goal: list[torch.Tensor] = []
         self.previous: torch.Tensor | None = None  # the last level-1 plan, for a warm start
 
@@ -79,9 +75,14 @@ class PlanningAgent:
             if level == 0:
                 self.previous = plan.actions
             base = self._expand(level, plan.actions[None], first, base)[0]
-            if level > 0:  # this level's predicted first future step: the subgoal of the level below
-                subgoal = wm.predict(state, level, base[None], range(first, first + 1))[0, 0]
+            if level > 0:
+                subgoal = self._subgoal(state, level, first, base)
         return base[0].cpu().numpy()
+
+    def _subgoal(self, state: State, level: int, first: int, base: torch.Tensor) -> torch.Tensor:
+        """Level ``level``'s predicted first future step ``[hw, D]`` under the plan ``base`` ``[horizon, A]``:
+        the subgoal of the level below."""
+        return self.wm.predict(state, level, base[None], range(first, first + 1))[0, 0]
 
     def _observe(self, frames: list[np.ndarray], actions: list[np.ndarray]) -> State | None:
         """What the costs start from: the world model's encoding of the episode so far."""
@@ -95,11 +96,17 @@ class PlanningAgent:
             if subgoal is None:  # the top level: its predicted step(s) up to energy_frames ahead against the goal
                 step = self._energy_step(level)
                 start = first if self.energy_path else step
-                return latent_cost(wm.predict(state, level, future, range(start, step + 1)), self.goal[level])
+                return self._energy(level, wm.predict(state, level, future, range(start, step + 1)), self.goal[level])
             pred = wm.predict(state, level, future, range(first, first + n))
-            return latent_cost(wm.lift(state, level, pred, first), subgoal)
+            return self._energy(level + 1, wm.lift(state, level, pred, first), subgoal)
 
         return cost
+
+    def _energy(self, level: int, tokens: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """``self.energy`` of level ``level``'s tokens ``[N, (steps,) hw, D]`` to ``goal``, its FLOPs counted."""
+        grad = 3 if torch.is_grad_enabled() and tokens.requires_grad else 1
+        self.wm.flops += grad * self.energy.flops(level, tokens.shape[:-2].numel())
+        return self.energy(level, tokens, goal)
 
     def _energy_step(self, level: int) -> int:
         """The step of ``level`` whose prediction the energy compares with the goal."""
@@ -111,14 +118,15 @@ class PlanningAgent:
 
 
 class OracleAgent(PlanningAgent):
-    """Flat planning with the environment itself as the world model: every candidate is played out in a
-    private instance of the environment (replayed from the task's seed) and its real frames are encoded by
-    level 1's target encoder, then scored by the same energy. Its success is what a perfect level-1
-    predictor would reach with this energy, goal embedding and planner: the ceiling of the flat agent."""
+    """Planning with the environment itself as the world model, flat or hierarchical (``levels``): every
+    candidate is played out in a private instance of the environment (replayed from the task's seed), its
+    real clip encoded by the target encoders, then scored by the same energy; a subgoal is the real outcome
+    of the plan from above. Its success is what perfect predictors would reach with this energy, goal
+    embedding and planner: the ceiling of the agent with the same ``levels``."""
 
     def __init__(self, wm: PlanningModel, planner: Planner, env: Env, energy_frames: int | None = None,
-                 energy_path: bool = False):
-        super().__init__(wm, planner, 1, energy_frames, energy_path)
+                 energy_path: bool = False, energy: Energy | None = None, levels: int = 1):
+        super().__init__(wm, planner, levels, energy_frames, energy_path, energy)
         self.env, self.task_seed = env, None
         self.episode: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
 
@@ -137,19 +145,31 @@ class OracleAgent(PlanningAgent):
         frames, actions = self.episode
         return np.stack(self.wm.history_frames(frames) + replay(self.env, self.task_seed, actions, future)[0])
 
+    def _real(self, future: torch.Tensor) -> list[torch.Tensor]:
+        """Each level's target encoding of the real clips of ``future`` ``[N, horizon, A]``: ``[N, T_l, hw, D_l]``."""
+        wm, N = self.wm, len(future)
+        played = [self._play(f) for f in future.cpu().numpy().astype(np.float64)]
+        wm.flops += N * wm.encode_flops(online=False)
+        encoded = wm.model.encode_targets(torch.from_numpy(np.stack(played)).to(wm.device))
+        return [t.view(N, wm.steps[k], wm.hw, -1) for k, t in enumerate(encoded)]
+
     def _cost(self, state: State | None, level: int, first: int, n: int, base: torch.Tensor,
               subgoal: torch.Tensor | None):
         wm = self.wm
 
         def cost(variables: torch.Tensor) -> torch.Tensor:
-            future = self._expand(level, variables, first, base).cpu().numpy().astype(np.float64)
-            clips = torch.from_numpy(np.stack([self._play(f) for f in future])).to(wm.device)
-            wm.flops += len(future) * wm.encode_flops(online=False)
-            real = wm.model.encode_targets(clips)[0].view(len(future), wm.steps[0], wm.hw, -1)
-            step = self._energy_step(0)
-            return latent_cost(real[:, (first if self.energy_path else step):step + 1], self.goal[0])
+            real = self._real(self._expand(level, variables, first, base))
+            if subgoal is None:  # the top level: its real step(s) up to energy_frames ahead against the goal
+                step = self._energy_step(level)
+                return self._energy(level, real[level][:, (first if self.energy_path else step):step + 1],
+                                    self.goal[level])
+            return self._energy(level + 1, real[level + 1][:, wm.context_steps[level + 1]], subgoal)
 
         return cost
+
+    def _subgoal(self, state: State | None, level: int, first: int, base: torch.Tensor) -> torch.Tensor:
+        """The real outcome of the plan from above at ``level``'s first future step ``[hw, D]``."""
+        return self._real(base[None])[level][0, first]
 
 
 class RandomAgent:

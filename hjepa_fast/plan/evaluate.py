@@ -18,6 +18,7 @@ from hjepa_fast.kernels import set_kernel_mode
 from hjepa_fast.runs import load_run
 
 from .agent import OracleAgent, PlanningAgent, RandomAgent
+from .energy import load_energy
 from .planners import build_planner
 from .world_model import PlanningModel
 
@@ -113,22 +114,26 @@ def matched_samples(wm: PlanningModel, env: Env, make_agent, target_flops: float
 def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: int = 3, planner: str = "cem",
                       levels: list[int] | tuple[int, ...] = (1, 2), samples: int = 64, iterations: int = 3,
                       out: str | Path | None = None, match_flops: bool = False,
-                      energy_frames: int | None = None, energy_path: bool = False, oracle: bool = False) -> dict:
+                      energy_frames: int | None = None, energy_path: bool = False, oracle: bool = False,
+                      energy: str = "latent") -> dict:
     """Random baseline and one planning agent per entry of ``levels`` (1: flat). ``match_flops``: each
     hierarchical agent gets the candidates per iteration that make one of its actions cost what a flat
     action with ``samples`` candidates costs, so that agents compare at an equal FLOP budget.
-    ``energy_frames``, ``energy_path``: see ``PlanningAgent``. ``oracle``: one more row, the flat planner
-    with the environment itself as the world model (``OracleAgent``): the ceiling of the flat row."""
+    ``energy_frames``, ``energy_path``: see ``PlanningAgent``. ``oracle``: one more row per entry of
+    ``levels``, the same agent with the environment itself as the world model (``OracleAgent``, with
+    ``samples`` candidates): the ceiling of that row.
+    ``energy``: ``latent`` or ``learned`` (``energy.load_energy``), for every agent."""
     if oracle and planner == "grad":
         raise ConfigError("--oracle needs a sampling planner (cem or mppi): the environment has no gradient")
     wm, env = load_world(run, env_name)
+    scorer = load_energy(energy, run, env_name, wm)
     levels = [k for k in levels if k <= wm.levels]
     rows = {"random": evaluate_agent(env, lambda: RandomAgent(env.action_dim), tasks, seeds)}
     rows["random"]["samples"] = 0
     flat_flops = None
     for k in levels:
         def make_agent(n: int, k: int = k) -> PlanningAgent:
-            return PlanningAgent(wm, build_planner(planner, n, iterations), k, energy_frames, energy_path)
+            return PlanningAgent(wm, build_planner(planner, n, iterations), k, energy_frames, energy_path, scorer)
 
         n = samples
         if match_flops and k > 1:
@@ -136,14 +141,14 @@ def evaluate_planning(run: str | Path, env_name: str, tasks: int = 50, seeds: in
             n = matched_samples(wm, env, make_agent, flat_flops, samples)
         name = f"{planner} {'flat' if k == 1 else f'hier-{k}'}"
         rows[name] = {**evaluate_agent(env, lambda n=n, k=k: make_agent(n, k), tasks, seeds, wm), "samples": n}
-    if oracle:
-        replayed = make_env(env_name)  # the oracle's own instance: replays never touch the episode's
-        rows[f"{planner} oracle"] = {**evaluate_agent(
-            env, lambda: OracleAgent(wm, build_planner(planner, samples, iterations), replayed, energy_frames,
-                                     energy_path), tasks, seeds, wm), "samples": samples}
+    replayed = make_env(env_name) if oracle else None  # the oracles' own instance: replays never touch the episode's
+    for k in levels if oracle else []:
+        rows[f"{planner} oracle{'' if k == 1 else f' hier-{k}'}"] = {**evaluate_agent(
+            env, lambda k=k: OracleAgent(wm, build_planner(planner, samples, iterations), replayed, energy_frames,
+                                         energy_path, scorer, k), tasks, seeds, wm), "samples": samples}
     result = {"run": str(run), "env": env_name, "tasks": tasks, "seeds": seeds, "planner": planner,
               "samples": samples, "match_flops": match_flops, "energy_frames": energy_frames,
-              "energy_path": energy_path, "oracle": oracle, "iterations": iterations,
+              "energy_path": energy_path, "energy": energy, "oracle": oracle, "iterations": iterations,
               "date": time.strftime("%Y-%m-%d"),
               "device": "cpu", "threads": torch.get_num_threads(), "rows": rows}
     out = Path(out) if out else Path(run) / f"plan-{env_name}"
@@ -187,22 +192,25 @@ def format_table(result: dict) -> str:
     if result.get("energy_frames") or result.get("energy_path"):
         ahead = f"{result['energy_frames']} frames ahead" if result.get("energy_frames") else "the imagined future"
         budget += f", energy {'averaged over' if result.get('energy_path') else 'at'} {ahead}"
+    if result.get("energy", "latent") != "latent":
+        budget += f", {result['energy']} energy"
+    w = max(14, *map(len, result["rows"]))  # the agent column fits the longest name ("cem oracle hier-2")
     lines = [f"{result['env']} ({result['tasks']} tasks x {result['seeds']} seeds, {result['planner']}, "
              f"{result['samples']} samples x {result['iterations']} iterations{budget}, {result['date']}, "
              f"{result['device']} {result['threads']} threads)",
-             f"{'agent':<14} {'candidates':>10} {'success':>15} {'ms/action':>10} {'s/episode':>10} "
+             f"{'agent':<{w}} {'candidates':>10} {'success':>15} {'ms/action':>10} {'s/episode':>10} "
              f"{'GFLOP/action':>13} {'GFLOP/episode':>14}"]
     for name, r in result["rows"].items():
         per_action = r["flops_per_episode"] / max(r["steps_per_episode"], 1e-9)
-        lines.append(f"{name:<14} {r['samples']:>10} {r['success_mean']:>8.3f} ± {r['success_se']:.3f} "
+        lines.append(f"{name:<{w}} {r['samples']:>10} {r['success_mean']:>8.3f} ± {r['success_se']:.3f} "
                      f"{r['ms_per_action']:>10.1f} {r['s_per_episode']:>10.2f} {per_action / 1e9:>13.3f} "
                      f"{r['flops_per_episode'] / 1e9:>14.2f}")
     first = next(iter(result["rows"].values()))
     if first.get("by_distance"):
         lines += ["", "success by start distance (episodes)",
-                  f"{'agent':<14} " + " ".join(f"{_bucket_label(b):>16}" for b in first["by_distance"])]
+                  f"{'agent':<{w}} " + " ".join(f"{_bucket_label(b):>16}" for b in first["by_distance"])]
         for name, r in result["rows"].items():
-            lines.append(f"{name:<14} " + " ".join(f"{_bucket_cell(b):>16}" for b in r["by_distance"]))
+            lines.append(f"{name:<{w}} " + " ".join(f"{_bucket_cell(b):>16}" for b in r["by_distance"]))
     if "out" in result:
         lines.append(f"written: {result['out']}/plan.json, success_vs_distance.png")
     return "\n".join(lines)

@@ -7,24 +7,13 @@ import pytest
 import torch
 
 from hjepa_fast.envs import make_env
-from hjepa_fast.plan.agent import OracleAgent, PlanningAgent, latent_cost
+from hjepa_fast.plan.agent import OracleAgent, PlanningAgent, RandomAgent
 from hjepa_fast.plan.diagnose import diagnose
-from hjepa_fast.plan.evaluate import act_flops, matched_samples
+from hjepa_fast.plan.energy import latent_cost
+from hjepa_fast.plan.evaluate import TASK_SEED, act_flops, matched_samples, run_episode
 from hjepa_fast.plan.planners import CEM
 from hjepa_fast.plan.world_model import PlanningModel
 from hjepa_fast.train.builders import build_model
-
-# 8 frames of 16x16 RGB; level 1: 8 steps, sees 4; level 2: 2 steps of 4 frames, sees 1
-PLAN = ["model.levels=2", "model.img_size=16", "model.in_chans=3", "model.tubelet=1", "model.temporal_strides=[1,4]",
-        "model.action_dim=2", "data.frames=8", "masks.strategies=[future,future]",
-        "masks.context_fraction=[0.5,0.5]"]
-
-
-@pytest.fixture
-def world(make_config):
-    cfg = make_config(*PLAN)
-    env = make_env("panworld", view=16, world=48, goal_range=(4.0, 12.0))
-    return PlanningModel(build_model(cfg), cfg), env
 
 
 def test_one_level_hierarchy_is_flat_planning(world):
@@ -221,13 +210,13 @@ def test_path_energy_is_the_mean_of_the_step_energies():
 
 @pytest.mark.parametrize("overrides", [[], ["loss.rollout_steps=[3,0]", "model.topdown_source=prediction"]],
                          ids=["one-pass", "rollout-predicted-topdown"])
-def test_a_prediction_counts_the_flops_it_runs(make_config, overrides):
+def test_a_prediction_counts_the_flops_it_runs(make_plan_config, overrides):
     """The planner's analytic count of one batched prediction equals FlopCounterMode's, also when level 1
     rolls out and reads level 2's prediction (which it then computes too)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = make_config(*PLAN, *overrides)
+    cfg = make_plan_config(*overrides)
     wm = PlanningModel(build_model(cfg), cfg)
     env = make_env("panworld", view=16, world=48, goal_range=(4.0, 12.0))
     state = wm.observe([env.reset(0)], [])
@@ -237,3 +226,31 @@ def test_a_prediction_counts_the_flops_it_runs(make_config, overrides):
         pred = wm.predict(state, 0, future, range(wm.context_steps[0], wm.steps[0]))
     assert pred.shape[:2] == (3, wm.steps[0] - wm.context_steps[0])
     assert wm.flops == counter.get_total_flops()
+
+
+def test_a_hierarchical_agent_with_a_perfect_model_beats_random_on_far_goals(make_plan_config):
+    """The environment as the model at both levels (``OracleAgent``, levels=2) and an encoder that reads the
+    agent's position off the frame (so the latent energy is the L1 distance to the goal): on tworooms tasks
+    whose goal is far (>= 0.7, the farthest bucket, in the other room), the hierarchy's subgoals carry it to
+    goals that random actions never reach."""
+    torch.set_num_threads(1)
+    cfg = make_plan_config("data.frames=16", "masks.context_fraction=[0.25,0.25]")  # level 2 plans 3 steps of 4
+    wm = PlanningModel(build_model(cfg), cfg)
+
+    def positions(clips):  # [B, F, 3, H, W] uint8 -> each level's tokens [B, T_l * hw, 2]: the agent's (x, y)
+        agent = ((clips[:, :, 0] == 255) & (clips[:, :, 1] == 60)).float()
+        grid = (torch.arange(clips.shape[-1]) + 0.5) / clips.shape[-1]
+        n = agent.sum((-1, -2))
+        xy = torch.stack([(agent * grid).sum((-1, -2)) / n, (agent * grid[:, None]).sum((-1, -2)) / n], -1)
+        B, F = xy.shape[:2]
+        return [xy[:, span - 1::span, None].expand(-1, -1, wm.hw, -1).reshape(B, F // span * wm.hw, 2)
+                for span in wm.span]
+
+    wm.model.encode_targets = positions
+    env = make_env("tworooms", view=16)
+    far = [t for t in range(40) if (env.reset(TASK_SEED + t), env.goal_distance())[1] >= 0.7][:4]
+    hierarchical = OracleAgent(wm, CEM(samples=8, iterations=2, elites=4), make_env("tworooms", view=16),
+                               energy_frames=4, levels=2)
+    success = {name: np.mean([run_episode(env, agent, t, 0)["success"] for t in far])
+               for name, agent in (("random", RandomAgent(2)), ("oracle hier-2", hierarchical))}
+    assert len(far) == 4 and success["random"] == 0.0 and success["oracle hier-2"] >= 0.5, success

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -22,9 +23,9 @@ def test_collect_train_plan(tmp_path, capsys):
                  "--samples", "8", "--iterations", "1", "--levels", "1", "2", "--match-flops",
                  "--energy-frames", "2", "--energy-path", "--oracle"]) == 0
     out = capsys.readouterr().out
-    assert "random" in out and "cem flat" in out and "cem hier-2" in out and "cem oracle" in out
+    assert "random" in out and "cem flat" in out and "cem hier-2" in out and "cem oracle hier-2" in out
     result = json.loads((tmp_path / "r" / "plan-panworld" / "plan.json").read_text())
-    assert set(result["rows"]) == {"random", "cem flat", "cem hier-2", "cem oracle"}
+    assert set(result["rows"]) == {"random", "cem flat", "cem hier-2", "cem oracle", "cem oracle hier-2"}
     assert result["rows"]["cem oracle"]["flops_per_episode"] > 0
     assert result["rows"]["cem hier-2"]["flops_per_episode"] > 0
     assert result["match_flops"] and 2 <= result["rows"]["cem hier-2"]["samples"] < 8  # the budget of a flat action
@@ -71,3 +72,41 @@ def test_plan_reads_an_fsdp_run(tmp_path, capsys):
     assert main(["plan", "--run", str(tmp_path / "r"), "--env", "panworld", "--tasks", "1", "--samples", "4",
                  "--diagnose"]) == 0
     assert "world-model diagnosis" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tworooms_runs(tmp_path_factory):
+    """Two 2-step runs (training seeds 0 and 1) on a few tworooms rollouts."""
+    tmp = tmp_path_factory.mktemp("tworooms")
+    rollouts = tmp / "rollouts"
+    assert main(["collect", "--env", "tworooms", "--episodes", "3", "--steps", "10", "--out", str(rollouts)]) == 0
+    for seed in (0, 1):
+        assert main(["train", "--config", "configs/panworld_tiny.yaml", "--no-progress", f"data.root={rollouts}",
+                     f"train.out_dir={tmp}", f"train.run_name=r{seed}", f"train.seed={seed}", *SMALL]) == 0
+    return tmp / "r0", tmp / "r1"
+
+
+def test_learned_energy_is_fitted_then_used_and_refused_where_it_does_not_fit(tworooms_runs, capsys):
+    run, other = tworooms_runs
+    plan = ["plan", "--run", str(run), "--env", "tworooms", "--tasks", "1", "--samples", "4"]
+    assert main([*plan, "--diagnose", "--energy", "learned"]) == 2
+    err = capsys.readouterr().err
+    assert "no fitted distance head for tworooms" in err and "--fit-distance" in err
+    assert main(["plan", "--run", str(run), "--env", "panworld", "--fit-distance", "--fit-steps", "2"]) == 2
+    assert "are of 'tworooms', not 'panworld'" in capsys.readouterr().err
+
+    assert main(["plan", "--run", str(run), "--env", "tworooms", "--fit-distance", "--fit-steps", "2"]) == 0
+    assert "level 2:" in capsys.readouterr().out and (run / "distance-tworooms.pt").is_file()
+    assert main([*plan, "--diagnose", "--energy", "learned"]) == 0
+    assert "learned pred." in capsys.readouterr().out
+    assert "learned_corr_true" in json.loads((run / "plan-tworooms" / "diagnose.json").read_text())["levels"][1]
+    assert main([*plan, "--seeds", "1", "--iterations", "1", "--levels", "1", "2", "--energy", "learned"]) == 0
+    assert "learned energy" in capsys.readouterr().out
+    assert json.loads((run / "plan-tworooms" / "plan.json").read_text())["energy"] == "learned"
+
+    shutil.copy(run / "distance-tworooms.pt", run / "distance-panworld.pt")  # renamed for another environment
+    assert main(["plan", "--run", str(run), "--env", "panworld", "--diagnose", "--energy", "learned"]) == 2
+    assert "was fitted for 'tworooms', not 'panworld'" in capsys.readouterr().err
+    shutil.copy(run / "distance-tworooms.pt", other / "distance-tworooms.pt")  # another run's heads
+    assert main(["plan", "--run", str(other), "--env", "tworooms", "--diagnose", "--energy", "learned"]) == 2
+    assert "fitted on another run or checkpoint" in capsys.readouterr().err
