@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the base config, e.g. configs/tiny_cpu.yaml")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget", type=float, default=1.0,
-                   help="scale of training steps and probe clips (1: the config's; tiny_cpu: 1500 steps, "
-                        "~5-10 min a run on 2 cores)")
+                   help="scale of training steps and probe clips (1: the config's; tiny_cpu: 3000 steps, "
+                        "~8-15 min a run on 2 cores)")
     p.add_argument("--variants", nargs="+", help="run only these (base, levels=1, topdown=none, strides=1, ...)")
     p.add_argument("--out", help="results folder (default TRAIN_OUT_DIR/ablate-<time>)")
     p.add_argument("overrides", nargs="*", help="section.name=value applied to every variant")

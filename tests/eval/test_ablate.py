@@ -26,13 +26,14 @@ def test_variants_are_config_overrides_of_the_base():
 
 def test_tiny_ablation_gives_one_row_per_variant_and_seed(tmp_path, capsys):
     out = tmp_path / "ablate"
-    tiny = [o for o in TINY_RUN if not o.startswith("train.steps")]  # the budget scales the config's 1500 steps
-    assert main(["ablate", "--config", "configs/tiny_cpu.yaml", *tiny, "--seeds", "2", "--budget", "0.002",
+    tiny = [o for o in TINY_RUN if not o.startswith("train.steps")]  # the budget scales the config's steps
+    budget = 3 / load_config("configs/tiny_cpu.yaml").train.steps
+    assert main(["ablate", "--config", "configs/tiny_cpu.yaml", *tiny, "--seeds", "2", "--budget", str(budget),
                  "--out", str(out), "--variants", "base", "ema=off"]) == 0
     report = json.loads((out / "ablate.json").read_text())
     assert sorted((r["variant"], r["seed"]) for r in report["rows"]) == [("base", 0), ("base", 1),
                                                                         ("ema=off", 0), ("ema=off", 1)]
-    assert all(r["steps"] == 3 for r in report["rows"])  # 1500 steps x budget 0.002
+    assert all(r["steps"] == 3 for r in report["rows"])
     table = (out / "ablate.md").read_text()
     assert "| base | 2 |" in table and "| ema=off | 2 |" in table and "±" in table
     assert (out / "ablate.png").is_file() and "ablate.md" in capsys.readouterr().out
