@@ -66,18 +66,51 @@ def random_directions(dim: int, slices: int, seed: int, device: torch.device) ->
     return a / a.norm(dim=0, keepdim=True)
 
 
+class _CharacteristicSums(torch.autograd.Function):
+    """``sum_n exp(i k h p)`` for ``p [n, M]`` and ``k = 0 .. points-1``, returned as its real and imaginary
+    parts ``[M, points]``. Each node is the previous one times ``exp(i h p)`` (one complex multiply per
+    element and node, where a direct evaluation costs a cosine and a sine, and its autograd keeps
+    ``[n, M, points]`` tensors); the backward recomputes the powers instead of storing them."""
+
+    @staticmethod
+    def forward(ctx, proj: torch.Tensor, h: float, points: int):
+        ctx.save_for_backward(proj)
+        ctx.h, ctx.points = h, points
+        step = torch.polar(torch.ones_like(proj), h * proj)
+        power, sums = step, [proj.new_full((proj.shape[1],), float(proj.shape[0])).to(step.dtype), step.sum(0)]
+        for _ in range(2, points):
+            power = power * step
+            sums.append(power.sum(0))
+        sums = torch.stack(sums, -1)
+        return sums.real, sums.imag
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_real: torch.Tensor, grad_imag: torch.Tensor):
+        # d/dp [g_re cos(k h p) + g_im sin(k h p)] = k h Re((g_im + i g_re) exp(i k h p))
+        (proj,) = ctx.saved_tensors
+        weights = torch.complex(grad_imag, grad_real) * torch.arange(ctx.points, device=proj.device)  # [M, P]
+        step = torch.polar(torch.ones_like(proj), ctx.h * proj)
+        power, acc = step, step * weights[:, 1]
+        for k in range(2, ctx.points):
+            power = power * step
+            acc += power * weights[:, k]
+        return ctx.h * acc.real, None, None
+
+
 def sigreg(x: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, points: int = 17) -> torch.Tensor:
     """SIGReg (LeJEPA): how far the projections of ``x [n, D]`` on ``directions [D, M]`` are from a
     standard normal, by the Epps-Pulley distance between characteristic functions,
     ``mean_m  int |phi_n(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt`` over ``[-t_max, t_max]`` (trapezoid on
-    ``points`` nodes of the half line; the integrand is even). Divided by n (LeJEPA's statistic is n
-    times this), so that its weight does not depend on the batch size. 0 for an isotropic Gaussian with
-    unit variance, large for a collapsed set. Empirical characteristic function over the global batch."""
+    ``points`` equally spaced nodes of the half line; the integrand is even). Divided by n (LeJEPA's
+    statistic is n times this), so that its weight does not depend on the batch size. 0 for an isotropic
+    Gaussian with unit variance, large for a collapsed set. Empirical characteristic function over the
+    global batch."""
     n = _global_count(x)
     t = torch.linspace(0.0, t_max, points, device=x.device, dtype=x.dtype)
-    proj = (x @ directions).unsqueeze(-1) * t  # [n, M, P]
-    real = global_sum(torch.cos(proj).sum(0)) / n  # [M, P]
-    imag = global_sum(torch.sin(proj).sum(0)) / n
+    cos_sums, sin_sums = _CharacteristicSums.apply(x @ directions, t_max / (points - 1), points)
+    real = global_sum(cos_sums) / n  # [M, P]
+    imag = global_sum(sin_sums) / n
     gauss = torch.exp(-0.5 * t * t)
     integrand = ((real - gauss).pow(2) + imag.pow(2)) * gauss
     return 2.0 * torch.trapezoid(integrand, t, dim=-1).mean()

@@ -88,6 +88,18 @@ def test_sigreg_matches_the_complex_characteristic_function_reference(shape):
                                atol=1e-10, rtol=1e-7)
 
 
+@pytest.mark.parametrize("scale", [1.0, 25.0])
+def test_sigreg_in_float32_matches_the_float64_reference_on_wide_projections(scale):
+    # the nodes are powers of exp(i h p): their rounding must stay at float32 level for large |p| too
+    g = torch.Generator().manual_seed(int(scale))
+    x = (torch.randn(300, 12, generator=g) * scale).requires_grad_()
+    directions = random_directions(12, 40, seed=1, device=x.device)
+    ours, ref = sigreg(x, directions), sigreg_reference(x, directions)
+    torch.testing.assert_close(ours.double(), ref, atol=1e-6, rtol=1e-4)
+    grad, ref_grad = torch.autograd.grad(ours, x)[0], torch.autograd.grad(ref, x)[0]
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5 * ref_grad.abs().max().item(), rtol=1e-3)
+
+
 def test_collapsed_and_position_only_tokens_are_penalised_an_isotropic_set_is_not():
     g = torch.Generator().manual_seed(0)
     B, K, D = 64, 256, 16

@@ -62,14 +62,32 @@ def test_compile_setting_is_checked():
         apply_compile(torch.nn.Linear(2, 2), "everything")
 
 
-def test_fused_optimizer_only_on_cuda_single_or_ddp():
-    cfg = load_config("configs/tiny_cpu.yaml")
-    assert not build_optimizer(build_model(cfg), cfg).defaults.get("fused")  # CPU parameters
-    if torch.cuda.is_available():
-        cuda_model = build_model(cfg).cuda()
-        assert build_optimizer(cuda_model, cfg).defaults.get("fused")
-        off = load_config("configs/tiny_cpu.yaml", ["train.fused_optimizer=false"])
-        assert not build_optimizer(cuda_model, off).defaults.get("fused")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fused_optimizer_on_one_supported_device_under_single_or_ddp(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = build_model(load_config("configs/tiny_cpu.yaml")).to(device)
+    fused = {overrides: build_optimizer(model, load_config("configs/tiny_cpu.yaml", list(overrides))).defaults.get("fused")
+             for overrides in [(), ("train.engine=ddp",), ("train.engine=fsdp",), ("train.fused_optimizer=false",)]}
+    assert fused == {(): True, ("train.engine=ddp",): True, ("train.engine=fsdp",): None,
+                     ("train.fused_optimizer=false",): None}
+
+
+def test_fused_adamw_takes_the_steps_of_the_per_tensor_loop():
+    # the fused CPU step must not change what a run trains: same updates as torch's reference loop
+    torch.manual_seed(0)
+    params = [torch.randn(7, 5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    runs = []
+    for kwargs in ({"foreach": False}, {"fused": True}):
+        copies = [p.clone().requires_grad_() for p in params]
+        opt = torch.optim.AdamW(copies, lr=1e-2, weight_decay=0.05, **kwargs)
+        for step in range(5):
+            for i, p in enumerate(copies):
+                p.grad = torch.sin(torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) * (step + 1 + i))
+            opt.step()
+        runs.append(copies)
+    for ours, ref in zip(*runs):
+        torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-10)
 
 
 def test_training_with_compiled_blocks_resumes_from_an_eager_checkpoint(make_config, tmp_path, monkeypatch):
