@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import sys
 import time
@@ -49,25 +50,35 @@ def _autocast(cfg: Config, device: torch.device):
 
 
 class CollapseMonitor:
-    """Collapse diagnostics of the target features, on log steps only: while armed, a forward hook on each
-    level's target encoder keeps its output (the step's last micro-batch, already computed for the loss);
-    ``stats()`` reduces it on the device to ``[2L]``: per level, the spread (``feature_spread``) and the
-    RankMe of the clip-averaged features ``[B, D]`` (so RankMe is at most the batch size)."""
+    """Collapse diagnostics of the target features, read at log steps: while armed, a forward hook on each
+    level's target encoder keeps the clip averages ``[B, D]`` of its output (already computed for the
+    loss). One step's batch caps RankMe at the batch size (16 at batch 16, a quarter of the tiny model's
+    width), so the trainer arms the monitor for the last ``armed_steps`` steps of each log window: enough
+    rows for ``ROWS_PER_DIM`` per feature dimension. ``stats()`` reduces the kept rows on the device to
+    ``[2L]``: per level, the spread (``feature_spread``) and the RankMe of the clip-averaged features."""
+
+    ROWS_PER_DIM = 4
 
     def __init__(self, model: nn.Module):
         self.armed = False
-        self.outputs: list[torch.Tensor | None] = [None] * len(model.target_encoders)
+        self.rows: list[list[torch.Tensor]] = [[] for _ in model.target_encoders]
         self.handles = [enc.register_forward_hook(self._keep(i)) for i, enc in enumerate(model.target_encoders)]
+
+    @classmethod
+    def armed_steps(cls, width: int, rows_per_step: int, window: int) -> int:
+        """Steps to keep before a log step: ``ROWS_PER_DIM * width`` rows at ``rows_per_step`` a step, at
+        most the log window."""
+        return max(1, min(window, math.ceil(cls.ROWS_PER_DIM * width / rows_per_step)))
 
     def _keep(self, level: int):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if self.armed:
-                self.outputs[level] = output.detach()
+                self.rows[level].append(output.detach().float().mean(dim=1))
         return hook
 
     def stats(self) -> torch.Tensor:
-        clip_means = [out.float().mean(dim=1) for out in self.outputs]
-        self.outputs = [None] * len(self.outputs)
+        clip_means = [torch.cat(rows) for rows in self.rows]
+        self.rows = [[] for _ in self.rows]
         return torch.stack([v for f in clip_means for v in (feature_spread(f), rankme(f))])
 
     def close(self) -> None:
@@ -116,7 +127,7 @@ def _has_output(run_dir: Path) -> bool:
 def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool, progress: bool) -> dict:
     device = pick_device(cfg, info.local_rank)
     set_kernel_mode(cfg.model.kernels)
-    _, micro = distributed.local_batch(cfg, info)
+    local_rows, micro = distributed.local_batch(cfg, info)
     model = build_model(cfg).to(device)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     apply_compile(model, cfg.train.compile)
@@ -150,7 +161,9 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not (progress and info.main), dynamic_ncols=True,
                desc=f"train {count_parameters(model) / 1e6:.2f}M params")
     logged, window_start, window_clips = [], time.perf_counter(), 0
+    window_losses, window_passes = None, 0  # the log window's per-micro-batch losses, summed on the device
     monitor = CollapseMonitor(model)
+    armed_steps = CollapseMonitor.armed_steps(max(cfg.model.encoder_dims), local_rows, cfg.train.log_every)
     done = start
     for batch in loader:
         step = batch["step"]
@@ -161,8 +174,8 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
         masks = [LevelMasks(m.context.to(device, non_blocking=True), m.target.to(device, non_blocking=True))
                  for m in batch["masks"]]  # pinned by the loader on CUDA: no wait for the previous step
         actions = batch["actions"].to(device, non_blocking=True) if "actions" in batch else None
-        loss_sum = None
-        monitor.armed = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps
+        next_log = min(math.ceil((step + 1) / cfg.train.log_every) * cfg.train.log_every, cfg.train.steps)
+        monitor.armed = next_log - step <= armed_steps
         for i in range(accum):  # micro-batches: rows [i*micro, (i+1)*micro) of this rank's slice
             rows = slice(i * micro, (i + 1) * micro)
             with engine.accumulating(last=i == accum - 1):
@@ -171,7 +184,8 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
                                         None if actions is None else actions[rows], step=step)
                 engine.backward(out.loss)
             losses = torch.stack([out.loss.detach(), *out.level_losses, *out.level_regularizers]).float()
-            loss_sum = losses if loss_sum is None else loss_sum + losses
+            window_losses = losses if window_losses is None else window_losses + losses
+            window_passes += 1
         if engine.step():
             taus = ema.update(step)
         else:
@@ -179,8 +193,9 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
         window_clips += clips.shape[0] * info.world
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-            # the global batch's loss, then per level the collapse diagnostics (averaged over ranks)
-            values = distributed.mean_over_ranks(torch.cat([loss_sum / accum, monitor.stats()]), info).tolist()
+            # the loss over the window's steps, then per level the collapse diagnostics (averaged over ranks)
+            values = distributed.mean_over_ranks(torch.cat([window_losses / window_passes, monitor.stats()]),
+                                                 info).tolist()
             L = model.levels
             values, regs, diagnostics = values[:L + 1], values[L + 1:2 * L + 1], values[2 * L + 1:]
             elapsed = time.perf_counter() - window_start
@@ -195,7 +210,7 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
             logged.append(row)
             bar.set_postfix({**{f"L{i + 1}": f"{row[f'loss_l{i + 1}']:.3f}" for i in range(model.levels)},
                              "clips/s": f"{row['clips_per_s']:.1f}"})
-            window_start, window_clips = time.perf_counter(), 0
+            window_start, window_clips, window_losses, window_passes = time.perf_counter(), 0, None, 0
         if done % cfg.train.ckpt_every == 0 and done != cfg.train.steps:
             checkpoint(done)
         bar.update(1)

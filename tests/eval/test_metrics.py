@@ -45,11 +45,22 @@ def test_trainer_monitor_reads_the_target_features_on_armed_steps_only(make_conf
     monitor = CollapseMonitor(model)
     clips = torch.randint(0, 256, (8, 16, 1, 24, 24), dtype=torch.uint8)
     model.encode_targets(clips)
-    assert monitor.outputs == [None] * model.levels  # not armed: nothing kept
+    assert monitor.rows == [[]] * model.levels  # not armed: nothing kept
     monitor.armed = True
     model.encode_targets(clips)
+    more = torch.randint(0, 256, (8, 16, 1, 24, 24), dtype=torch.uint8)
+    model.encode_targets(more)  # a second armed step: its rows join the first's
+    monitor.armed = False
     stats = monitor.stats()  # [spread, rankme] per level
-    expected = [collapse_report(f) for f in model.features(clips)]
+    expected = [collapse_report(torch.cat([a, b])) for a, b in zip(model.features(clips), model.features(more))]
     assert stats[0::2].tolist() == pytest.approx([e["spread"] for e in expected], rel=1e-4)
     assert stats[1::2].tolist() == pytest.approx([e["rankme"] for e in expected], rel=1e-4)
+    assert max(stats[1::2].tolist()) > 8  # more rows than one batch of 8 can have rank
+    assert monitor.rows == [[]] * model.levels  # stats() starts the next window empty
     monitor.close()
+
+
+@pytest.mark.parametrize("width, rows_per_step, window, steps", [(64, 16, 25, 16), (64, 16, 10, 10), (768, 4096, 25, 1),
+                                                                 (64, 48, 25, 6)])
+def test_the_monitor_keeps_enough_steps_for_four_rows_per_dimension(width, rows_per_step, window, steps):
+    assert CollapseMonitor.armed_steps(width, rows_per_step, window) == steps

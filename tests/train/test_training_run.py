@@ -65,6 +65,16 @@ def test_crashed_run_resumes_with_the_same_losses(make_config, tmp_path, monkeyp
     assert [float(r["loss"]) for r in rows] == pytest.approx(full, abs=0)
 
 
+def test_a_logged_row_averages_the_steps_of_its_window(make_config, tmp_path):
+    # the same seed logged every step and every third step: a row is the mean of its window's step losses
+    every = run(make_config("train.steps=6", "train.log_every=1"), tmp_path, "every")["losses"]
+    third = run(make_config("train.steps=6", "train.log_every=3"), tmp_path, "third")["losses"]
+    assert [row["step"] for row in third] == [3, 6]
+    for row, window in zip(third, (every[:3], every[3:])):
+        for key in ("loss", "loss_l1", "loss_l3"):
+            assert row[key] == pytest.approx(sum(r[key] for r in window) / 3, rel=1e-5), key
+
+
 @pytest.mark.parametrize("tau,expect", [(1.0, "unchanged"), (0.0, "online")])
 def test_training_with_tau_one_keeps_and_tau_zero_copies_the_targets(make_config, tmp_path, tau, expect):
     cfg = make_config("train.steps=2", f"train.ema_tau_base=[{tau},{tau},{tau}]",
