@@ -12,7 +12,7 @@ from .test_eval_cli import TINY_RUN
 
 def test_variants_are_config_overrides_of_the_base():
     table = variants(load_config("configs/tiny_cpu.yaml"))
-    assert list(table) == ["base", "levels=1", "levels=2", "topdown=none", "topdown_source=prediction", "strides=1",
+    assert list(table) == ["base", "levels=1", "levels=2", "topdown=none", "topdown_source=context", "strides=1",
                            "abstraction=average",
                            "abstraction=conv", "share_encoders=true", "weighting=increasing", "weighting=curriculum",
                            "weighting=uncertainty", "anti_collapse=off", "ema=off", "predictor_init=trunc_normal"]
