@@ -163,7 +163,8 @@ def _train(cfg: Config, info: distributed.DistInfo, run_dir: Path, resume: bool,
     logged, window_start, window_clips = [], time.perf_counter(), 0
     window_losses, window_passes = None, 0  # the log window's per-micro-batch losses, summed on the device
     monitor = CollapseMonitor(model)
-    armed_steps = CollapseMonitor.armed_steps(max(cfg.model.encoder_dims), local_rows, cfg.train.log_every)
+    armed_steps = CollapseMonitor.armed_steps(max(cfg.model.encoder_dims[:model.levels]), local_rows,
+                                              cfg.train.log_every)
     done = start
     for batch in loader:
         step = batch["step"]
