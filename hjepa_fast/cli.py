@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget", type=float, default=1.0,
                    help="scale of training steps and probe clips (1: the config's; tiny_cpu: 3000 steps, "
-                        "~8-15 min a run on 2 cores)")
+                        "~6 min a run alone on 2 cores)")
     p.add_argument("--variants", nargs="+", help="run only these (base, levels=1, topdown=none, strides=1, ...)")
     p.add_argument("--out", help="results folder (default TRAIN_OUT_DIR/ablate-<time>)")
     p.add_argument("overrides", nargs="*", help="section.name=value applied to every variant")
